@@ -1,0 +1,41 @@
+# One entry point for developers and CI (CI runs `.ci/run`, which calls these targets).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install check lint typecheck format test test-unit up kafka postgres schemas bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(STAMP)  ## Python packages into .venv, Kafka jars into the cache
+	$(BIN)/esctl kafka install
+
+check: $(STAMP)  ## ruff (lint + format) and mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: install  ## the whole suite: unit, contract, integration, e2e (real Kafka, real PostgreSQL)
+	$(BIN)/esctl postgres install
+	$(BIN)/pytest
+
+test-unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+up: install  ## Kafka + the four services + SQLite read store, in the foreground
+	$(BIN)/esctl up
+
+schemas: $(STAMP)
+	$(BIN)/esctl schema export --out schemas/commands
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

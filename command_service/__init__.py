@@ -1,0 +1,1 @@
+"""Command service: validates commands against aggregate state and appends events to Kafka."""

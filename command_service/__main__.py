@@ -1,0 +1,7 @@
+"""`python -m command_service`: read settings from the environment and run the service."""
+
+from command_service.bootstrap import SETTINGS, main
+from shared.service import run
+
+if __name__ == "__main__":
+    run(SETTINGS(), main)  # type: ignore[arg-type]  # main takes the service's subclass

@@ -1,0 +1,1 @@
+"""Projector: builds read models from the event log into SQLite or PostgreSQL."""

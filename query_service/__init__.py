@@ -1,0 +1,1 @@
+"""Query service: serves the read models over HTTP."""

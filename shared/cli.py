@@ -1,0 +1,310 @@
+"""`esctl`: one CLI for people running the system.
+
+Grows with the issues; today: `kafka`, `postgres`, `topics`, `schema`, `up`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shared.errors import EsError
+from shared.localstack import kafka as lk
+from shared.localstack import postgres as lp
+
+app = typer.Typer(help="Operate the event-sourced blog system on Kafka.", no_args_is_help=True)
+kafka_app = typer.Typer(
+    help="A real local Kafka broker (KRaft) without Docker.", no_args_is_help=True
+)
+pg_app = typer.Typer(
+    help="A local PostgreSQL on loopback (Debian's packages).", no_args_is_help=True
+)
+schema_app = typer.Typer(help="The message contract for other languages.", no_args_is_help=True)
+topics_app = typer.Typer(help="The system's Kafka topics.", no_args_is_help=True)
+app.add_typer(kafka_app, name="kafka")
+app.add_typer(pg_app, name="postgres")
+app.add_typer(schema_app, name="schema")
+app.add_typer(topics_app, name="topics")
+
+console = Console(stderr=True)
+STATE_DIR = Path(os.environ.get("ESCTL_STATE_DIR", "./var"))
+
+DataDir = Annotated[Path, typer.Option(help="where the cluster keeps its data and state")]
+
+
+def _fail(exc: EsError) -> NoReturn:
+    hint = " (retrying may help)" if exc.retriable else ""
+    console.print(f"[red]error[/red] {exc}{hint}")
+    raise typer.Exit(2)
+
+
+# --------------------------------------------------------------------------------- kafka
+
+
+@kafka_app.command("install")
+def kafka_install() -> None:
+    """Resolve the pinned broker jars with Maven into the cache (outside git)."""
+    try:
+        libs = lk.install(quiet=False)
+    except EsError as exc:
+        _fail(exc)
+    console.print(f"Kafka {lk.kafka_version()} jars in {libs}")
+
+
+@kafka_app.command("start")
+def kafka_start(
+    port: Annotated[int, typer.Option(help="broker port of node 1 (nodes 2,3: +1,+2)")] = 9092,
+    nodes: Annotated[int, typer.Option(help="1, or 3 for durability tests")] = 1,
+    heap_mb: Annotated[int, typer.Option(help="JVM heap per node, MiB (<= 512)")] = 512,
+    data_dir: DataDir = STATE_DIR / "kafka",
+) -> None:
+    """Format storage (first time), start the broker(s), wait for a metadata answer."""
+    try:
+        cluster = lk.LocalKafkaCluster.load(data_dir)
+        if (
+            cluster is None
+            or len(cluster.state.nodes) != nodes
+            or (cluster.state.nodes[0].broker_port != port)
+        ):
+            if cluster is not None and any(cluster.status().values()):
+                console.print(f"a cluster is running in {data_dir}; `esctl kafka stop` first")
+                raise typer.Exit(1)
+            cluster = lk.LocalKafkaCluster.create(data_dir, nodes=nodes, port=port, heap_mb=heap_mb)
+        with console.status(f"starting Kafka {lk.kafka_version()} ({nodes} node(s))"):
+            cluster.start()
+    except EsError as exc:
+        _fail(exc)
+        return
+    console.print(f"Kafka {lk.kafka_version()} ready at {cluster.bootstrap_servers}")
+    print(cluster.bootstrap_servers)
+
+
+def _load(data_dir: Path) -> lk.LocalKafkaCluster:
+    cluster = lk.LocalKafkaCluster.load(data_dir)
+    if cluster is None:
+        console.print(f"no local Kafka in {data_dir} (start one with `esctl kafka start`)")
+        raise typer.Exit(1)
+    return cluster
+
+
+@kafka_app.command("stop")
+def kafka_stop(data_dir: DataDir = STATE_DIR / "kafka") -> None:
+    """Stop the nodes this data dir's cluster started (and nothing else)."""
+    _load(data_dir).stop()
+    console.print("stopped")
+
+
+@kafka_app.command("status")
+def kafka_status(
+    data_dir: DataDir = STATE_DIR / "kafka",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show each node's process and whether the cluster answers a metadata request."""
+    cluster = _load(data_dir)
+    alive = cluster.status()
+    answering = True
+    try:
+        cluster.wait_ready(timeout_s=3, expected=sum(alive.values()) or 1)
+    except EsError:
+        answering = False
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "bootstrap_servers": cluster.bootstrap_servers,
+                    "answering": answering,
+                    "nodes": {str(k): v for k, v in alive.items()},
+                }
+            )
+        )
+    else:
+        table = Table("node", "broker port", "pid", "process")
+        for n in cluster.state.nodes:
+            table.add_row(
+                str(n.node_id),
+                str(n.broker_port),
+                str(n.pid or "-"),
+                "running" if alive[n.node_id] else "stopped",
+            )
+        Console().print(table)
+        Console().print(
+            f"bootstrap {cluster.bootstrap_servers}: "
+            f"{'answering' if answering else 'NOT answering'}"
+        )
+    if not answering:
+        raise typer.Exit(1)
+
+
+@kafka_app.command("kill")
+def kafka_kill(
+    node: Annotated[int, typer.Option(help="node id to SIGKILL")],
+    data_dir: DataDir = STATE_DIR / "kafka",
+) -> None:
+    """Crash one node (SIGKILL), for durability experiments."""
+    _load(data_dir).kill(node)
+    console.print(f"node {node} killed")
+
+
+@kafka_app.command("restart")
+def kafka_restart(
+    node: Annotated[int, typer.Option(help="node id to start again")],
+    data_dir: DataDir = STATE_DIR / "kafka",
+) -> None:
+    """Start one node again and wait until the whole cluster answers."""
+    try:
+        _load(data_dir).restart(node)
+    except EsError as exc:
+        _fail(exc)
+    console.print(f"node {node} running")
+
+
+@kafka_app.command("destroy")
+def kafka_destroy(data_dir: DataDir = STATE_DIR / "kafka") -> None:
+    """Stop the cluster and delete its data."""
+    _load(data_dir).destroy()
+    console.print(f"deleted {data_dir}")
+
+
+# ------------------------------------------------------------------------------ postgres
+
+
+def _pg(port: int, data_dir: Path | None) -> lp.LocalPostgres:
+    return lp.LocalPostgres(data_dir or lp.default_data_dir(port, STATE_DIR), port=port)
+
+
+PgPort = Annotated[int, typer.Option(help="port on 127.0.0.1")]
+PgDir = Annotated[Path | None, typer.Option(help="data directory (default depends on user)")]
+
+
+@pg_app.command("install")
+def pg_install() -> None:
+    """Install Debian's PostgreSQL server when it is missing (needs root)."""
+    try:
+        bin_dir = lp.ensure_installed()
+    except EsError as exc:
+        _fail(exc)
+    console.print(f"PostgreSQL server binaries in {bin_dir}")
+
+
+@pg_app.command("start")
+def pg_start(port: PgPort = 5433, data_dir: PgDir = None) -> None:
+    """Install Debian's PostgreSQL if missing, start a cluster, create the database."""
+    pg = _pg(port, data_dir)
+    try:
+        with console.status("starting PostgreSQL"):
+            pg.start()
+    except EsError as exc:
+        _fail(exc)
+    console.print(f"PostgreSQL ready ({pg.data_dir})")
+    print(pg.url)
+
+
+@pg_app.command("stop")
+def pg_stop(port: PgPort = 5433, data_dir: PgDir = None) -> None:
+    """Stop the cluster started by `esctl postgres start`."""
+    _pg(port, data_dir).stop()
+    console.print("stopped")
+
+
+@pg_app.command("status")
+def pg_status(port: PgPort = 5433, data_dir: PgDir = None) -> None:
+    """Whether the cluster runs; prints its URL when it does."""
+    pg = _pg(port, data_dir)
+    if not pg.is_running():
+        console.print("not running")
+        raise typer.Exit(1)
+    print(pg.url)
+
+
+# -------------------------------------------------------------------------- schema/topics
+
+
+@schema_app.command("export")
+def schema_export(
+    out: Annotated[Path, typer.Option(help="directory for <Type>.json")] = Path("schemas/commands"),
+) -> None:
+    """Write the JSON Schema of every command record (what other Kafka clients produce)."""
+    from shared.messages.schema import export_command_schemas
+
+    for path in export_command_schemas(out):
+        console.print(f"wrote {path}")
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create the system's topics with their configs (idempotent), from the environment."""
+    from shared.kafka.topics import bootstrap_system_topics
+    from shared.settings import KafkaSettings
+
+    try:
+        counts = asyncio.run(bootstrap_system_topics(KafkaSettings()))
+    except EsError as exc:
+        _fail(exc)
+    for name, n in sorted(counts.items()):
+        console.print(f"{name}: {n} partitions")
+
+
+# ------------------------------------------------------------------------------------ up
+
+SERVICES = {
+    "command_service": 8001,
+    "query_service": 8002,
+    "projector_service": 8003,
+    "workflow_service": 8004,
+}
+
+
+@app.command("up")
+def up(
+    port: Annotated[int, typer.Option(help="Kafka broker port")] = 9092,
+    data_dir: DataDir = STATE_DIR / "kafka",
+) -> None:
+    """Run the whole system locally: Kafka, topics, the four services. Ctrl-C stops all."""
+    kafka_start(port=port, nodes=1, heap_mb=512, data_dir=data_dir)
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{port}", LOG_FORMAT="console")
+    env.setdefault("READ_STORE_URL", f"sqlite:///{(STATE_DIR / 'read-store.sqlite3').resolve()}")
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    for module, http_port in SERVICES.items():
+        procs[module] = subprocess.Popen(
+            [sys.executable, "-m", module], env=env | {"HTTP_PORT": str(http_port)}
+        )
+        if module == "command_service":
+            time.sleep(2)  # lets it create the topics before the consumers subscribe
+    console.print("services: " + ", ".join(f"{m} :{p}" for m, p in SERVICES.items()))
+    console.print("Ctrl-C to stop the services; `esctl kafka stop` stops the broker")
+    try:
+        while all(p.poll() is None for p in procs.values()):
+            time.sleep(0.5)
+        dead = [m for m, p in procs.items() if p.poll() is not None]
+        console.print(f"[red]exited:[/red] {', '.join(dead)}")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,415 @@
+"""The partition-owned transactional processor: consume -> decide -> produce, exactly once.
+
+Used by the command service and the workflow service. For every input partition this instance
+owns, it keeps ONE transactional producer whose `transactional_id` is derived from
+(service, input topic, partition). A batch of input records, the output records the handler
+makes of them, and the consumed offsets go into one Kafka transaction.
+
+Why one producer per partition: aiokafka has no KIP-447 (fencing by consumer-group generation),
+so the only fencing available is the classic one by `transactional_id`. When partition p moves
+to another instance, the new owner's producer starts with the same id; the broker bumps the
+producer epoch, aborts whatever the old owner left open, and refuses any further write or
+commit from the old owner (`ProducerFenced`). A zombie can therefore never commit.
+
+Failure handling, per batch of one partition:
+
+* fenced             -> the partition is dropped (paused, state forgotten); no retry;
+* infrastructure     -> abort, rewind to the first record, rebuild the handler's state, back off,
+                        try again;
+* handler exception  -> abort, rebuild, retry record by record; a record that still fails alone
+                        goes to the dead-letter topic with the error in its headers, in a
+                        transaction with its offset, so it is never lost and never blocks the
+                        partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiokafka import TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError, ProducerFenced
+
+from shared.errors import EsError
+from shared.kafka.clients import make_consumer, make_transactional_producer
+from shared.kafka.records import InboundRecord, OutboundRecord, dead_letter
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def transactional_id_for(service: str, topic: str, partition: int) -> str:
+    """Stable transactional id of the owner of `topic` partition `partition` in `service`."""
+    return f"{service}.{topic}.{partition}"
+
+
+class PartitionHandler(Protocol):
+    """What a processor drives. State is per partition; methods run under that partition's lock."""
+
+    async def on_assigned(self, partition: int) -> None:
+        """Build the state of `partition` (restore hook: snapshots + tail of the log)."""
+
+    async def on_revoked(self, partition: int) -> None:
+        """Forget the state of `partition`."""
+
+    async def handle(
+        self, partition: int, records: Sequence[InboundRecord]
+    ) -> Sequence[OutboundRecord]:
+        """Decide on a batch; return the records to produce in the same transaction.
+
+        Should turn bad input into rejections or dead letters itself; an exception is treated
+        as a poison record (see the module docstring), except `EsError`s with `retriable=True`,
+        which are retried.
+        """
+
+
+@dataclass
+class ProcessorHooks:
+    """Observation points for tests and metrics. `before_commit(partition, txn_number)` runs
+    after the outputs and offsets are sent to the transaction and before it commits."""
+
+    before_commit: Callable[[int, int], Awaitable[None]] | None = None
+
+
+@dataclass
+class ProcessorStats:
+    transactions: int = 0
+    records_in: int = 0
+    records_out: int = 0
+    dead_letters: int = 0
+    aborts: int = 0
+    fenced: int = 0
+
+
+@dataclass
+class _Owned:
+    tp: TopicPartition
+    producer: Any  # AIOKafkaProducer (untyped library)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    transactions: int = 0
+    active: bool = True
+
+
+class _Poison(Exception):
+    """A handler raised on input that will not change: isolate it."""
+
+
+class TransactionalPartitionProcessor:
+    """Consume `input_topic` in group `group_id`, hand batches to `handler`, produce in txns."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        service: str,
+        input_topic: str,
+        group_id: str,
+        handler: PartitionHandler,
+        dlq_topic: str | None = None,
+        max_records: int = 500,
+        max_wait_ms: int = 20,
+        hooks: ProcessorHooks | None = None,
+        consumer_overrides: dict[str, Any] | None = None,
+        producer_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.service = service
+        self.input_topic = input_topic
+        self.group_id = group_id
+        self.handler = handler
+        self.dlq_topic = dlq_topic
+        self.max_records = max_records
+        self.max_wait_ms = max_wait_ms
+        self.hooks = hooks or ProcessorHooks()
+        self.stats = ProcessorStats()
+        self._producer_overrides = producer_overrides or {}
+        self._consumer = make_consumer(
+            bootstrap_servers,
+            group_id=group_id,
+            max_poll_records=max_records,
+            **(consumer_overrides or {}),
+        )
+        self._owned: dict[int, _Owned] = {}
+        self._stopping = asyncio.Event()
+        self._fatal: BaseException | None = None
+        self._changed = asyncio.Condition()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._consumer.subscribe([self.input_topic], listener=_Listener(self))
+        await self._consumer.start()
+        log.info(
+            "processor_started", service=self.service, topic=self.input_topic, group=self.group_id
+        )
+
+    async def run(self) -> None:
+        """Process until `stop()`; raises if the processor cannot go on (e.g. restore failed)."""
+        backoff = 0.1
+        while not self._stopping.is_set():
+            if self._fatal is not None:
+                raise self._fatal
+            batches = await self._consumer.getmany(
+                timeout_ms=self.max_wait_ms or 1, max_records=self.max_records
+            )
+            jobs = []
+            for tp, messages in batches.items():
+                owned = self._owned.get(tp.partition)
+                if owned is None or not owned.active or not messages:
+                    continue  # not (yet) ours: never commit, the owner seeks on acquisition
+                jobs.append(self._process(owned, [_inbound(m) for m in messages]))
+            if not jobs:
+                continue
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+            failures = [r for r in results if isinstance(r, BaseException)]
+            for failure in failures:
+                if not isinstance(failure, Exception):
+                    raise failure
+            if failures:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            else:
+                backoff = 0.1
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for partition in list(self._owned):
+            await self._release(partition, reason="stopping")
+        with contextlib.suppress(KafkaError):
+            await self._consumer.stop()
+        log.info("processor_stopped", service=self.service, stats=self.stats.__dict__)
+
+    @property
+    def owned_partitions(self) -> set[int]:
+        return {p for p, o in self._owned.items() if o.active}
+
+    async def wait_owned(self, partitions: set[int], timeout_s: float = 60.0) -> None:
+        """Wait until this instance owns (at least) `partitions`."""
+        async with asyncio.timeout(timeout_s), self._changed:
+            await self._changed.wait_for(lambda: partitions <= self.owned_partitions)
+
+    # -- ownership ---------------------------------------------------------------------------
+
+    async def _acquire(self, tp: TopicPartition) -> None:
+        txn_id = transactional_id_for(self.service, tp.topic, tp.partition)
+        producer = make_transactional_producer(
+            self.bootstrap_servers, txn_id, **self._producer_overrides
+        )
+        # InitProducerId happens here: it fences any older owner of txn_id and makes the broker
+        # abort (and finish aborting) the transaction that owner left open. Only after that is
+        # the committed offset below the last word on where the old owner stopped.
+        await producer.start()
+        try:
+            await self.handler.on_assigned(tp.partition)
+            committed = await self._consumer.committed(tp)
+            if committed is None:
+                await self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, committed)
+        except BaseException:
+            with contextlib.suppress(KafkaError):
+                await producer.stop()
+            raise
+        self._owned[tp.partition] = _Owned(tp=tp, producer=producer)
+        log.info(
+            "partition_acquired",
+            partition=tp.partition,
+            transactional_id=txn_id,
+            committed=committed,
+        )
+        await self._notify()
+
+    async def _release(self, partition: int, *, reason: str) -> None:
+        owned = self._owned.get(partition)
+        if owned is None:
+            return
+        async with owned.lock:
+            owned.active = False
+            self._owned.pop(partition, None)
+            with contextlib.suppress(Exception):
+                await self.handler.on_revoked(partition)
+            with contextlib.suppress(KafkaError):
+                await owned.producer.stop()
+        log.info("partition_released", partition=partition, reason=reason)
+        await self._notify()
+
+    async def _drop_fenced(self, owned: _Owned, exc: BaseException) -> None:
+        """Another owner took over: forget the partition and stop fetching it."""
+        self.stats.fenced += 1
+        owned.active = False
+        self._owned.pop(owned.tp.partition, None)
+        with contextlib.suppress(Exception):
+            self._consumer.pause(owned.tp)
+        with contextlib.suppress(Exception):
+            await self.handler.on_revoked(owned.tp.partition)
+        with contextlib.suppress(Exception):
+            await owned.producer.stop()
+        log.warning("partition_fenced", partition=owned.tp.partition, error=str(exc))
+        await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # -- processing --------------------------------------------------------------------------
+
+    async def _process(self, owned: _Owned, records: list[InboundRecord]) -> None:
+        async with owned.lock:
+            if not owned.active:
+                return
+            try:
+                await self._transact(owned, records)
+            except ProducerFenced as exc:
+                await self._drop_fenced(owned, exc)
+            except _Poison as poison:
+                await self._rewind(owned, records[0].offset)
+                await self._isolate(owned, records, poison.__cause__ or poison)
+            except (KafkaError, OSError, EsError) as exc:
+                # Retriable by nature (broker moved, timeout) or flagged so: rebuild and retry.
+                await self._rewind(owned, records[0].offset)
+                log.warning(
+                    "transaction_aborted_retrying", partition=owned.tp.partition, error=repr(exc)
+                )
+                raise
+
+    async def _transact(self, owned: _Owned, records: Sequence[InboundRecord]) -> None:
+        producer = owned.producer
+        partition = owned.tp.partition
+        await producer.begin_transaction()
+        try:
+            try:
+                outputs = await self.handler.handle(partition, records)
+            except EsError as exc:
+                if exc.retriable:
+                    raise
+                raise _Poison() from exc
+            except (KafkaError, OSError):
+                raise
+            except Exception as exc:
+                raise _Poison() from exc
+            await self._send_all(producer, outputs)
+            await producer.send_offsets_to_transaction(
+                {owned.tp: records[-1].offset + 1}, self.group_id
+            )
+            if self.hooks.before_commit is not None:
+                await self.hooks.before_commit(partition, owned.transactions + 1)
+            await producer.commit_transaction()
+        except ProducerFenced:
+            raise
+        except BaseException:
+            self.stats.aborts += 1
+            with contextlib.suppress(KafkaError):
+                await producer.abort_transaction()
+            raise
+        owned.transactions += 1
+        self.stats.transactions += 1
+        self.stats.records_in += len(records)
+        self.stats.records_out += len(outputs)
+
+    @staticmethod
+    async def _send_all(producer: Any, outputs: Sequence[OutboundRecord]) -> None:
+        futures = [
+            await producer.send(
+                out.topic,
+                out.value,
+                key=out.key,
+                partition=out.partition,
+                headers=out.headers or None,
+            )
+            for out in outputs
+        ]
+        # Wait for delivery so that a delivery error aborts this transaction, not the next.
+        if futures:
+            await asyncio.gather(*futures)
+
+    async def _rewind(self, owned: _Owned, offset: int) -> None:
+        """Seek back and rebuild the handler's state: it may hold effects of aborted records."""
+        self._consumer.seek(owned.tp, offset)
+        await self.handler.on_revoked(owned.tp.partition)
+        await self.handler.on_assigned(owned.tp.partition)
+
+    async def _isolate(
+        self, owned: _Owned, records: list[InboundRecord], cause: BaseException
+    ) -> None:
+        """Retry one by one; dead-letter a record that fails alone. Runs under the lock."""
+        log.warning(
+            "batch_failed_isolating",
+            partition=owned.tp.partition,
+            size=len(records),
+            error=repr(cause),
+        )
+        for record in records:
+            try:
+                await self._transact(owned, [record])
+                continue
+            except _Poison as poison:
+                error = poison.__cause__ or poison
+            await self._rewind(owned, record.offset)
+            await self._dead_letter(owned, record, error)
+        # Everything up to the last record is committed: continue after it.
+        self._consumer.seek(owned.tp, records[-1].offset + 1)
+
+    async def _dead_letter(
+        self, owned: _Owned, record: InboundRecord, error: BaseException
+    ) -> None:
+        if self.dlq_topic is None:
+            raise RuntimeError(
+                f"record {record.topic}/{record.partition}@{record.offset} failed and no "
+                f"dead-letter topic is configured"
+            ) from error
+        producer = owned.producer
+        await producer.begin_transaction()
+        try:
+            await self._send_all(producer, [dead_letter(record, error, self.dlq_topic)])
+            await producer.send_offsets_to_transaction({owned.tp: record.offset + 1}, self.group_id)
+            await producer.commit_transaction()
+        except ProducerFenced:
+            raise
+        except BaseException:
+            with contextlib.suppress(KafkaError):
+                await producer.abort_transaction()
+            raise
+        self.stats.dead_letters += 1
+        log.error(
+            "record_dead_lettered",
+            partition=record.partition,
+            offset=record.offset,
+            dlq=self.dlq_topic,
+            error=repr(error),
+        )
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base class
+    def __init__(self, processor: TransactionalPartitionProcessor) -> None:
+        self._p = processor
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        for tp in revoked:
+            await self._p._release(tp.partition, reason="revoked")
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        for tp in assigned:
+            if tp.partition in self._p._owned:
+                continue
+            try:
+                await self._p._acquire(tp)
+            except Exception as exc:
+                # aiokafka swallows listener errors; surface it to run() instead of idling.
+                log.error("partition_acquire_failed", partition=tp.partition, error=repr(exc))
+                self._p._fatal = exc
+
+
+def _inbound(message: Any) -> InboundRecord:
+    return InboundRecord(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        headers=list(message.headers or ()),
+        timestamp_ms=message.timestamp,
+    )

@@ -1,0 +1,169 @@
+"""Topic names and configs in one place, and an idempotent topic bootstrap."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from aiokafka.admin import NewTopic
+from aiokafka.errors import KafkaError
+
+from shared.errors import ConfigurationError, InfrastructureUnavailable
+from shared.kafka.clients import make_admin
+from shared.logging import get_logger
+from shared.settings import KafkaSettings
+
+log = get_logger(__name__)
+
+TOPIC_ALREADY_EXISTS = 36
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication_factor: int
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The names of the system's topics (prefix applied)."""
+
+    commands: str
+    events: str
+    command_results: str
+    snapshots: str
+    commands_dlq: str
+    events_dlq: str
+
+    @classmethod
+    def from_settings(cls, settings: KafkaSettings) -> Topics:
+        p = settings.topic_prefix
+        return cls(
+            commands=f"{p}posts.commands",
+            events=f"{p}posts.events",
+            command_results=f"{p}posts.command-results",
+            snapshots=f"{p}posts.snapshots",
+            commands_dlq=f"{p}posts.commands.dlq",
+            events_dlq=f"{p}posts.events.dlq",
+        )
+
+
+def system_topic_specs(settings: KafkaSettings) -> list[TopicSpec]:
+    """The topics of DESIGN.md with their configs. Commands and events share a partition count."""
+    t = Topics.from_settings(settings)
+    n, rf = settings.partitions, settings.replication_factor
+    min_isr = str(min(2, rf))
+    durable = {"min.insync.replicas": min_isr}
+    return [
+        TopicSpec(
+            t.commands,
+            n,
+            rf,
+            durable
+            | {"cleanup.policy": "delete", "retention.ms": str(settings.commands_retention_ms)},
+        ),
+        # The event log is the source of truth: never deleted by time or size.
+        TopicSpec(
+            t.events,
+            n,
+            rf,
+            durable | {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"},
+        ),
+        TopicSpec(
+            t.command_results,
+            n,
+            rf,
+            durable
+            | {"cleanup.policy": "delete", "retention.ms": str(settings.results_retention_ms)},
+        ),
+        TopicSpec(t.snapshots, n, rf, durable | {"cleanup.policy": "compact"}),
+        TopicSpec(
+            t.commands_dlq,
+            n,
+            rf,
+            durable | {"cleanup.policy": "delete", "retention.ms": str(30 * 24 * 3600 * 1000)},
+        ),
+        TopicSpec(
+            t.events_dlq,
+            n,
+            rf,
+            durable | {"cleanup.policy": "delete", "retention.ms": str(30 * 24 * 3600 * 1000)},
+        ),
+    ]
+
+
+async def describe_partition_counts(bootstrap_servers: str, names: list[str]) -> dict[str, int]:
+    """Partition count of each existing topic among `names` (missing topics are absent)."""
+    admin = make_admin(bootstrap_servers)
+    try:
+        await admin.start()
+        described = await admin.describe_topics(names)
+    except KafkaError as exc:
+        raise InfrastructureUnavailable(f"cannot describe topics: {exc}") from exc
+    finally:
+        await admin.close()
+    return {
+        t["topic"]: len(t["partitions"])
+        for t in described
+        if t.get("error_code", 0) == 0 and t.get("partitions")
+    }
+
+
+async def ensure_topics(
+    bootstrap_servers: str, specs: list[TopicSpec], *, timeout_s: float = 30.0
+) -> dict[str, int]:
+    """Create missing topics (idempotent); return the partition count of each."""
+    admin = make_admin(bootstrap_servers)
+    try:
+        await admin.start()
+        response = await admin.create_topics(
+            [
+                NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.configs)
+                for s in specs
+            ]
+        )
+        for topic, code, *rest in response.topic_errors:
+            if code not in (0, TOPIC_ALREADY_EXISTS):
+                message = rest[0] if rest else ""
+                raise ConfigurationError(f"cannot create topic {topic}: error {code} {message}")
+            if code == 0:
+                log.info("topic_created", topic=topic)
+    except KafkaError as exc:
+        raise InfrastructureUnavailable(f"cannot create topics: {exc}") from exc
+    finally:
+        await admin.close()
+    # The controller answers CreateTopics before every broker's metadata cache knows the new
+    # topics: wait until a metadata request lists them all.
+    names = [s.name for s in specs]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counts = await describe_partition_counts(bootstrap_servers, names)
+        if len(counts) == len(names) or time.monotonic() > deadline:
+            return counts
+        await asyncio.sleep(0.1)
+
+
+async def bootstrap_system_topics(settings: KafkaSettings) -> dict[str, int]:
+    """Create the system's topics and refuse to go on if commands and events disagree.
+
+    One writer per partition relies on command partition p and event partition p belonging to
+    the same aggregates; with different counts the key hashes land on different numbers.
+    """
+    counts = await ensure_topics(settings.kafka_bootstrap_servers, system_topic_specs(settings))
+    t = Topics.from_settings(settings)
+    check_co_partitioned(counts, t.commands, t.events)
+    return counts
+
+
+def check_co_partitioned(counts: dict[str, int], commands: str, events: str) -> None:
+    if commands not in counts or events not in counts:
+        raise ConfigurationError(f"topics {commands} and {events} must both exist")
+    if counts[commands] != counts[events]:
+        raise ConfigurationError(
+            f"{commands} has {counts[commands]} partitions but {events} has {counts[events]}: "
+            "they must be equal, because command partition p is the only writer of event "
+            "partition p. Recreate or expand one of them (kafka-topics --alter --partitions)."
+        )

@@ -1,0 +1,435 @@
+"""A real Apache Kafka broker (KRaft) as local processes, without Docker.
+
+The broker's jars are resolved by Maven from the committed descriptor `kafka-pom.xml` into a cache
+outside git (`$ESCTL_CACHE_DIR`, default `~/.cache/esctl`). A cluster of 1 or 3 combined
+broker+controller nodes runs on 127.0.0.1; its state (ports, pids, cluster id) lives in
+`<data_dir>/cluster.json`, so `esctl kafka stop` in another shell stops exactly what `start`
+started, and nothing else: a pid is only signalled if its command line names this data dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Coroutine, Iterator
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from shared.errors import ConfigurationError, InfrastructureUnavailable
+from shared.kafka.clients import wait_for_brokers
+
+T = TypeVar("T")
+
+POM = "kafka-pom.xml"
+LOG4J = "log4j2.properties"
+
+
+def _resource(name: str) -> Path:
+    return Path(str(resources.files("shared.localstack").joinpath(name)))
+
+
+def kafka_version() -> str:
+    """The broker version pinned in the Maven descriptor."""
+    match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", _resource(POM).read_text())
+    if match is None:  # pragma: no cover - the descriptor is committed with the property
+        raise ConfigurationError(f"{POM} has no <kafka.version>")
+    return match.group(1)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ESCTL_CACHE_DIR", Path.home() / ".cache" / "esctl"))
+
+
+def libs_dir() -> Path:
+    return cache_dir() / f"kafka-{kafka_version()}" / "libs"
+
+
+def _pom_digest() -> str:
+    return hashlib.sha256(_resource(POM).read_bytes()).hexdigest()
+
+
+def is_installed() -> bool:
+    marker = libs_dir() / ".complete"
+    return marker.exists() and marker.read_text().strip() == _pom_digest()
+
+
+def install(*, quiet: bool = True) -> Path:
+    """Resolve the broker jars with Maven into the cache (no-op when already there)."""
+    libs = libs_dir()
+    if is_installed():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise ConfigurationError(
+            "Maven (mvn) is needed to resolve the Kafka broker jars: apt-get install maven"
+        )
+    if libs.exists():
+        shutil.rmtree(libs)
+    libs.mkdir(parents=True)
+    cmd = [
+        mvn,
+        "-B",
+        "-f",
+        str(_resource(POM)),
+        "dependency:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={libs}",
+    ]
+    if quiet:
+        cmd.insert(1, "-q")
+    result = subprocess.run(cmd, capture_output=quiet, text=True, check=False)
+    if result.returncode != 0:
+        tail = (result.stdout or "")[-2000:] + (result.stderr or "")[-2000:]
+        raise InfrastructureUnavailable(f"mvn could not resolve Kafka {kafka_version()}:\n{tail}")
+    (libs / ".complete").write_text(_pom_digest())
+    return libs
+
+
+def java_executable() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    if not java or not Path(java).exists():
+        raise ConfigurationError(
+            "Java 17+ is needed for the Kafka broker: apt-get install "
+            "openjdk-17-jre-headless, or set JAVA_HOME"
+        )
+    return java
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _kafka_uuid() -> str:
+    """A cluster id in Kafka's format (URL-safe base64 of 16 bytes, no padding)."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, also when an event loop is running."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+@dataclass
+class NodeState:
+    node_id: int
+    broker_port: int
+    controller_port: int
+    pid: int | None = None
+
+
+@dataclass
+class ClusterState:
+    cluster_id: str
+    nodes: list[NodeState] = field(default_factory=list)
+    heap_mb: int = 512
+
+
+class LocalKafkaCluster:
+    """1 or 3 KRaft nodes (each broker+controller) on 127.0.0.1 under `data_dir`."""
+
+    def __init__(self, data_dir: Path, state: ClusterState) -> None:
+        self.data_dir = data_dir.resolve()
+        self.state = state
+
+    # -- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        data_dir: Path,
+        *,
+        nodes: int = 1,
+        port: int | None = None,
+        heap_mb: int = 512,
+    ) -> LocalKafkaCluster:
+        """A new cluster description (nothing started). `port` is node 1's broker port."""
+        if nodes not in (1, 3):
+            raise ConfigurationError("a local cluster has 1 or 3 nodes")
+        if not 64 <= heap_mb <= 512:
+            raise ConfigurationError("broker heap must be between 64 and 512 MiB")
+        state = ClusterState(cluster_id=_kafka_uuid(), heap_mb=heap_mb)
+        for i in range(1, nodes + 1):
+            broker = port + i - 1 if port else free_port()
+            state.nodes.append(NodeState(i, broker, free_port()))
+        return cls(data_dir, state)
+
+    @classmethod
+    def load(cls, data_dir: Path) -> LocalKafkaCluster | None:
+        path = data_dir / "cluster.json"
+        if not path.exists():
+            return None
+        raw = json.loads(path.read_text())
+        state = ClusterState(
+            cluster_id=raw["cluster_id"],
+            heap_mb=raw.get("heap_mb", 512),
+            nodes=[NodeState(**n) for n in raw["nodes"]],
+        )
+        return cls(data_dir, state)
+
+    def save(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "cluster.json").write_text(json.dumps(asdict(self.state), indent=2))
+
+    # -- properties --------------------------------------------------------------------------
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(f"127.0.0.1:{n.broker_port}" for n in self.state.nodes)
+
+    def node(self, node_id: int) -> NodeState:
+        for n in self.state.nodes:
+            if n.node_id == node_id:
+                return n
+        raise ConfigurationError(
+            f"no node {node_id}; nodes are {[n.node_id for n in self.state.nodes]}"
+        )
+
+    def node_dir(self, node_id: int) -> Path:
+        return self.data_dir / f"node-{node_id}"
+
+    def _config_path(self, node_id: int) -> Path:
+        return self.node_dir(node_id) / "server.properties"
+
+    def server_properties(self, node: NodeState) -> dict[str, str]:
+        n = len(self.state.nodes)
+        voters = ",".join(f"{x.node_id}@127.0.0.1:{x.controller_port}" for x in self.state.nodes)
+        rf = str(n)
+        return {
+            "process.roles": "broker,controller",
+            "node.id": str(node.node_id),
+            "controller.quorum.voters": voters,
+            "listeners": f"PLAINTEXT://127.0.0.1:{node.broker_port},"
+            f"CONTROLLER://127.0.0.1:{node.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.broker_port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.node_dir(node.node_id) / "data"),
+            # Transactions on one node need these internal topics at the cluster's size.
+            "offsets.topic.replication.factor": rf,
+            "offsets.topic.num.partitions": "10",
+            "transaction.state.log.replication.factor": rf,
+            "transaction.state.log.min.isr": "1" if n == 1 else "2",
+            "transaction.state.log.num.partitions": "10",
+            "share.coordinator.state.topic.replication.factor": rf,
+            "share.coordinator.state.topic.min.isr": "1" if n == 1 else "2",
+            "default.replication.factor": rf,
+            "min.insync.replicas": "1" if n == 1 else "2",
+            "num.partitions": "1",
+            "auto.create.topics.enable": "false",
+            "group.initial.rebalance.delay.ms": "0",
+            "log.flush.interval.messages": "9223372036854775807",
+            "delete.topic.enable": "true",
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, *, timeout_s: float = 90.0, wait: bool = True) -> None:
+        """Format storage where needed, start every node that is not running, wait for all."""
+        install()
+        self.save()
+        for node in self.state.nodes:
+            if not self._alive(node):
+                self._start_node(node)
+        self.save()
+        if wait:
+            self.wait_ready(timeout_s=timeout_s)
+
+    def wait_ready(self, *, timeout_s: float = 90.0, expected: int | None = None) -> None:
+        """Wait until a metadata request lists every node (or `expected` of them) as a broker."""
+        _run_sync(self.wait_ready_async(timeout_s=timeout_s, expected=expected))
+
+    async def wait_ready_async(
+        self, *, timeout_s: float = 90.0, expected: int | None = None
+    ) -> None:
+        want = expected if expected is not None else len(self.state.nodes)
+        try:
+            await wait_for_brokers(
+                self.bootstrap_servers, expected_brokers=want, timeout_s=timeout_s
+            )
+        except InfrastructureUnavailable as exc:
+            logs = "\n".join(self._log_tail(n.node_id) for n in self.state.nodes)
+            raise InfrastructureUnavailable(f"{exc.message}\n{logs}") from None
+
+    def stop(self, *, timeout_s: float = 30.0) -> None:
+        """Stop every node this cluster started (SIGTERM, then SIGKILL after `timeout_s`)."""
+        for node in self.state.nodes:
+            self._signal_and_wait(node, signal.SIGTERM, timeout_s)
+            node.pid = None
+        self.save()
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL one node: a crash, with no clean shutdown."""
+        node = self.node(node_id)
+        self._signal_and_wait(node, signal.SIGKILL, 10.0)
+        node.pid = None
+        self.save()
+
+    def restart(self, node_id: int, *, wait: bool = True, timeout_s: float = 90.0) -> None:
+        """Start one node again (after `kill` or `stop`) and wait for the full cluster."""
+        node = self.node(node_id)
+        if self._alive(node):
+            self._signal_and_wait(node, signal.SIGTERM, 30.0)
+        self._start_node(node)
+        self.save()
+        if wait:
+            self.wait_ready(timeout_s=timeout_s)
+
+    def status(self) -> dict[int, bool]:
+        """Whether each node's process is alive (not whether it serves requests)."""
+        return {n.node_id: self._alive(n) for n in self.state.nodes}
+
+    def destroy(self) -> None:
+        """Stop everything and delete the data directory."""
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _start_node(self, node: NodeState) -> None:
+        nd = self.node_dir(node.node_id)
+        nd.mkdir(parents=True, exist_ok=True)
+        config = self._config_path(node.node_id)
+        config.write_text("".join(f"{k}={v}\n" for k, v in self.server_properties(node).items()))
+        classpath = f"{libs_dir()}/*"
+        java = java_executable()
+        if not (nd / "data" / "meta.properties").exists():
+            fmt = subprocess.run(
+                [
+                    java,
+                    "-Xmx256m",
+                    "-cp",
+                    classpath,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    self.state.cluster_id,
+                    "-c",
+                    str(config),
+                    "--ignore-formatted",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if fmt.returncode != 0:
+                raise InfrastructureUnavailable(
+                    f"formatting KRaft storage of node {node.node_id} failed:\n"
+                    f"{fmt.stdout[-2000:]}{fmt.stderr[-2000:]}"
+                )
+        for port in (node.broker_port, node.controller_port):
+            if _port_in_use(port):
+                raise ConfigurationError(
+                    f"port {port} on 127.0.0.1 is already in use; choose another with --port "
+                    f"or stop what listens there"
+                )
+        heap = self.state.heap_mb
+        cmd = [
+            java,
+            f"-Xmx{heap}m",
+            f"-Xms{min(heap, 128)}m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={_resource(LOG4J)}",
+            f"-Dkafka.logs.dir={nd}",
+            f"-Desctl.node.dir={nd}",  # marks the process as ours: see _owns()
+            "-cp",
+            classpath,
+            "kafka.Kafka",
+            str(config),
+        ]
+        with open(nd / "stdout.log", "ab") as out:
+            proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        node.pid = proc.pid
+
+    def _owns(self, pid: int, node_id: int) -> bool:
+        """True when `pid` is alive and is this cluster's node `node_id` (not a reused pid)."""
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        marker = f"-Desctl.node.dir={self.node_dir(node_id)}".encode()
+        if marker not in cmdline:
+            return False
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+    def _alive(self, node: NodeState) -> bool:
+        return node.pid is not None and self._owns(node.pid, node.node_id)
+
+    def _signal_and_wait(self, node: NodeState, sig: signal.Signals, timeout_s: float) -> None:
+        if node.pid is None or not self._owns(node.pid, node.node_id):
+            return
+        os.kill(node.pid, sig)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            _reap(node.pid)
+            if not self._owns(node.pid, node.node_id):
+                return
+            time.sleep(0.1)
+        if sig != signal.SIGKILL:
+            os.kill(node.pid, signal.SIGKILL)
+            self._signal_and_wait(node, signal.SIGKILL, 10.0)
+
+    def _log_tail(self, node_id: int, lines: int = 30) -> str:
+        out = []
+        for name in ("stdout.log", "server.log"):
+            path = self.node_dir(node_id) / name
+            if path.exists():
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                out.append(f"--- node {node_id} {name}\n" + "\n".join(tail))
+        return "\n".join(out)
+
+
+def _reap(pid: int) -> None:
+    """Collect a child that exited (when we are its parent) so it is not left a zombie."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def iter_clusters(root: Path) -> Iterator[LocalKafkaCluster]:
+    """Clusters described under `root` (for status listings)."""
+    for path in sorted(root.glob("**/cluster.json")):
+        cluster = LocalKafkaCluster.load(path.parent)
+        if cluster is not None:
+            yield cluster

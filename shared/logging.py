@@ -1,0 +1,86 @@
+"""structlog configuration with correlation ids carried in contextvars.
+
+`configure_logging("json")` in services, `"console"` for people at a terminal. Bind the ids of the
+message being handled with `message_context(...)`: every log line inside carries them, also lines
+from code that knows nothing about messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import structlog
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def configure_logging(
+    fmt: Literal["json", "console"] = "json",
+    level: Literal["debug", "info", "warning", "error"] = "info",
+    *,
+    service: str | None = None,
+) -> None:
+    """Configure structlog (and route stdlib logging, e.g. aiokafka's, through the same output)."""
+    shared_processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[*shared_processors, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(processor=renderer, foreign_pre_chain=shared_processors)
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    # aiokafka logs every reconnect at INFO/WARNING; keep it but one level quieter than ours.
+    root.setLevel(max(_LEVELS[level], logging.WARNING))
+    if service:
+        structlog.contextvars.bind_contextvars(service=service)
+
+
+def get_logger(name: str | None = None) -> Any:
+    """A structlog logger; `name` becomes the `logger` field."""
+    return structlog.get_logger(name) if name else structlog.get_logger()
+
+
+@contextmanager
+def message_context(
+    *,
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+    message_id: str | None = None,
+    **extra: Any,
+) -> Iterator[None]:
+    """Bind message ids to every log line emitted inside the block (contextvars, task-local)."""
+    values = {
+        k: v
+        for k, v in {
+            "correlation_id": correlation_id,
+            "causation_id": causation_id,
+            "message_id": message_id,
+            **extra,
+        }.items()
+        if v is not None
+    }
+    with structlog.contextvars.bound_contextvars(**values):
+        yield

@@ -1,0 +1,177 @@
+"""The blog-publishing message contract: every command and every event, one class each.
+
+Types here are structural (what a field is and hard upper bounds that protect consumers); the
+business rules a person would expect (title length, tag count, life cycle) live in the domain of
+the command service and answer with their own rejection codes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from shared.messages.base import AGGREGATE_ID_PATTERN, COMMANDS, EVENTS, Command, Event
+
+# Hard caps so that one record can never exhaust a consumer; the domain enforces tighter rules.
+_TEXT_CAP = 1_000_000
+Tag = Annotated[str, Field(min_length=1, max_length=100)]
+
+# ---------------------------------------------------------------------------------------------
+# Commands (imperative)
+
+
+@COMMANDS.register
+class RegisterAuthor(Command):
+    """Register an author. `name` and `email` are personal data."""
+
+    name: str = Field(min_length=1, max_length=200)
+    email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+
+
+@COMMANDS.register
+class RenameAuthor(Command):
+    """Change an author's display name (personal data)."""
+
+    name: str = Field(min_length=1, max_length=200)
+
+
+@COMMANDS.register
+class CreatePost(Command):
+    """Create a draft post by an existing author."""
+
+    author_id: str = Field(pattern=AGGREGATE_ID_PATTERN)
+    title: str = Field(max_length=_TEXT_CAP)
+    body: str = Field(default="", max_length=_TEXT_CAP)
+    tags: list[Tag] = Field(default_factory=list, max_length=1000)
+
+
+@COMMANDS.register
+class EditPost(Command):
+    """Change any of title, body, tags of a post that is not archived."""
+
+    title: str | None = Field(default=None, max_length=_TEXT_CAP)
+    body: str | None = Field(default=None, max_length=_TEXT_CAP)
+    tags: list[Tag] | None = Field(default=None, max_length=1000)
+
+
+@COMMANDS.register
+class SubmitPostForReview(Command):
+    """Move a draft into review."""
+
+
+@COMMANDS.register
+class ApprovePost(Command):
+    """Approve a post in review."""
+
+    reviewer: str | None = Field(default=None, max_length=200)
+
+
+@COMMANDS.register
+class RejectPost(Command):
+    """Reject a post in review; it returns to draft with the reason."""
+
+    reason: str = Field(min_length=1, max_length=2000)
+    reviewer: str | None = Field(default=None, max_length=200)
+
+
+@COMMANDS.register
+class PublishPost(Command):
+    """Publish an approved (or unpublished) post."""
+
+
+@COMMANDS.register
+class UnpublishPost(Command):
+    """Take a published post offline."""
+
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+@COMMANDS.register
+class ArchivePost(Command):
+    """Archive a post. Final: nothing changes an archived post."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Events (past tense)
+
+
+@EVENTS.register
+class AuthorRegistered(Event):
+    name: str
+    email: str
+
+
+@EVENTS.register
+class AuthorRenamed(Event):
+    name: str
+
+
+@EVENTS.register
+class PostCreated(Event):
+    author_id: str
+    title: str
+    body: str
+    tags: list[str] = Field(default_factory=list)
+
+
+@EVENTS.register
+class PostEdited(Event):
+    title: str | None = None
+    body: str | None = None
+    tags: list[str] | None = None
+
+
+@EVENTS.register
+class PostSubmittedForReview(Event):
+    pass
+
+
+@EVENTS.register
+class PostApproved(Event):
+    reviewer: str | None = None
+
+
+@EVENTS.register
+class PostRejected(Event):
+    reason: str
+    reviewer: str | None = None
+
+
+@EVENTS.register
+class PostPublished(Event):
+    pass
+
+
+@EVENTS.register
+class PostUnpublished(Event):
+    reason: str | None = None
+
+
+@EVENTS.register
+class PostArchived(Event):
+    pass
+
+
+__all__ = [
+    "ApprovePost",
+    "ArchivePost",
+    "AuthorRegistered",
+    "AuthorRenamed",
+    "CreatePost",
+    "EditPost",
+    "PostApproved",
+    "PostArchived",
+    "PostCreated",
+    "PostEdited",
+    "PostPublished",
+    "PostRejected",
+    "PostSubmittedForReview",
+    "PostUnpublished",
+    "PublishPost",
+    "RegisterAuthor",
+    "RejectPost",
+    "RenameAuthor",
+    "SubmitPostForReview",
+    "UnpublishPost",
+]

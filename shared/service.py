@@ -1,0 +1,93 @@
+"""Running a service process: logging, HTTP server and background tasks, clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from shared.errors import InfrastructureUnavailable
+from shared.kafka.clients import wait_for_brokers
+from shared.logging import configure_logging, get_logger
+from shared.settings import ServiceSettings
+
+log = get_logger(__name__)
+
+
+async def serve(
+    settings: ServiceSettings,
+    app: FastAPI,
+    *,
+    startup: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    background: list[Callable[[], Coroutine[Any, Any, None]]] | None = None,
+    shutdown: Callable[[], Coroutine[Any, Any, None]] | None = None,
+) -> None:
+    """Run `app` on the settings' host/port plus background loops until SIGTERM/SIGINT.
+
+    A background loop that raises ends the process with an error: a service that cannot do
+    its work should be restarted, not keep answering /health.
+    """
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if startup is not None:
+        await startup()
+    tasks = [asyncio.create_task(server.serve(), name="http")]
+    tasks += [asyncio.create_task(fn(), name=fn.__name__) for fn in background or []]
+    stopper = asyncio.create_task(stop.wait(), name="signal")
+    log.info("service_started", port=settings.http_port)
+    failure: BaseException | None = None
+    try:
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopper and task.exception() is not None:
+                failure = task.exception()
+                log.error("service_task_failed", task=task.get_name(), error=repr(failure))
+    finally:
+        server.should_exit = True
+        if shutdown is not None:
+            await shutdown()
+        for task in [*tasks, stopper]:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        log.info("service_stopped")
+    if failure is not None:
+        raise SystemExit(1)
+
+
+def run(
+    settings: ServiceSettings, main: Callable[[ServiceSettings], Coroutine[Any, Any, None]]
+) -> None:
+    """Entry point helper for `__main__`: configure logging and run `main` to completion."""
+    configure_logging(settings.log_format, settings.log_level, service=settings.service_name)
+    asyncio.run(main(settings))
+
+
+def kafka_health(bootstrap_servers: str) -> Callable[[], Awaitable[dict[str, object]]]:
+    """A /health check that reports whether Kafka answers a metadata request within 3 s."""
+
+    async def check() -> dict[str, object]:
+        try:
+            await wait_for_brokers(bootstrap_servers, timeout_s=3.0)
+        except InfrastructureUnavailable as exc:
+            return {"status": "unavailable", "kafka": exc.message}
+        return {"status": "ok", "kafka": "reachable"}
+
+    return check

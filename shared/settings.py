@@ -1,0 +1,77 @@
+"""Settings read from the environment (pydantic-settings).
+
+Each service has one settings class; every field maps to an upper-case environment variable of the
+same name (`kafka_bootstrap_servers` <- `KAFKA_BOOTSTRAP_SERVERS`). `env_var_names()` lists them,
+which the docker-compose test uses to check that the compose file sets only variables that exist.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseSettings):
+    """Everything needed to talk to Kafka and to name the topics."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = Field(default="", description="prefix for every topic name, e.g. 'dev.'")
+    partitions: int = Field(default=6, ge=1, le=1000)
+    replication_factor: int = Field(default=1, ge=1, le=5)
+    commands_retention_ms: int = 7 * 24 * 3600 * 1000
+    results_retention_ms: int = 24 * 3600 * 1000
+
+
+class ServiceSettings(KafkaSettings):
+    """Common to every service: identity, HTTP port, logging."""
+
+    service_name: str = "service"
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class CommandServiceSettings(ServiceSettings):
+    """Command service: HTTP intake on 8001 and the transactional command processor."""
+
+    service_name: str = "command-service"
+    http_port: int = 8001
+    command_timeout_ms: int = Field(default=10_000, ge=100)
+    batch_max_records: int = Field(default=500, ge=1)
+    batch_max_wait_ms: int = Field(default=20, ge=0)
+
+
+class ProjectorSettings(ServiceSettings):
+    """Projector: consumes the events topic into the read store; health/metrics on 8003."""
+
+    service_name: str = "projector"
+    http_port: int = 8003
+    read_store_url: str = "sqlite:///./var/read-store.sqlite3"
+    batch_max_records: int = Field(default=2000, ge=1)
+
+
+class QueryServiceSettings(ServiceSettings):
+    """Query service: read-only HTTP on 8002 over the read store."""
+
+    service_name: str = "query-service"
+    http_port: int = 8002
+    read_store_url: str = "sqlite:///./var/read-store.sqlite3"
+    consistency_wait_ms: int = Field(default=5_000, ge=0)
+
+
+class WorkflowSettings(ServiceSettings):
+    """Workflow service: sagas from events to commands; operator HTTP on 8004."""
+
+    service_name: str = "workflow-service"
+    http_port: int = 8004
+
+
+def env_var_names(settings_cls: type[BaseSettings]) -> set[str]:
+    """The environment variables a settings class reads (upper-case field names, with prefix)."""
+    prefix = str(settings_cls.model_config.get("env_prefix", "") or "")
+    return {f"{prefix}{name}".upper() for name in settings_cls.model_fields}

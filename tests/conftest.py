@@ -1,0 +1,57 @@
+"""Session-wide real infrastructure and per-test isolation (unique topics and groups)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+
+from shared.kafka import make_admin
+from shared.kafka.topics import TopicSpec, ensure_topics
+from shared.logging import configure_logging
+from tests import infra
+
+configure_logging("console", "warning")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """A real Kafka broker for the session (env, container, or local launcher)."""
+    with infra.kafka_broker() as bootstrap:
+        yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL for the session (env, container, or local launcher)."""
+    with infra.postgres_server() as url:
+        yield url
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+TopicFactory = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def make_topic(kafka_bootstrap: str) -> AsyncIterator[TopicFactory]:
+    """Create uniquely named topics for one test; delete them afterwards."""
+    created: list[str] = []
+
+    async def factory(prefix: str = "t", partitions: int = 1, **configs: str) -> str:
+        name = unique(prefix)
+        await ensure_topics(kafka_bootstrap, [TopicSpec(name, partitions, 1, configs)])
+        created.append(name)
+        return name
+
+    yield factory
+    if created:
+        admin = make_admin(kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics(created)
+        finally:
+            await admin.close()

@@ -1,0 +1,1 @@
+"""Workflow service: sagas that turn events into commands, with timers and compensation."""

@@ -1,0 +1,21 @@
+"""Composition root: settings in, a running service out."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from shared.http import service_app
+from shared.service import kafka_health, serve
+from shared.settings import WorkflowSettings
+
+#: The settings class this service reads (environment variables: `env_var_names(SETTINGS)`).
+SETTINGS = WorkflowSettings
+
+
+def build_app(settings: WorkflowSettings) -> FastAPI:
+    return service_app(settings.service_name, health=kafka_health(settings.kafka_bootstrap_servers))
+
+
+async def main(settings: WorkflowSettings) -> None:
+
+    await serve(settings, build_app(settings), startup=None)
