@@ -1,0 +1,309 @@
+"""decide and evolve for authors and posts.
+
+Life cycle of a post:
+
+    draft --submit--> in_review --approve--> approved --publish--> published <--> unpublished
+      ^                   |
+      +------reject-------+                  (any state but archived) --archive--> archived (final)
+
+Edits are allowed in draft, published and unpublished; a post under review (in_review, approved)
+is locked so that what was approved is what gets published.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+from command_service.domain.rejections import Rejection
+from command_service.domain.state import AggregateState, AuthorState, PostState, PostStatus
+from shared.messages.base import Command, Event
+from shared.messages.blog import (
+    ApprovePost,
+    ArchivePost,
+    AuthorRegistered,
+    AuthorRenamed,
+    CreatePost,
+    EditPost,
+    PostApproved,
+    PostArchived,
+    PostCreated,
+    PostEdited,
+    PostPublished,
+    PostRejected,
+    PostSubmittedForReview,
+    PostUnpublished,
+    PublishPost,
+    RegisterAuthor,
+    RejectPost,
+    RenameAuthor,
+    SubmitPostForReview,
+    UnpublishPost,
+)
+
+TITLE_MAX = 200
+BODY_MAX_BYTES = 100 * 1024
+TAGS_MAX = 10
+TAG_MAX = 50
+
+Decision = list[Event] | Rejection
+
+_AUTHOR_COMMANDS = (RegisterAuthor, RenameAuthor)
+
+
+def decide(
+    command: Command,
+    state: AggregateState | None,
+    *,
+    aggregate_id: str,
+    expected_version: int | None = None,
+    author_exists: bool = False,
+) -> Decision:
+    """Decide on `command` given the current `state` of its aggregate (None: never seen).
+
+    `author_exists` is the shell's answer for `CreatePost.author_id` (ignored otherwise).
+    """
+    current = state.version if state is not None else 0
+    if expected_version is not None and expected_version != current:
+        return Rejection(
+            "version_conflict",
+            f"{aggregate_id} is at version {current}, not at the expected {expected_version}; "
+            "reload it and try again",
+            {"current_version": current, "expected_version": expected_version},
+        )
+    is_author_command = isinstance(command, _AUTHOR_COMMANDS)
+    if state is not None and isinstance(state, AuthorState) != is_author_command:
+        kind = "an author" if isinstance(state, AuthorState) else "a post"
+        return Rejection(
+            "wrong_aggregate_type",
+            f"{aggregate_id} is {kind}; {command.message_type} does not apply to it",
+        )
+    if is_author_command:
+        return _decide_author(
+            command, state if isinstance(state, AuthorState) else None, aggregate_id
+        )
+    post = state if isinstance(state, PostState) else None
+    return _decide_post(command, post, aggregate_id, author_exists)
+
+
+def _decide_author(command: Command, state: AuthorState | None, aggregate_id: str) -> Decision:
+    if isinstance(command, RegisterAuthor):
+        if state is not None:
+            return Rejection(
+                "author_already_registered", f"author {aggregate_id} is already registered"
+            )
+        return [AuthorRegistered(name=command.name, email=command.email)]
+    if isinstance(command, RenameAuthor):
+        if state is None:
+            return Rejection("author_not_found", f"author {aggregate_id} does not exist")
+        if command.name == state.name:
+            return Rejection("nothing_to_change", f"author {aggregate_id} already has that name")
+        return [AuthorRenamed(name=command.name)]
+    raise TypeError(f"not an author command: {command.message_type}")  # pragma: no cover
+
+
+def _check_title(title: str) -> Rejection | None:
+    if not title.strip():
+        return Rejection("title_required", "a post needs a title")
+    if len(title) > TITLE_MAX:
+        return Rejection(
+            "title_too_long",
+            f"the title has {len(title)} characters; at most {TITLE_MAX} are allowed",
+            {"length": len(title), "max": TITLE_MAX},
+        )
+    return None
+
+
+def _check_body(body: str) -> Rejection | None:
+    size = len(body.encode())
+    if size > BODY_MAX_BYTES:
+        return Rejection(
+            "body_too_large",
+            f"the body is {size} bytes; at most {BODY_MAX_BYTES} (100 KB) are allowed",
+            {"bytes": size, "max": BODY_MAX_BYTES},
+        )
+    return None
+
+
+def _check_tags(tags: list[str]) -> Rejection | None:
+    if len(tags) > TAGS_MAX:
+        return Rejection(
+            "too_many_tags",
+            f"{len(tags)} tags given; a post has at most {TAGS_MAX}",
+            {"count": len(tags), "max": TAGS_MAX},
+        )
+    for tag in tags:
+        if not tag.strip() or len(tag) > TAG_MAX:
+            return Rejection(
+                "invalid_tag", f"tag {tag!r} must be 1-{TAG_MAX} characters", {"tag": tag}
+            )
+    if len({t.lower() for t in tags}) != len(tags):
+        return Rejection("invalid_tag", "tags must be unique (case-insensitive)")
+    return None
+
+
+def _first(*checks: Rejection | None) -> Rejection | None:
+    return next((c for c in checks if c is not None), None)
+
+
+def _decide_post(
+    command: Command, post: PostState | None, aggregate_id: str, author_exists: bool
+) -> Decision:
+    if isinstance(command, CreatePost):
+        if post is not None:
+            return Rejection("post_already_exists", f"post {aggregate_id} already exists")
+        invalid = _first(
+            _check_title(command.title), _check_body(command.body), _check_tags(command.tags)
+        )
+        if invalid:
+            return invalid
+        if not author_exists:
+            return Rejection(
+                "author_not_found",
+                f"author {command.author_id} does not exist (or its registration was not "
+                "yet committed)",
+                {"author_id": command.author_id},
+            )
+        return [
+            PostCreated(
+                author_id=command.author_id,
+                title=command.title.strip(),
+                body=command.body,
+                tags=command.tags,
+            )
+        ]
+    if post is None:
+        return Rejection("post_not_found", f"post {aggregate_id} does not exist")
+    if post.status is PostStatus.ARCHIVED:
+        return Rejection(
+            "post_archived", f"post {aggregate_id} is archived; archived posts cannot change"
+        )
+    return _transition(command, post, aggregate_id)
+
+
+def _wrong_state(code: str, post: PostState, action: str, needs: str) -> Rejection:
+    return Rejection(
+        code,
+        f"cannot {action} post {post.id}: it is {post.status.value}, it must be {needs}",
+        {"status": post.status.value},
+    )
+
+
+def _transition(command: Command, post: PostState, aggregate_id: str) -> Decision:
+    s = post.status
+    if isinstance(command, EditPost):
+        if s in (PostStatus.IN_REVIEW, PostStatus.APPROVED):
+            return _wrong_state(
+                "post_in_review", post, "edit", "draft, published or unpublished (not under review)"
+            )
+        if command.title is None and command.body is None and command.tags is None:
+            return Rejection("nothing_to_change", "an edit needs a title, body or tags")
+        invalid = _first(
+            _check_title(command.title) if command.title is not None else None,
+            _check_body(command.body) if command.body is not None else None,
+            _check_tags(command.tags) if command.tags is not None else None,
+        )
+        if invalid:
+            return invalid
+        title = command.title.strip() if command.title is not None else None
+        if (
+            (title is None or title == post.title)
+            and (command.body is None or command.body == post.body)
+            and (command.tags is None or tuple(command.tags) == post.tags)
+        ):
+            return Rejection("nothing_to_change", f"post {aggregate_id} already has that content")
+        return [PostEdited(title=title, body=command.body, tags=command.tags)]
+    if isinstance(command, SubmitPostForReview):
+        if s is not PostStatus.DRAFT:
+            return _wrong_state("not_a_draft", post, "submit", "a draft")
+        return [PostSubmittedForReview()]
+    if isinstance(command, ApprovePost):
+        if s is not PostStatus.IN_REVIEW:
+            return _wrong_state("not_in_review", post, "approve", "in review")
+        return [PostApproved(reviewer=command.reviewer)]
+    if isinstance(command, RejectPost):
+        if s is not PostStatus.IN_REVIEW:
+            return _wrong_state("not_in_review", post, "reject", "in review")
+        return [PostRejected(reason=command.reason, reviewer=command.reviewer)]
+    if isinstance(command, PublishPost):
+        if s is PostStatus.PUBLISHED:
+            return Rejection("already_published", f"post {aggregate_id} is already published")
+        if s not in (PostStatus.APPROVED, PostStatus.UNPUBLISHED):
+            return _wrong_state("not_approved", post, "publish", "approved or unpublished")
+        return [PostPublished()]
+    if isinstance(command, UnpublishPost):
+        if s is not PostStatus.PUBLISHED:
+            return _wrong_state("not_published", post, "unpublish", "published")
+        return [PostUnpublished(reason=command.reason)]
+    if isinstance(command, ArchivePost):
+        return [PostArchived()]
+    raise TypeError(f"not a post command: {command.message_type}")  # pragma: no cover
+
+
+def evolve(
+    state: AggregateState | None, event: Event, *, aggregate_id: str, at: datetime
+) -> AggregateState:
+    """Apply one event; `at` is the event's time. The version goes up by one per event."""
+    if isinstance(event, AuthorRegistered):
+        return AuthorState(aggregate_id, 1, event.name, event.email)
+    if isinstance(event, PostCreated):
+        return PostState(
+            aggregate_id,
+            1,
+            event.author_id,
+            event.title,
+            event.body,
+            tuple(event.tags),
+            PostStatus.DRAFT,
+            at,
+            at,
+        )
+    if state is None:
+        raise ValueError(f"{event.message_type} for {aggregate_id}, which has no creation event")
+    version = state.version + 1
+    if isinstance(state, AuthorState):
+        if isinstance(event, AuthorRenamed):
+            return replace(state, version=version, name=event.name)
+        raise ValueError(f"{event.message_type} does not apply to author {aggregate_id}")
+    return _evolve_post(state, event, version, at)
+
+
+_STATUS_AFTER: dict[type[Event], PostStatus] = {
+    PostSubmittedForReview: PostStatus.IN_REVIEW,
+    PostApproved: PostStatus.APPROVED,
+    PostRejected: PostStatus.DRAFT,
+    PostPublished: PostStatus.PUBLISHED,
+    PostUnpublished: PostStatus.UNPUBLISHED,
+    PostArchived: PostStatus.ARCHIVED,
+}
+
+
+def _evolve_post(post: PostState, event: Event, version: int, at: datetime) -> PostState:
+    if isinstance(event, PostEdited):
+        return replace(
+            post,
+            version=version,
+            updated_at=at,
+            title=event.title if event.title is not None else post.title,
+            body=event.body if event.body is not None else post.body,
+            tags=tuple(event.tags) if event.tags is not None else post.tags,
+        )
+    status = _STATUS_AFTER.get(type(event))
+    if status is None:
+        raise ValueError(f"{event.message_type} does not apply to post {post.id}")
+    return replace(
+        post,
+        version=version,
+        updated_at=at,
+        status=status,
+        published_at=at if status is PostStatus.PUBLISHED else post.published_at,
+        last_rejection=event.reason if isinstance(event, PostRejected) else post.last_rejection,
+    )
+
+
+def replay(events: list[tuple[Event, datetime]], *, aggregate_id: str) -> AggregateState | None:
+    """Fold a history (event, time) from nothing."""
+    state: AggregateState | None = None
+    for event, at in events:
+        state = evolve(state, event, aggregate_id=aggregate_id, at=at)
+    return state

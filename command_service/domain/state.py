@@ -1,0 +1,42 @@
+"""Aggregate states: immutable values rebuilt by folding events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+
+class PostStatus(StrEnum):
+    DRAFT = "draft"
+    IN_REVIEW = "in_review"
+    APPROVED = "approved"
+    PUBLISHED = "published"
+    UNPUBLISHED = "unpublished"
+    ARCHIVED = "archived"
+
+
+@dataclass(frozen=True)
+class AuthorState:
+    id: str
+    version: int
+    name: str
+    email: str
+
+
+@dataclass(frozen=True)
+class PostState:
+    id: str
+    version: int
+    author_id: str
+    title: str
+    body: str
+    tags: tuple[str, ...]
+    status: PostStatus
+    created_at: datetime
+    updated_at: datetime
+    published_at: datetime | None = None
+    last_rejection: str | None = None
+
+
+AggregateState = AuthorState | PostState
