@@ -1,12 +1,17 @@
-"""Composition root: settings in, a running service out."""
+"""Composition root: settings in, a running command service out."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
-from shared.http import service_app
-from shared.kafka.topics import bootstrap_system_topics
+from command_service.adapters import KafkaAuthorDirectory, KafkaPartitionHistory
+from command_service.api import build_api
+from command_service.processor import CommandHandler
+from shared.kafka.commands import CommandClient
+from shared.kafka.processor import TransactionalPartitionProcessor
+from shared.kafka.topics import Topics, bootstrap_system_topics
 from shared.logging import get_logger
+from shared.messages.codec import utcnow
 from shared.service import kafka_health, serve
 from shared.settings import CommandServiceSettings
 
@@ -16,15 +21,63 @@ log = get_logger(__name__)
 SETTINGS = CommandServiceSettings
 
 
-def build_app(settings: CommandServiceSettings) -> FastAPI:
-    return service_app(settings.service_name, health=kafka_health(settings.kafka_bootstrap_servers))
+def build_app(settings: CommandServiceSettings, client: CommandClient) -> FastAPI:
+    return build_api(
+        service=settings.service_name,
+        client=client,
+        health=kafka_health(settings.kafka_bootstrap_servers),
+        wait_s=settings.command_timeout_ms / 1000,
+        body_limit=settings.http_body_limit_bytes,
+        clock=utcnow,
+    )
 
 
 async def main(settings: CommandServiceSettings) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    topics = Topics.from_settings(settings)
+    # Idempotent; refuses to start when commands and events differ in partition count.
+    counts = await bootstrap_system_topics(settings)
+    log.info("topics_ready", partitions=counts)
+    authors = KafkaAuthorDirectory(bootstrap, topics)
+    handler = CommandHandler(
+        topics=topics,
+        partitions=counts[topics.commands],
+        authors=authors,
+        history=KafkaPartitionHistory(bootstrap, topics),
+        clock=utcnow,
+        max_command_bytes=settings.max_command_bytes,
+        author_wait_s=settings.author_wait_ms / 1000,
+    )
+    processor = TransactionalPartitionProcessor(
+        bootstrap_servers=bootstrap,
+        service=settings.service_name,
+        input_topic=topics.commands,
+        group_id=settings.group_id,
+        handler=handler,
+        dlq_topic=topics.commands_dlq,
+        max_records=settings.batch_max_records,
+        max_wait_ms=settings.batch_max_wait_ms,
+        consumer_overrides={
+            "session_timeout_ms": settings.session_timeout_ms,
+            "heartbeat_interval_ms": max(500, settings.session_timeout_ms // 10),
+        },
+    )
+    client = CommandClient(bootstrap, topics)
 
     async def startup() -> None:
-        # Idempotent; refuses to start when commands and events differ in partition count.
-        counts = await bootstrap_system_topics(settings)
-        log.info("topics_ready", partitions=counts)
+        await authors.start()
+        await client.start()
+        await processor.start()
 
-    await serve(settings, build_app(settings), startup=startup)
+    async def shutdown() -> None:
+        await processor.stop()
+        await client.stop()
+        await authors.stop()
+
+    await serve(
+        settings,
+        build_app(settings, client),
+        startup=startup,
+        background=[processor.run],
+        shutdown=shutdown,
+    )

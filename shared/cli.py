@@ -255,6 +255,75 @@ def topics_create() -> None:
         console.print(f"{name}: {n} partitions")
 
 
+# ---------------------------------------------------------------------------------- send
+
+
+@app.command("send")
+def send(
+    command_type: Annotated[str, typer.Argument(metavar="TYPE", help="e.g. PublishPost")],
+    aggregate: Annotated[str, typer.Option("--aggregate", "-a", help="aggregate id (the key)")],
+    payload: Annotated[str, typer.Option("--json", "-j", help="payload as JSON")] = "{}",
+    expected_version: Annotated[int | None, typer.Option(help="optimistic check")] = None,
+    command_id: Annotated[str | None, typer.Option(help="UUID; random by default")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the outcome")] = 10.0,
+) -> None:
+    """Produce a command onto the commands topic and print its outcome (JSON on stdout).
+
+    Exit code: 0 accepted, 1 rejected, 3 no outcome within the timeout, 2 invalid input.
+    """
+    import uuid
+
+    from shared.kafka.commands import CommandClient
+    from shared.kafka.topics import Topics
+    from shared.messages import COMMANDS, encode_command
+    from shared.messages.codec import utcnow
+    from shared.settings import KafkaSettings
+
+    try:
+        cls = COMMANDS.get(command_type)
+        command = cls.model_validate_json(payload)
+        cid = uuid.UUID(command_id) if command_id else uuid.uuid4()
+    except EsError as exc:
+        _fail(exc)
+    except ValueError as exc:
+        console.print(f"[red]invalid {command_type}[/red]: {exc}")
+        raise typer.Exit(2) from None
+    settings = KafkaSettings()
+    message = encode_command(
+        command,
+        command_id=cid,
+        aggregate_id=aggregate,
+        expected_version=expected_version,
+        occurred_at=utcnow(),
+    )
+
+    async def go() -> object:
+        client = CommandClient(
+            settings.kafka_bootstrap_servers, Topics.from_settings(settings), recent_window_s=0
+        )
+        await client.start()
+        try:
+            return await client.send(cid, message, wait_s=timeout)
+        finally:
+            await client.stop()
+
+    try:
+        outcome = asyncio.run(go())
+    except EsError as exc:
+        _fail(exc)
+    if outcome is None:
+        print(json.dumps({"command_id": str(cid), "status": "pending"}))
+        console.print(f"no outcome within {timeout}s (is the command service running?)")
+        raise typer.Exit(3)
+    from shared.messages.results import CommandOutcome
+
+    assert isinstance(outcome, CommandOutcome)
+    print(outcome.model_dump_json())
+    if outcome.status == "rejected":
+        console.print(f"[yellow]rejected[/yellow] {outcome.code}: {outcome.message}")
+        raise typer.Exit(1)
+
+
 # ------------------------------------------------------------------------------------ up
 
 SERVICES = {

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.errors import EsError
 
@@ -46,6 +47,11 @@ def service_app(
     @app.get("/metrics", tags=["operations"])
     async def metrics_endpoint() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        code = getattr(exc, "code", None) or f"http_{exc.status_code}"
+        return problem(exc.status_code, code, str(exc.detail), str(exc.detail))
 
     @app.exception_handler(EsError)
     async def es_error(_: Request, exc: EsError) -> Response:

@@ -41,9 +41,14 @@ class CommandServiceSettings(ServiceSettings):
 
     service_name: str = "command-service"
     http_port: int = 8001
-    command_timeout_ms: int = Field(default=10_000, ge=100)
+    group_id: str = "command-service"
+    command_timeout_ms: int = Field(default=10_000, ge=0, description="HTTP wait for outcome")
     batch_max_records: int = Field(default=500, ge=1)
     batch_max_wait_ms: int = Field(default=20, ge=0)
+    session_timeout_ms: int = Field(default=10_000, ge=6_000)
+    max_command_bytes: int = Field(default=512 * 1024, ge=1024)
+    http_body_limit_bytes: int = Field(default=256 * 1024, ge=1024)
+    author_wait_ms: int = Field(default=2_000, ge=0)
 
 
 class ProjectorSettings(ServiceSettings):

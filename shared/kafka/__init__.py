@@ -11,12 +11,14 @@ from shared.kafka.processor import (
     PartitionHandler,
     ProcessorHooks,
     TransactionalPartitionProcessor,
+    TwoPhaseHandler,
     transactional_id_for,
 )
-from shared.kafka.records import InboundRecord, OutboundRecord, dead_letter
+from shared.kafka.records import Delivered, InboundRecord, OutboundRecord, dead_letter
 from shared.kafka.topics import Topics, TopicSpec, bootstrap_system_topics, ensure_topics
 
 __all__ = [
+    "Delivered",
     "InboundRecord",
     "OutboundRecord",
     "PartitionHandler",
@@ -24,6 +26,7 @@ __all__ = [
     "TopicSpec",
     "Topics",
     "TransactionalPartitionProcessor",
+    "TwoPhaseHandler",
     "bootstrap_system_topics",
     "dead_letter",
     "ensure_topics",

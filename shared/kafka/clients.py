@@ -14,6 +14,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
 
 from shared.errors import InfrastructureUnavailable
 
@@ -94,3 +95,13 @@ async def wait_for_brokers(
         f"Kafka at {bootstrap_servers} did not answer a metadata request within "
         f"{timeout_s:.0f}s ({last_error})"
     )
+
+
+def partition_for_key(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default (Java, aiokafka) partitioner picks for `key`: murmur2.
+
+    librdkafka clients (kcat, confluent-kafka) default to a CRC32 partitioner instead; records
+    they produce can land elsewhere, which the command processor detects with this function.
+    """
+    hashed: int = murmur2(key)
+    return (hashed & 0x7FFFFFFF) % partitions

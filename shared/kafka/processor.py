@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -36,10 +36,17 @@ from aiokafka.errors import KafkaError, ProducerFenced
 
 from shared.errors import EsError
 from shared.kafka.clients import make_consumer, make_transactional_producer
-from shared.kafka.records import InboundRecord, OutboundRecord, dead_letter
+from shared.kafka.records import (
+    Delivered,
+    InboundRecord,
+    OutboundRecord,
+    dead_letter,
+    from_consumer_record,
+)
 from shared.logging import get_logger
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 
 def transactional_id_for(service: str, topic: str, partition: int) -> str:
@@ -65,6 +72,16 @@ class PartitionHandler(Protocol):
         as a poison record (see the module docstring), except `EsError`s with `retriable=True`,
         which are retried.
         """
+
+
+class TwoPhaseHandler(PartitionHandler, Protocol):
+    """A handler that also needs the positions of its first outputs (e.g. event offsets in a
+    command outcome). `after_send` runs in the same transaction, after `handle`'s outputs were
+    acknowledged by the broker; its records are produced before the commit."""
+
+    async def after_send(
+        self, partition: int, delivered: Sequence[Delivered]
+    ) -> Sequence[OutboundRecord]: ...
 
 
 @dataclass
@@ -161,7 +178,7 @@ class TransactionalPartitionProcessor:
                 owned = self._owned.get(tp.partition)
                 if owned is None or not owned.active or not messages:
                     continue  # not (yet) ours: never commit, the owner seeks on acquisition
-                jobs.append(self._process(owned, [_inbound(m) for m in messages]))
+                jobs.append(self._process(owned, [from_consumer_record(m) for m in messages]))
             if not jobs:
                 continue
             results = await asyncio.gather(*jobs, return_exceptions=True)
@@ -281,17 +298,13 @@ class TransactionalPartitionProcessor:
         partition = owned.tp.partition
         await producer.begin_transaction()
         try:
-            try:
-                outputs = await self.handler.handle(partition, records)
-            except EsError as exc:
-                if exc.retriable:
-                    raise
-                raise _Poison() from exc
-            except (KafkaError, OSError):
-                raise
-            except Exception as exc:
-                raise _Poison() from exc
-            await self._send_all(producer, outputs)
+            outputs = list(await _guard(self.handler.handle(partition, records)))
+            delivered = await self._send_all(producer, outputs)
+            after_send = getattr(self.handler, "after_send", None)
+            if after_send is not None:
+                more = await _guard(after_send(partition, delivered))
+                await self._send_all(producer, more)
+                outputs.extend(more)
             await producer.send_offsets_to_transaction(
                 {owned.tp: records[-1].offset + 1}, self.group_id
             )
@@ -311,7 +324,7 @@ class TransactionalPartitionProcessor:
         self.stats.records_out += len(outputs)
 
     @staticmethod
-    async def _send_all(producer: Any, outputs: Sequence[OutboundRecord]) -> None:
+    async def _send_all(producer: Any, outputs: Sequence[OutboundRecord]) -> list[Delivered]:
         futures = [
             await producer.send(
                 out.topic,
@@ -323,8 +336,10 @@ class TransactionalPartitionProcessor:
             for out in outputs
         ]
         # Wait for delivery so that a delivery error aborts this transaction, not the next.
-        if futures:
-            await asyncio.gather(*futures)
+        metadata = await asyncio.gather(*futures) if futures else []
+        return [
+            Delivered(out, m.partition, m.offset) for out, m in zip(outputs, metadata, strict=True)
+        ]
 
     async def _rewind(self, owned: _Owned, offset: int) -> None:
         """Seek back and rebuild the handler's state: it may hold effects of aborted records."""
@@ -383,6 +398,20 @@ class TransactionalPartitionProcessor:
         )
 
 
+async def _guard(call: Awaitable[T]) -> T:
+    """Run handler code: retriable errors pass through, anything else marks the input poison."""
+    try:
+        return await call
+    except EsError as exc:
+        if exc.retriable:
+            raise
+        raise _Poison() from exc
+    except (KafkaError, OSError):
+        raise
+    except Exception as exc:
+        raise _Poison() from exc
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base class
     def __init__(self, processor: TransactionalPartitionProcessor) -> None:
         self._p = processor
@@ -401,15 +430,3 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped bas
                 # aiokafka swallows listener errors; surface it to run() instead of idling.
                 log.error("partition_acquire_failed", partition=tp.partition, error=repr(exc))
                 self._p._fatal = exc
-
-
-def _inbound(message: Any) -> InboundRecord:
-    return InboundRecord(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value,
-        headers=list(message.headers or ()),
-        timestamp_ms=message.timestamp,
-    )

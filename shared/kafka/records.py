@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from shared.errors import EsError
 from shared.messages.codec import EncodedMessage, Headers
@@ -27,6 +28,19 @@ class InboundRecord:
         return None
 
 
+def from_consumer_record(message: Any) -> InboundRecord:
+    """Convert an aiokafka ConsumerRecord (untyped) into an InboundRecord."""
+    return InboundRecord(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        headers=list(message.headers or ()),
+        timestamp_ms=message.timestamp,
+    )
+
+
 @dataclass(frozen=True)
 class OutboundRecord:
     """A record to produce; `partition=None` lets the default partitioner (murmur2 of key) pick."""
@@ -48,6 +62,15 @@ class OutboundRecord:
             headers=list(message.headers),
             partition=partition,
         )
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """An output record and where the broker put it (inside a not yet committed transaction)."""
+
+    record: OutboundRecord
+    partition: int
+    offset: int
 
 
 def dead_letter(record: InboundRecord, error: BaseException, dlq_topic: str) -> OutboundRecord:

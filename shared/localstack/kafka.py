@@ -243,6 +243,11 @@ class LocalKafkaCluster:
             "group.initial.rebalance.delay.ms": "0",
             "log.flush.interval.messages": "9223372036854775807",
             "delete.topic.enable": "true",
+            # Local clusters notice a dead broker in seconds rather than the production defaults
+            # (9 s fencing, 30 s ISR lag), so durability experiments do not idle.
+            "broker.heartbeat.interval.ms": "500",
+            "broker.session.timeout.ms": "3000",
+            "replica.lag.time.max.ms": "5000",
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -275,7 +280,14 @@ class LocalKafkaCluster:
             raise InfrastructureUnavailable(f"{exc.message}\n{logs}") from None
 
     def stop(self, *, timeout_s: float = 30.0) -> None:
-        """Stop every node this cluster started (SIGTERM, then SIGKILL after `timeout_s`)."""
+        """Stop every node this cluster started (SIGTERM, then SIGKILL after `timeout_s`).
+
+        All nodes get SIGTERM at once: stopped one by one, the last ones would lose their
+        controller quorum and wait out their controlled-shutdown timeout.
+        """
+        for node in self.state.nodes:
+            if node.pid is not None and self._owns(node.pid, node.node_id):
+                os.kill(node.pid, signal.SIGTERM)
         for node in self.state.nodes:
             self._signal_and_wait(node, signal.SIGTERM, timeout_s)
             node.pid = None
@@ -296,15 +308,24 @@ class LocalKafkaCluster:
         self._start_node(node)
         self.save()
         if wait:
-            self.wait_ready(timeout_s=timeout_s)
+            # Ask the restarted node itself: the others may still list it as a broker.
+            _run_sync(
+                wait_for_brokers(
+                    f"127.0.0.1:{node.broker_port}",
+                    expected_brokers=len(self.state.nodes),
+                    timeout_s=timeout_s,
+                )
+            )
 
     def status(self) -> dict[int, bool]:
         """Whether each node's process is alive (not whether it serves requests)."""
         return {n.node_id: self._alive(n) for n in self.state.nodes}
 
     def destroy(self) -> None:
-        """Stop everything and delete the data directory."""
-        self.stop()
+        """Kill everything (the data is deleted anyway) and delete the data directory."""
+        for node in self.state.nodes:
+            self._signal_and_wait(node, signal.SIGKILL, 10.0)
+            node.pid = None
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
     # -- internals ---------------------------------------------------------------------------
@@ -341,6 +362,11 @@ class LocalKafkaCluster:
                     f"{fmt.stdout[-2000:]}{fmt.stderr[-2000:]}"
                 )
         for port in (node.broker_port, node.controller_port):
+            # A just-killed JVM lets go of its sockets only when its last thread has exited,
+            # which can be a moment after the process turned into a zombie.
+            deadline = time.monotonic() + 10
+            while _port_in_use(port) and time.monotonic() < deadline:
+                time.sleep(0.1)
             if _port_in_use(port):
                 raise ConfigurationError(
                     f"port {port} on 127.0.0.1 is already in use; choose another with --port "

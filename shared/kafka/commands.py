@@ -1,0 +1,108 @@
+"""Sending commands onto the commands topic and waiting for their outcome.
+
+Used by the HTTP intake of the command service and by `esctl send`. One idempotent producer,
+and one follower of the command-results topic that resolves waiters by command id and keeps a
+bounded cache of recent outcomes (for `GET /commands/{id}`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from uuid import UUID
+
+from aiokafka.errors import KafkaError
+
+from shared.errors import InfrastructureUnavailable, MessageError
+from shared.kafka.clients import make_producer
+from shared.kafka.reader import TopicFollower
+from shared.kafka.records import InboundRecord
+from shared.kafka.topics import Topics
+from shared.logging import get_logger
+from shared.messages.codec import EncodedMessage
+from shared.messages.results import CommandOutcome
+
+log = get_logger(__name__)
+
+
+class CommandClient:
+    """Produce commands; await outcomes from the results topic."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topics: Topics,
+        *,
+        recent_window_s: float = 600.0,
+        cache_size: int = 100_000,
+    ) -> None:
+        self.topics = topics
+        self._producer = make_producer(bootstrap_servers)
+        self._follower = TopicFollower(
+            bootstrap_servers,
+            topics.command_results,
+            self._on_results,
+            start_at_ms=int((time.time() - recent_window_s) * 1000),
+        )
+        self._waiters: dict[UUID, list[asyncio.Future[CommandOutcome]]] = {}
+        self._recent: OrderedDict[UUID, CommandOutcome] = OrderedDict()
+        self._cache_size = cache_size
+
+    async def start(self) -> None:
+        await self._producer.start()
+        await self._follower.start()
+
+    async def stop(self) -> None:
+        await self._follower.stop()
+        with contextlib.suppress(KafkaError):
+            await self._producer.stop()
+
+    def _on_results(self, records: Sequence[InboundRecord]) -> None:
+        for record in records:
+            try:
+                outcome = CommandOutcome.decode(record.value)
+            except MessageError:
+                log.warning("unreadable_outcome", offset=record.offset)
+                continue
+            self._recent[outcome.command_id] = outcome
+            self._recent.move_to_end(outcome.command_id)
+            if len(self._recent) > self._cache_size:
+                self._recent.popitem(last=False)
+            for future in self._waiters.pop(outcome.command_id, []):
+                if not future.done():
+                    future.set_result(outcome)
+
+    def lookup(self, command_id: UUID) -> CommandOutcome | None:
+        """A recent outcome seen by this client (None: unknown to it, or still pending)."""
+        return self._recent.get(command_id)
+
+    async def send(
+        self, command_id: UUID, message: EncodedMessage, *, wait_s: float
+    ) -> CommandOutcome | None:
+        """Produce the command; return its outcome, or None if it did not arrive in `wait_s`."""
+        future: asyncio.Future[CommandOutcome] = asyncio.get_running_loop().create_future()
+        # Register before producing so that a fast outcome cannot slip past us.
+        self._waiters.setdefault(command_id, []).append(future)
+        try:
+            try:
+                await self._producer.send_and_wait(
+                    self.topics.commands,
+                    message.value,
+                    key=message.key,
+                    headers=message.headers,
+                )
+            except KafkaError as exc:
+                raise InfrastructureUnavailable(f"could not enqueue the command: {exc}") from exc
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), wait_s)
+            except TimeoutError:
+                return None
+        finally:
+            waiters = self._waiters.get(command_id, [])
+            if future in waiters:
+                waiters.remove(future)
+                if not waiters:
+                    self._waiters.pop(command_id, None)
