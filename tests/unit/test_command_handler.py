@@ -1,0 +1,208 @@
+"""The command handler's decisions per batch, with in-memory history and author directory."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from command_service.adapters import InMemoryAuthorDirectory, InMemoryPartitionHistory
+from command_service.processor import CommandHandler
+from shared.kafka.clients import partition_for_key
+from shared.kafka.records import Delivered, InboundRecord, OutboundRecord
+from shared.kafka.topics import Topics
+from shared.messages import decode_event, encode_command, encode_event
+from shared.messages.base import Command
+from shared.messages.blog import CreatePost, PostCreated, PublishPost, RegisterAuthor
+from shared.messages.results import CommandOutcome
+from shared.settings import KafkaSettings
+
+NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+TOPICS = Topics.from_settings(KafkaSettings())
+PARTITIONS = 4
+
+
+def key_in(partition: int, prefix: str = "post") -> str:
+    return next(
+        k
+        for k in (f"{prefix}-{i}" for i in range(1000))
+        if partition_for_key(k.encode(), PARTITIONS) == partition
+    )
+
+
+def command_record(
+    command: Command,
+    aggregate: str,
+    *,
+    offset: int,
+    partition: int,
+    command_id: uuid.UUID | None = None,
+    expected_version: int | None = None,
+) -> InboundRecord:
+    message = encode_command(
+        command,
+        command_id=command_id or uuid.uuid4(),
+        aggregate_id=aggregate,
+        expected_version=expected_version,
+    )
+    return InboundRecord(
+        TOPICS.commands, partition, offset, message.key, message.value, message.headers
+    )
+
+
+def handler(history: InMemoryPartitionHistory | None = None) -> CommandHandler:
+    return CommandHandler(
+        topics=TOPICS,
+        partitions=PARTITIONS,
+        authors=InMemoryAuthorDirectory({"ada"}),
+        history=history or InMemoryPartitionHistory(),
+        clock=lambda: NOW,
+    )
+
+
+async def run_batch(
+    h: CommandHandler, partition: int, records: list[InboundRecord]
+) -> tuple[list[OutboundRecord], list[CommandOutcome]]:
+    outputs = list(await h.handle(partition, records))
+    delivered = [Delivered(o, partition, 100 + i) for i, o in enumerate(outputs)]
+    results: Sequence[OutboundRecord] = await h.after_send(partition, delivered)
+    return outputs, [CommandOutcome.decode(r.value) for r in results]
+
+
+async def test_an_accepted_command_yields_its_event_and_an_outcome_with_the_event_offset() -> None:
+    """Given an empty partition, when CreatePost, then one event on the same partition number
+    of the events topic and an outcome naming that event's offset."""
+    h = handler()
+    await h.on_assigned(1)
+    post = key_in(1)
+    outputs, outcomes = await run_batch(
+        h, 1, [command_record(CreatePost(author_id="ada", title="T"), post, offset=0, partition=1)]
+    )
+    assert [(o.topic, o.partition) for o in outputs] == [(TOPICS.events, 1)]
+    event = decode_event(outputs[0].value)
+    assert (event.envelope.aggregate_id, event.envelope.aggregate_version) == (post, 1)
+    assert event.envelope.occurred_at == NOW
+    [outcome] = outcomes
+    assert outcome.status == "accepted" and outcome.version == 1
+    assert [(e.partition, e.offset, e.type) for e in outcome.events] == [(1, 100, "PostCreated")]
+
+
+async def test_the_same_command_id_twice_in_one_batch_appends_once() -> None:
+    """Given one batch holding a command and its retry, then one event and a duplicate
+    outcome equal to the first."""
+    h = handler()
+    await h.on_assigned(0)
+    post = key_in(0)
+    cid = uuid.uuid4()
+    create = CreatePost(author_id="ada", title="T")
+    outputs, outcomes = await run_batch(
+        h,
+        0,
+        [
+            command_record(create, post, offset=0, partition=0, command_id=cid),
+            command_record(create, post, offset=1, partition=0, command_id=cid),
+        ],
+    )
+    assert len(outputs) == 1
+    assert [o.duplicate for o in outcomes] == [False, True]
+    assert outcomes[0].events == outcomes[1].events
+
+
+async def test_a_command_in_the_wrong_partition_is_moved_to_the_owning_one() -> None:
+    """A command whose key belongs to partition 2 but arrived on 0 is re-produced to 2, with
+    no decision and no outcome here."""
+    h = handler()
+    await h.on_assigned(0)
+    post = key_in(2)
+    outputs, outcomes = await run_batch(
+        h, 0, [command_record(CreatePost(author_id="ada", title="T"), post, offset=5, partition=0)]
+    )
+    assert outcomes == []
+    [moved] = outputs
+    assert (moved.topic, moved.partition, moved.key) == (TOPICS.commands, 2, post.encode())
+    assert ("rerouted-from", b"0") in moved.headers
+
+
+async def test_a_bad_record_with_a_readable_command_id_is_dead_lettered_and_answered() -> None:
+    """Unknown type: a DLQ copy with the code, and a rejected outcome for the sender."""
+    h = handler()
+    await h.on_assigned(0)
+    cid = uuid.uuid4()
+    post = key_in(0)
+    value = json.dumps({"type": "Nope", "command_id": str(cid), "aggregate_id": post}).encode()
+    bad = InboundRecord(TOPICS.commands, 0, 3, post.encode(), value)
+    outputs, outcomes = await run_batch(h, 0, [bad])
+    assert [o.topic for o in outputs] == [TOPICS.commands_dlq]
+    assert dict(outputs[0].headers)["dlq.error.code"] == b"unknown_message_type"
+    assert [(o.command_id, o.status, o.code) for o in outcomes] == [
+        (cid, "rejected", "unknown_message_type")
+    ]
+
+
+async def test_restored_state_and_outcomes_drive_versions_and_idempotency() -> None:
+    """Given a partition whose log holds a created post and an earlier outcome, a stale
+    expected_version is a conflict at the restored version, and the earlier command id
+    replays its outcome."""
+    history = InMemoryPartitionHistory()
+    post = key_in(3)
+    old_cid = uuid.uuid4()
+    event = encode_event(
+        PostCreated(author_id="ada", title="T", body=""),
+        event_id=uuid.uuid4(),
+        aggregate_id=post,
+        aggregate_version=1,
+        occurred_at=NOW,
+        command_id=old_cid,
+    )
+    history.events[3] = [InboundRecord(TOPICS.events, 3, 0, event.key, event.value)]
+    previous = CommandOutcome(command_id=uuid.uuid4(), status="rejected", code="not_approved")
+    history.outcomes[3] = [
+        InboundRecord(TOPICS.command_results, 3, 0, None, previous.encode().value)
+    ]
+    h = handler(history)
+    await h.on_assigned(3)
+    outputs, outcomes = await run_batch(
+        h,
+        3,
+        [
+            command_record(PublishPost(), post, offset=9, partition=3, expected_version=0),
+            command_record(
+                PublishPost(), post, offset=10, partition=3, command_id=previous.command_id
+            ),
+            command_record(
+                CreatePost(author_id="ada", title="T"),
+                post,
+                offset=11,
+                partition=3,
+                command_id=old_cid,
+            ),
+        ],
+    )
+    assert outputs == []
+    assert (outcomes[0].code, outcomes[0].details["current_version"]) == ("version_conflict", 1)
+    assert (outcomes[1].code, outcomes[1].duplicate) == ("not_approved", True)
+    assert (outcomes[2].status, outcomes[2].duplicate, outcomes[2].version) == ("accepted", True, 1)
+
+
+async def test_an_author_in_the_same_partition_counts_before_the_directory_knows_it() -> None:
+    """A registration earlier in the same transaction makes the author known to CreatePost
+    (both commit or abort together); the directory is asked only on a miss."""
+    h = handler()
+    h.authors = directory = InMemoryAuthorDirectory()
+    await h.on_assigned(0)
+    author, post = key_in(0, "author"), key_in(0, "post")
+    _, outcomes = await run_batch(
+        h,
+        0,
+        [
+            command_record(RegisterAuthor(name="N", email="n@x.y"), author, offset=0, partition=0),
+            command_record(CreatePost(author_id=author, title="T"), post, offset=1, partition=0),
+            command_record(
+                CreatePost(author_id="ghost", title="T"), key_in(0, "p2"), offset=2, partition=0
+            ),
+        ],
+    )
+    assert [o.status for o in outcomes] == ["accepted", "accepted", "rejected"]
+    assert outcomes[2].code == "author_not_found"
+    assert directory.refreshes == 1
