@@ -8,6 +8,7 @@ from command_service.adapters import KafkaAuthorDirectory, KafkaPartitionHistory
 from command_service.api import build_api
 from command_service.processor import CommandHandler
 from shared.kafka.commands import CommandClient
+from shared.kafka.lag import report_lag_forever
 from shared.kafka.processor import TransactionalPartitionProcessor
 from shared.kafka.topics import Topics, bootstrap_system_topics
 from shared.logging import get_logger
@@ -74,10 +75,13 @@ async def main(settings: CommandServiceSettings) -> None:
         await client.stop()
         await authors.stop()
 
+    async def lag_gauges() -> None:
+        await report_lag_forever(bootstrap, settings.group_id)
+
     await serve(
         settings,
         build_app(settings, client),
         startup=startup,
-        background=[processor.run],
+        background=[processor.run, lag_gauges],
         shutdown=shutdown,
     )

@@ -1,21 +1,76 @@
-"""Composition root: settings in, a running service out."""
+"""Composition root: settings in, a running projector out."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 
+from projector_service.projector import Projector
+from shared.errors import InfrastructureUnavailable
 from shared.http import service_app
-from shared.service import kafka_health, serve
+from shared.kafka.clients import wait_for_brokers
+from shared.kafka.lag import report_lag_forever
+from shared.kafka.topics import Topics, bootstrap_system_topics
+from shared.readmodel.store import ReadStore
+from shared.service import serve
 from shared.settings import ProjectorSettings
 
 #: The settings class this service reads (environment variables: `env_var_names(SETTINGS)`).
 SETTINGS = ProjectorSettings
 
 
-def build_app(settings: ProjectorSettings) -> FastAPI:
-    return service_app(settings.service_name, health=kafka_health(settings.kafka_bootstrap_servers))
+def build_app(settings: ProjectorSettings, store: ReadStore) -> FastAPI:
+    async def health() -> dict[str, Any]:
+        report: dict[str, Any] = {"status": "ok"}
+        try:
+            await wait_for_brokers(settings.kafka_bootstrap_servers, timeout_s=3.0)
+            report["kafka"] = "reachable"
+        except InfrastructureUnavailable as exc:
+            report |= {"status": "unavailable", "kafka": exc.message}
+        try:
+            report["positions"] = {
+                str(p): f["next_offset"] for p, f in (await store.freshness()).items()
+            }
+        except Exception as exc:  # any database failure means "not healthy", with the reason
+            report |= {"status": "unavailable", "read_store": repr(exc)}
+        return report
+
+    return service_app(settings.service_name, health=health)
 
 
 async def main(settings: ProjectorSettings) -> None:
+    topics = Topics.from_settings(settings)
+    store = ReadStore(settings.read_store_url, writer=True)
+    projector = Projector(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        topic=topics.events,
+        group_id=settings.group_id,
+        store=store,
+        dlq_topic=topics.events_dlq,
+        max_records=settings.batch_max_records,
+        consumer_overrides={
+            "session_timeout_ms": settings.session_timeout_ms,
+            "heartbeat_interval_ms": max(500, settings.session_timeout_ms // 10),
+        },
+    )
 
-    await serve(settings, build_app(settings), startup=None)
+    async def startup() -> None:
+        # Idempotent: whichever service starts first creates the topics.
+        await bootstrap_system_topics(settings)
+        await projector.start()
+
+    async def shutdown() -> None:
+        await projector.stop()
+        await store.close()
+
+    async def lag_gauges() -> None:
+        await report_lag_forever(settings.kafka_bootstrap_servers, settings.group_id)
+
+    await serve(
+        settings,
+        build_app(settings, store),
+        startup=startup,
+        background=[projector.run, lag_gauges],
+        shutdown=shutdown,
+    )

@@ -1,21 +1,45 @@
-"""Composition root: settings in, a running service out."""
+"""Composition root: settings in, a running query service out."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 
-from shared.http import service_app
-from shared.service import kafka_health, serve
+from query_service.api import build_api
+from shared.readmodel.store import ReadStore
+from shared.service import serve
 from shared.settings import QueryServiceSettings
 
 #: The settings class this service reads (environment variables: `env_var_names(SETTINGS)`).
 SETTINGS = QueryServiceSettings
 
 
-def build_app(settings: QueryServiceSettings) -> FastAPI:
-    return service_app(settings.service_name, health=kafka_health(settings.kafka_bootstrap_servers))
+def build_app(settings: QueryServiceSettings, store: ReadStore) -> FastAPI:
+    async def health() -> dict[str, Any]:
+        try:
+            fresh = await store.freshness()
+        except Exception as exc:  # any database failure means "not healthy", with the reason
+            return {"status": "unavailable", "read_store": repr(exc)}
+        return {"status": "ok", "positions": {str(p): f["next_offset"] for p, f in fresh.items()}}
+
+    return build_api(
+        service=settings.service_name,
+        store=store,
+        health=health,
+        consistency_wait_s=settings.consistency_wait_ms / 1000,
+    )
 
 
 async def main(settings: QueryServiceSettings) -> None:
+    store = ReadStore(settings.read_store_url)
 
-    await serve(settings, build_app(settings), startup=None)
+    async def startup() -> None:
+        # The projector owns the schema; migrating here too lets either start first.
+        migrator = ReadStore(settings.read_store_url, writer=True)
+        try:
+            await migrator.migrate()
+        finally:
+            await migrator.close()
+
+    await serve(settings, build_app(settings, store), startup=startup, shutdown=store.close)

@@ -255,6 +255,140 @@ def topics_create() -> None:
         console.print(f"{name}: {n} partitions")
 
 
+# ----------------------------------------------------------------------------------- lag
+
+
+@app.command("lag")
+def lag(
+    group: Annotated[list[str] | None, typer.Option(help="only these groups (repeatable)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines for scripts")] = False,
+    watch: Annotated[float, typer.Option(help="refresh every N seconds (0: once)")] = 0.0,
+) -> None:
+    """Consumer lag of every group, per partition: committed, log end, records, seconds."""
+    from shared.kafka.lag import consumer_lag
+    from shared.settings import KafkaSettings
+
+    settings = KafkaSettings()
+
+    def show() -> None:
+        try:
+            rows = asyncio.run(
+                consumer_lag(
+                    settings.kafka_bootstrap_servers, group, topic_prefix=settings.topic_prefix
+                )
+            )
+        except EsError as exc:
+            _fail(exc)
+        if as_json:
+            print(json.dumps([r.as_dict() for r in rows]))
+            return
+        table = Table(
+            "group",
+            "topic",
+            "partition",
+            "committed",
+            "log end",
+            "lag",
+            "lag (s)",
+            title=time.strftime("consumer lag at %H:%M:%S"),
+        )
+        for r in rows:
+            table.add_row(
+                r.group,
+                r.topic,
+                str(r.partition),
+                str(r.committed),
+                str(r.log_end),
+                str(r.lag),
+                f"{r.lag_seconds:.1f}" if r.lag_seconds is not None else "-",
+            )
+        Console().print(table)
+
+    show()
+    while watch > 0:
+        time.sleep(watch)
+        if not as_json:
+            Console().clear()
+        show()
+
+
+# --------------------------------------------------------------------------- projections
+
+projections_app = typer.Typer(help="The read model.", no_args_is_help=True)
+app.add_typer(projections_app, name="projections")
+
+
+@projections_app.command("rebuild")
+def projections_rebuild(
+    batch: Annotated[int, typer.Option(help="events per database transaction")] = 5000,
+    keep_old: Annotated[bool, typer.Option(help="keep the previous tables")] = False,
+) -> None:
+    """Rebuild the read model from the start of the log beside the live one, then swap.
+
+    Queries keep answering from the live tables meanwhile. Interrupt with Ctrl-C and run again
+    to resume.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from shared.kafka.topics import Topics
+    from shared.readmodel.rebuild import RebuildProgress, rebuild
+    from shared.readmodel.store import ReadStore
+    from shared.settings import ProjectorSettings
+
+    settings = ProjectorSettings()
+    store = ReadStore(settings.read_store_url, writer=True)
+    columns = (
+        TextColumn("[bold]generation {task.fields[gen]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} events/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("rebuild", total=None, gen="?", rate="-")
+
+        def on_progress(p: RebuildProgress) -> None:
+            speed = progress.tasks[0].speed
+            progress.update(
+                task,
+                total=max(p.total, 1),
+                completed=p.done,
+                gen=p.generation,
+                rate=f"{speed:,.0f}" if speed else "-",
+            )
+
+        async def go() -> object:
+            try:
+                return await rebuild(
+                    store,
+                    settings.kafka_bootstrap_servers,
+                    Topics.from_settings(settings).events,
+                    batch=batch,
+                    keep_old=keep_old,
+                    on_progress=on_progress,
+                )
+            finally:
+                await store.close()
+
+        try:
+            result = asyncio.run(go())
+        except KeyboardInterrupt:
+            console.print("interrupted; run the same command again to resume")
+            raise typer.Exit(130) from None
+        except EsError as exc:
+            _fail(exc)
+    console.print(f"rebuilt: {result}")
+
+
 # ---------------------------------------------------------------------------------- send
 
 

@@ -56,8 +56,10 @@ class ProjectorSettings(ServiceSettings):
 
     service_name: str = "projector"
     http_port: int = 8003
+    group_id: str = "projector"
     read_store_url: str = "sqlite:///./var/read-store.sqlite3"
     batch_max_records: int = Field(default=2000, ge=1)
+    session_timeout_ms: int = Field(default=10_000, ge=6_000)
 
 
 class QueryServiceSettings(ServiceSettings):

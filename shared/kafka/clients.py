@@ -105,3 +105,15 @@ def partition_for_key(key: bytes, partitions: int) -> int:
     """
     hashed: int = murmur2(key)
     return (hashed & 0x7FFFFFFF) % partitions
+
+
+async def topic_partitions(consumer: Any, topic: str) -> list[int]:
+    """Partition numbers of `topic`, asking the broker when the consumer's metadata lacks it
+    (a consumer without subscriptions knows no topics right after start)."""
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        await consumer._client.force_metadata_update()  # no public API for this
+        partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        raise InfrastructureUnavailable(f"topic {topic} does not exist (or has no partitions)")
+    return sorted(partitions)

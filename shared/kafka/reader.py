@@ -11,7 +11,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from shared.errors import InfrastructureUnavailable
-from shared.kafka.clients import make_consumer
+from shared.kafka.clients import make_consumer, topic_partitions
 from shared.kafka.records import InboundRecord, from_consumer_record
 from shared.logging import get_logger
 
@@ -90,13 +90,8 @@ class TopicFollower:
 
     async def start(self) -> None:
         await self._consumer.start()
-        partitions = self._consumer.partitions_for_topic(self.topic)
-        if not partitions:
-            await self._consumer._client.force_metadata_update()  # no public API
-            partitions = self._consumer.partitions_for_topic(self.topic) or set()
-        if not partitions:
-            raise InfrastructureUnavailable(f"topic {self.topic} does not exist")
-        self._tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        partitions = await topic_partitions(self._consumer, self.topic)
+        self._tps = [TopicPartition(self.topic, p) for p in partitions]
         self._consumer.assign(self._tps)
         if self._start_at_ms is None:
             await self._consumer.seek_to_beginning(*self._tps)

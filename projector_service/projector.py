@@ -1,0 +1,160 @@
+"""The projector: events topic -> read store, with exactly-once effect.
+
+Kafka offsets are NOT the source of truth here; the read store is. Each batch's rows and the
+partition's next offset are committed in one database transaction (compare-and-set on the stored
+offset). On assignment the projector seeks to the offsets stored in the database. After each
+database commit it also commits the offset to Kafka, only so that standard tooling
+(kafka-consumer-groups, `esctl lag`) shows the projector's lag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, KafkaError
+from prometheus_client import Counter, Gauge, Histogram
+
+from shared.errors import MessageError
+from shared.kafka.clients import make_consumer, make_producer
+from shared.kafka.records import InboundRecord, dead_letter, from_consumer_record
+from shared.logging import get_logger
+from shared.messages.codec import decode_event
+from shared.readmodel.store import IndexedEvent, ReadStore, StaleBatch
+
+log = get_logger(__name__)
+
+EVENTS_APPLIED = Counter("esctl_projector_events_total", "Events applied to the read store")
+BAD_EVENTS = Counter("esctl_projector_dead_letters_total", "Undecodable events dead-lettered")
+BATCH_SECONDS = Histogram("esctl_projector_batch_seconds", "Time to apply one batch")
+POSITION = Gauge("esctl_projector_next_offset", "Next offset to apply", ["partition"])
+
+
+class Projector:
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        topic: str,
+        group_id: str,
+        store: ReadStore,
+        dlq_topic: str,
+        max_records: int = 2000,
+        consumer_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.group_id = group_id
+        self.store = store
+        self.dlq_topic = dlq_topic
+        self.max_records = max_records
+        self._consumer = make_consumer(
+            bootstrap_servers,
+            group_id=group_id,
+            max_poll_records=max_records,
+            **(consumer_overrides or {}),
+        )
+        self._dlq = make_producer(bootstrap_servers)
+        self._generation = 0
+        self._next: dict[int, int] = {}
+        self._stopping = asyncio.Event()
+        self.applied = 0
+
+    async def start(self) -> None:
+        self._generation = await self.store.migrate()
+        await self._dlq.start()
+        self._consumer.subscribe([self.topic], listener=_Listener(self))
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        with contextlib.suppress(KafkaError):
+            await self._consumer.stop()
+        with contextlib.suppress(KafkaError):
+            await self._dlq.stop()
+
+    async def seek_to_stored(self, partitions: list[int]) -> None:
+        """Position the consumer at the offsets stored with the read model."""
+        self._generation = await self.store.active_generation()
+        stored = await self.store.positions(self._generation)
+        for p in partitions:
+            offset = stored.get(p, 0)
+            self._next[p] = offset
+            self._consumer.seek(TopicPartition(self.topic, p), offset)
+        log.info(
+            "projector_positioned",
+            generation=self._generation,
+            positions={p: self._next[p] for p in partitions},
+        )
+
+    def forget(self, partitions: list[int]) -> None:
+        for p in partitions:
+            self._next.pop(p, None)
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            batches = await self._consumer.getmany(timeout_ms=200, max_records=self.max_records)
+            for tp, messages in batches.items():
+                if tp.partition not in self._next or not messages:
+                    continue
+                try:
+                    await self._apply(tp, [from_consumer_record(m) for m in messages])
+                except StaleBatch as exc:
+                    # A rebuild swapped generations, or another instance took the partition.
+                    log.info("projector_repositioning", reason=str(exc))
+                    await self.seek_to_stored(sorted(self._next))
+                    break
+
+    async def _apply(self, tp: TopicPartition, records: list[InboundRecord]) -> None:
+        events: list[IndexedEvent] = []
+        for record in records:
+            try:
+                decoded = decode_event(record.value)
+            except MessageError as exc:
+                # Never block the partition: keep the record, with the reason, in the DLQ.
+                BAD_EVENTS.inc()
+                log.error(
+                    "event_dead_lettered",
+                    partition=record.partition,
+                    offset=record.offset,
+                    error=exc.message,
+                )
+                out = dead_letter(record, exc, self.dlq_topic)
+                await self._dlq.send_and_wait(
+                    out.topic, out.value, key=out.key, headers=out.headers
+                )
+                continue
+            events.append(
+                IndexedEvent(decoded.envelope, decoded.payload, record.partition, record.offset)
+            )
+        next_offset = records[-1].offset + 1
+        with BATCH_SECONDS.time():
+            await self.store.apply_batch(
+                self._generation,
+                tp.partition,
+                events,
+                start_offset=self._next[tp.partition],
+                next_offset=next_offset,
+            )
+        self._next[tp.partition] = next_offset
+        self.applied += len(events)
+        EVENTS_APPLIED.inc(len(events))
+        POSITION.labels(str(tp.partition)).set(next_offset)
+        try:
+            await self._consumer.commit({tp: next_offset})
+        except (CommitFailedError, KafkaError) as exc:
+            # Only tooling reads these offsets; the database already holds the truth.
+            log.warning("kafka_offset_commit_failed", partition=tp.partition, error=repr(exc))
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base class
+    def __init__(self, projector: Projector) -> None:
+        self._p = projector
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._p.forget([tp.partition for tp in revoked])
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._p.seek_to_stored([tp.partition for tp in assigned])

@@ -1,0 +1,233 @@
+"""Read-only HTTP API over the read model.
+
+Read-your-writes: a request with `X-Consistency-Token: <partition>:<offset>[,...]` (from a
+command response) waits, bounded, until the projection has applied those positions; if it has
+not in time the answer is 503 with `Retry-After`. Every response says how fresh it is: the
+`freshness` object of the body and the `X-Read-Model-Positions` / `X-Read-Model-Applied-At`
+headers give, per partition, the next offset to apply and when the last batch was applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, Path, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from shared.http import HealthCheck, problem, service_app
+from shared.messages.base import AGGREGATE_ID_PATTERN, EVENTS, EventEnvelope
+from shared.readmodel.store import ReadStore
+from shared.readmodel.views import View, apply_post
+
+Id = Annotated[str, Path(pattern=AGGREGATE_ID_PATTERN)]
+Limit = Annotated[int, Query(ge=1, le=200, description="page size (max 200)")]
+Cursor = Annotated[str | None, Query(max_length=500, description="next_cursor of a page")]
+Token = Annotated[
+    str | None,
+    Header(
+        alias="X-Consistency-Token",
+        max_length=2000,
+        description="`<partition>:<offset>[,...]` from a command response",
+    ),
+]
+STATUSES = {"draft", "in_review", "approved", "published", "unpublished", "archived"}
+
+
+class NotConsistentYet(Exception):
+    def __init__(self, missing: dict[int, int]) -> None:
+        super().__init__(missing)
+        self.missing = missing
+
+
+def parse_token(token: str) -> dict[int, int]:
+    """`"2:41,0:7"` -> {2: 41, 0: 7}; the highest offset wins per partition."""
+    wanted: dict[int, int] = {}
+    for part in token.split(","):
+        partition, sep, offset = part.strip().partition(":")
+        if not sep or not partition.isdigit() or not offset.isdigit():
+            raise ValueError(f"bad consistency token part {part!r}: expected <partition>:<offset>")
+        wanted[int(partition)] = max(wanted.get(int(partition), -1), int(offset))
+    return wanted
+
+
+def _post_json(view: View) -> dict[str, Any]:
+    return {k: v for k, v in view.items()}
+
+
+def build_api(
+    *, service: str, store: ReadStore, health: HealthCheck, consistency_wait_s: float
+) -> FastAPI:
+    app = service_app(
+        service,
+        health=health,
+        version="1",
+        description="Queries over the blog's read model. Send the "
+        "X-Consistency-Token of a command response to read your own writes.",
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
+        errors = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return problem(422, "invalid_request", "Invalid request", "; ".join(errors))
+
+    @app.exception_handler(NotConsistentYet)
+    async def not_yet(_: Request, exc: NotConsistentYet) -> Response:
+        response = problem(
+            503,
+            "not_consistent_yet",
+            "The read model has not caught up yet",
+            f"waited {consistency_wait_s:g}s; still missing "
+            + ", ".join(f"partition {p} up to offset {o}" for p, o in exc.missing.items()),
+            missing={str(p): o for p, o in exc.missing.items()},
+        )
+        response.headers["Retry-After"] = "1"
+        return response
+
+    async def freshness_after(token: str | None) -> dict[int, dict[str, Any]]:
+        """Wait for the token (if any); return the freshness the answer is based on."""
+        wanted = parse_token(token) if token else {}
+        deadline = time.monotonic() + consistency_wait_s
+        while True:
+            fresh = await store.freshness()
+            missing = {
+                p: o for p, o in wanted.items() if fresh.get(p, {}).get("next_offset", 0) <= o
+            }
+            if not missing:
+                return fresh
+            if time.monotonic() >= deadline:
+                raise NotConsistentYet(missing)
+            await asyncio.sleep(0.01)
+
+    def answer(
+        body: dict[str, Any], fresh: dict[int, dict[str, Any]], status: int = 200
+    ) -> JSONResponse:
+        positions = ",".join(f"{p}:{f['next_offset']}" for p, f in sorted(fresh.items()))
+        applied = max((f["applied_at"] for f in fresh.values()), default=None)
+        body["freshness"] = {
+            "positions": {str(p): f["next_offset"] for p, f in sorted(fresh.items())},
+            "applied_at": applied,
+            "last_event_at": max(
+                (f["last_event_at"] for f in fresh.values() if f["last_event_at"]), default=None
+            ),
+        }
+        headers = {"X-Read-Model-Positions": positions}
+        if applied is not None:
+            headers["X-Read-Model-Applied-At"] = applied.isoformat()
+        return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers)
+
+    async def page(token: str | None, **filters: Any) -> Response:
+        fresh = await freshness_after(token)
+        if filters.get("status") and filters["status"] not in STATUSES:
+            return problem(
+                422,
+                "invalid_request",
+                "Invalid status",
+                f"status must be one of {sorted(STATUSES)}",
+            )
+        try:
+            items, next_cursor = await store.list_posts(**filters)
+        except ValueError as exc:
+            return problem(422, "invalid_cursor", "Invalid cursor", str(exc))
+        return answer({"items": [_post_json(v) for v in items], "next_cursor": next_cursor}, fresh)
+
+    @app.get("/posts", tags=["posts"])
+    async def list_posts(
+        status: str | None = None,
+        author: str | None = None,
+        tag: str | None = None,
+        limit: Limit = 50,
+        cursor: Cursor = None,
+        token: Token = None,
+    ) -> Response:
+        """Posts, newest first; filter by status, author and tag; cursor pagination."""
+        return await page(
+            token, status=status, author_id=author, tag=tag, limit=limit, cursor=cursor
+        )
+
+    @app.get("/authors/{author_id}/posts", tags=["posts"])
+    async def author_posts(
+        author_id: Id,
+        status: str | None = None,
+        limit: Limit = 50,
+        cursor: Cursor = None,
+        token: Token = None,
+    ) -> Response:
+        """An author's posts, newest first."""
+        return await page(token, author_id=author_id, status=status, limit=limit, cursor=cursor)
+
+    @app.get("/posts/{post_id}", tags=["posts"])
+    async def get_post(
+        post_id: Id,
+        token: Token = None,
+        version: Annotated[int | None, Query(ge=1)] = None,
+        at: Annotated[datetime | None, Query(description="ISO time")] = None,
+    ) -> Response:
+        """A post now, or as it was at `version` or at time `at` (folded from its events)."""
+        fresh = await freshness_after(token)
+        if version is None and at is None:
+            view = await store.get_post(post_id)
+        else:
+            view = await _as_of(store, post_id, version, at)
+        if view is None:
+            return problem(
+                404,
+                "post_not_found",
+                "Post not found",
+                f"no post {post_id}" + (" at that version/time" if version or at else ""),
+            )
+        return answer(_post_json(view), fresh)
+
+    @app.get("/streams/{aggregate_id}/events", tags=["events"])
+    async def stream(
+        aggregate_id: Id,
+        token: Token = None,
+        from_version: Annotated[int, Query(ge=1)] = 1,
+        to_version: Annotated[int | None, Query(ge=1)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    ) -> Response:
+        """The events of one aggregate in version order, with their log positions."""
+        fresh = await freshness_after(token)
+        events = await store.events(
+            aggregate_id, from_version=from_version, to_version=to_version, limit=limit
+        )
+        return answer({"aggregate_id": aggregate_id, "events": events}, fresh)
+
+    @app.get("/stats", tags=["stats"])
+    async def stats(token: Token = None) -> Response:
+        """Posts per status, tag counts, publications per day, authors, events."""
+        fresh = await freshness_after(token)
+        return answer(await store.stats(), fresh)
+
+    @app.exception_handler(ValueError)
+    async def bad_value(_: Request, exc: ValueError) -> Response:
+        return problem(422, "invalid_request", "Invalid request", str(exc))
+
+    return app
+
+
+async def _as_of(
+    store: ReadStore, post_id: str, version: int | None, at: datetime | None
+) -> View | None:
+    rows = await store.events(post_id, to_version=version, until=at)
+    view: View | None = None
+    for row in rows:
+        envelope = EventEnvelope(
+            type=row["type"],
+            event_id=row["event_id"],
+            aggregate_id=row["aggregate_id"],
+            aggregate_version=row["aggregate_version"],
+            occurred_at=row["occurred_at"],
+            schema_version=row["schema_version"],
+        )
+        payload = EVENTS.get(row["type"]).model_validate(
+            EVENTS.upcast(row["type"], row["schema_version"], row["payload"])
+        )
+        view = apply_post(view, envelope, payload)
+    if view is None or (version is not None and view["version"] != version):
+        return None
+    return view

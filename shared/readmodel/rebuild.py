@@ -1,0 +1,131 @@
+"""Rebuilding the read model from the start of the log without downtime.
+
+A new generation of tables is filled from offset 0 of every partition while the live generation
+keeps answering queries and the live projector keeps writing it. When the new generation has
+caught up with the log end, one transaction makes it active. The live projector notices (its
+next batch is refused as stale), re-reads positions (now the new generation's) and goes on from
+there, so events that arrived during the rebuild are applied to the new generation too.
+
+Interrupted (Ctrl-C, crash), a rebuild resumes where it stopped: its generation number and its
+positions are in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+
+from shared.errors import InfrastructureUnavailable, MessageError
+from shared.kafka.clients import make_consumer, topic_partitions
+from shared.kafka.records import from_consumer_record
+from shared.logging import get_logger
+from shared.messages.codec import decode_event
+from shared.readmodel.store import IndexedEvent, ReadStore
+
+log = get_logger(__name__)
+
+REBUILD_KEY = "rebuild_generation"
+
+
+@dataclass
+class RebuildProgress:
+    generation: int
+    done: int
+    total: int
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class RebuildResult:
+    generation: int
+    previous: int
+    events: int
+
+
+async def rebuild(
+    store: ReadStore,
+    bootstrap_servers: str,
+    topic: str,
+    *,
+    batch: int = 5000,
+    keep_old: bool = False,
+    on_progress: Callable[[RebuildProgress], None] = lambda _: None,
+    swap_grace_s: float = 2.0,
+) -> RebuildResult:
+    active = await store.migrate()
+    pending = await store.meta(REBUILD_KEY)
+    resumed = pending is not None
+    target = int(pending) if pending else active + 1
+    if not resumed:
+        await store.drop_generation(target)  # leftovers of an older, abandoned attempt
+        await store.set_meta(REBUILD_KEY, str(target))
+    await store.create_generation(target)
+    positions = await store.positions(target)
+    consumer = make_consumer(bootstrap_servers, max_partition_fetch_bytes=8 * 1024 * 1024)
+    applied = 0
+    try:
+        await consumer.start()
+        tps = [TopicPartition(topic, p) for p in await topic_partitions(consumer, topic)]
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, positions.get(tp.partition, 0))
+        start_total = sum(positions.values())
+        while True:
+            ends = await consumer.end_offsets(tps)
+            total = sum(ends.values())
+            done = sum(positions.get(tp.partition, 0) for tp in tps)
+            on_progress(RebuildProgress(target, done - start_total, total - start_total, resumed))
+            # Within one offset of the end everywhere: what is left is at most a commit marker
+            # or one event that the live projector applies to the new generation after the
+            # swap (it continues from this generation's positions), so nothing is lost.
+            if all(ends[tp] - positions.get(tp.partition, 0) <= 1 for tp in tps):
+                break
+            fetched = await consumer.getmany(timeout_ms=500, max_records=batch)
+            for messages in fetched.values():
+                if messages:
+                    applied += await _apply(store, target, positions, messages)
+    except KafkaError as exc:
+        raise InfrastructureUnavailable(f"rebuild could not read {topic}: {exc}") from exc
+    finally:
+        with contextlib.suppress(KafkaError):
+            await consumer.stop()
+    previous = await store.swap_generation(target)
+    await store.set_meta(REBUILD_KEY, None)
+    log.info("rebuild_swapped", generation=target, previous=previous, events=applied)
+    if not keep_old:
+        await asyncio.sleep(swap_grace_s)  # queries cache the active generation for 1 s
+        await store.drop_generation(previous)
+    return RebuildResult(target, previous, applied)
+
+
+async def _apply(
+    store: ReadStore, target: int, positions: dict[int, int], messages: list[object]
+) -> int:
+    """Apply one partition's fetched records to the target generation; returns events applied."""
+    records = [from_consumer_record(m) for m in messages]
+    events = []
+    for r in records:
+        try:
+            d = decode_event(r.value)
+        except MessageError as exc:
+            log.error(
+                "rebuild_skipped_event", partition=r.partition, offset=r.offset, error=exc.message
+            )
+            continue
+        events.append(IndexedEvent(d.envelope, d.payload, r.partition, r.offset))
+    partition = records[0].partition
+    await store.apply_batch(
+        target,
+        partition,
+        events,
+        start_offset=positions.get(partition, 0),
+        next_offset=records[-1].offset + 1,
+        require_active=False,
+    )
+    positions[partition] = records[-1].offset + 1
+    return len(events)

@@ -1,0 +1,531 @@
+"""The read store on SQLite (default, embedded) or PostgreSQL: one implementation, SQLAlchemy Core.
+
+Tables come in *generations* (`posts_g1`, `events_g1`, ...). `read_model_meta.active_generation`
+says which one queries read and the live projector writes. A rebuild fills generation N+1 beside
+the live one and flips the pointer in one transaction: readers never see a half-built model.
+
+Exactly-once effect: each batch's rows and the partition's next offset are written in ONE
+transaction, and only if the stored offset is the one the batch starts from (compare-and-set).
+A projector that restarts seeks to the stored offsets; a zombie projector whose partition moved
+finds the offset changed under it and writes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from shared.errors import ConfigurationError
+from shared.messages.base import Event, EventEnvelope
+from shared.readmodel.views import View, apply_author, apply_post, is_author_event, is_post_event
+
+SCHEMA_VERSION = 1
+_meta = sa.MetaData()
+META = sa.Table(
+    "read_model_meta",
+    _meta,
+    sa.Column("key", sa.String(100), primary_key=True),
+    sa.Column("value", sa.String(200), nullable=False),
+)
+TS = sa.DateTime(timezone=True)
+
+
+@dataclass(frozen=True)
+class GenerationTables:
+    generation: int
+    metadata: sa.MetaData
+    posts: sa.Table
+    post_tags: sa.Table
+    authors: sa.Table
+    events: sa.Table
+    positions: sa.Table
+
+
+def generation_tables(gen: int) -> GenerationTables:
+    md = sa.MetaData()
+    posts = sa.Table(
+        f"posts_g{gen}",
+        md,
+        sa.Column("post_id", sa.String(200), primary_key=True),
+        sa.Column("author_id", sa.String(200), nullable=False, index=True),
+        sa.Column("title", sa.Text, nullable=False),
+        sa.Column("body", sa.Text, nullable=False),
+        sa.Column("tags", sa.JSON, nullable=False),
+        sa.Column("status", sa.String(20), nullable=False, index=True),
+        sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("created_at", TS, nullable=False),
+        sa.Column("updated_at", TS, nullable=False),
+        sa.Column("published_at", TS),
+        sa.Column("last_rejection", sa.Text),
+    )
+    sa.Index(f"ix_posts_g{gen}_created", posts.c.created_at, posts.c.post_id)
+    post_tags = sa.Table(
+        f"post_tags_g{gen}",
+        md,
+        sa.Column("post_id", sa.String(200), primary_key=True),
+        sa.Column("tag", sa.String(100), primary_key=True, index=True),
+    )
+    authors = sa.Table(
+        f"authors_g{gen}",
+        md,
+        sa.Column("author_id", sa.String(200), primary_key=True),
+        sa.Column("name", sa.Text, nullable=False),
+        sa.Column("email", sa.Text, nullable=False),
+        sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("registered_at", TS, nullable=False),
+    )
+    events = sa.Table(
+        f"events_g{gen}",
+        md,
+        sa.Column("log_partition", sa.Integer, primary_key=True),
+        sa.Column("log_offset", sa.BigInteger, primary_key=True),
+        sa.Column("event_id", sa.String(36), nullable=False),
+        sa.Column("aggregate_id", sa.String(200), nullable=False),
+        sa.Column("aggregate_version", sa.Integer, nullable=False),
+        sa.Column("type", sa.String(100), nullable=False),
+        sa.Column("occurred_at", TS, nullable=False),
+        sa.Column("command_id", sa.String(36)),
+        sa.Column("schema_version", sa.Integer, nullable=False),
+        sa.Column("payload", sa.JSON, nullable=False),
+        # A second application of any event violates this: double application cannot hide.
+        sa.UniqueConstraint("aggregate_id", "aggregate_version", name=f"uq_events_g{gen}_stream"),
+    )
+    positions = sa.Table(
+        f"positions_g{gen}",
+        md,
+        sa.Column("log_partition", sa.Integer, primary_key=True),
+        sa.Column("next_offset", sa.BigInteger, nullable=False),
+        sa.Column("applied_at", TS, nullable=False),
+        sa.Column("last_event_at", TS),
+    )
+    return GenerationTables(gen, md, posts, post_tags, authors, events, positions)
+
+
+@dataclass(frozen=True)
+class IndexedEvent:
+    """One decoded event with its position in the log, ready to be applied."""
+
+    envelope: EventEnvelope
+    payload: Event
+    partition: int
+    offset: int
+
+
+class StaleBatch(Exception):
+    """The batch does not start at the stored position, or the generation is no longer active:
+    the caller must re-read positions and seek. Nothing was written."""
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _engine_url(url: str) -> str:
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        return url
+    raise ConfigurationError(
+        "READ_STORE_URL must be sqlite:///<path> or postgresql://..., got "
+        f"{url.split(':', maxsplit=1)[0]}"
+    )
+
+
+def _chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class ReadStore:
+    """SQLite or PostgreSQL read store. `writer=True` for the projector and rebuilds."""
+
+    def __init__(self, url: str, *, writer: bool = False) -> None:
+        self.url = url
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: AsyncEngine = create_async_engine(_engine_url(url), pool_pre_ping=True)
+        self.dialect = self.engine.dialect.name
+        self._active_cache: tuple[int, float] | None = None
+        if self.dialect == "sqlite":
+            self._configure_sqlite(writer)
+
+    def _configure_sqlite(self, writer: bool) -> None:
+        sync_engine = self.engine.sync_engine
+
+        @sa_event.listens_for(sync_engine, "connect")
+        def on_connect(dbapi_connection: Any, _: Any) -> None:
+            # Let SQLAlchemy, not the driver, decide when transactions begin (see below).
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @sa_event.listens_for(sync_engine, "begin")
+        def on_begin(conn: Any) -> None:
+            # Writers take the write lock at BEGIN: a transaction that first reads (positions,
+            # active generation) and then writes can never fail to upgrade its lock midway.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+    def _insert(self, table: sa.Table) -> Any:
+        return sqlite.insert(table) if self.dialect == "sqlite" else postgresql.insert(table)
+
+    async def _upsert(
+        self, conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]
+    ) -> None:
+        if not rows:
+            return
+        stmt = self._insert(table)
+        keys = [c.name for c in table.primary_key.columns]
+        updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
+        stmt = stmt.on_conflict_do_update(index_elements=keys, set_=updates)
+        for chunk in _chunks(rows):
+            await conn.execute(stmt, list(chunk))
+
+    # -- schema ------------------------------------------------------------------------------
+
+    async def migrate(self) -> int:
+        """Apply pending schema migrations (idempotent). Returns the active generation."""
+        async with self.engine.begin() as conn:
+            await conn.run_sync(_meta.create_all)
+            version = await self._meta_value(conn, "schema_version")
+            if version is None:
+                await conn.run_sync(generation_tables(1).metadata.create_all)
+                await self._set_meta(conn, "active_generation", "1")
+                await self._set_meta(conn, "schema_version", str(SCHEMA_VERSION))
+            elif int(version) > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"read store schema {version} is newer than this code ({SCHEMA_VERSION})"
+                )
+            # Future migrations: `for v in range(int(version) + 1, SCHEMA_VERSION + 1): ...`
+            active = await self._meta_value(conn, "active_generation")
+        return int(active or 1)
+
+    async def _meta_value(
+        self, conn: AsyncConnection, key: str, *, lock: bool = False
+    ) -> str | None:
+        query = sa.select(META.c.value).where(META.c.key == key)
+        if lock and self.dialect == "postgresql":
+            query = query.with_for_update(read=True)
+        return (await conn.execute(query)).scalar_one_or_none()
+
+    async def _set_meta(self, conn: AsyncConnection, key: str, value: str) -> None:
+        await self._upsert(conn, META, [{"key": key, "value": value}])
+
+    async def active_generation(self) -> int:
+        async with self.engine.connect() as conn:
+            return int(await self._meta_value(conn, "active_generation") or 1)
+
+    async def create_generation(self, gen: int) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(generation_tables(gen).metadata.create_all)
+
+    async def drop_generation(self, gen: int) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(generation_tables(gen).metadata.drop_all)
+
+    async def meta(self, key: str) -> str | None:
+        async with self.engine.connect() as conn:
+            return await self._meta_value(conn, key)
+
+    async def set_meta(self, key: str, value: str | None) -> None:
+        async with self.engine.begin() as conn:
+            if value is None:
+                await conn.execute(sa.delete(META).where(META.c.key == key))
+            else:
+                await self._set_meta(conn, key, value)
+
+    async def swap_generation(self, new: int) -> int:
+        """Make `new` the active generation atomically; returns the previous one."""
+        async with self.engine.begin() as conn:
+            old = int(await self._meta_value(conn, "active_generation", lock=True) or 1)
+            await self._set_meta(conn, "active_generation", str(new))
+        return old
+
+    # -- writing -----------------------------------------------------------------------------
+
+    async def positions(self, gen: int) -> dict[int, int]:
+        t = generation_tables(gen).positions
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(t.c.log_partition, t.c.next_offset))
+            return {int(p): int(o) for p, o in rows}
+
+    async def apply_batch(
+        self,
+        gen: int,
+        partition: int,
+        events: Sequence[IndexedEvent],
+        *,
+        start_offset: int,
+        next_offset: int,
+        require_active: bool = True,
+        now: datetime | None = None,
+    ) -> None:
+        """Apply `events` of `partition` and store `next_offset`, in one transaction.
+
+        Raises StaleBatch (writing nothing) unless the stored position is `start_offset` and,
+        with `require_active`, `gen` is still the active generation.
+        """
+        t = generation_tables(gen)
+        async with self.engine.begin() as conn:
+            if require_active:
+                active = int(await self._meta_value(conn, "active_generation", lock=True) or 1)
+                if active != gen:
+                    raise StaleBatch(f"generation {gen} is no longer active ({active} is)")
+            query = sa.select(t.positions.c.next_offset).where(
+                t.positions.c.log_partition == partition
+            )
+            if self.dialect == "postgresql":
+                query = query.with_for_update()
+            stored = (await conn.execute(query)).scalar_one_or_none() or 0
+            if stored != start_offset:
+                raise StaleBatch(
+                    f"partition {partition} is at {stored}, batch starts at {start_offset}"
+                )
+            await self._write(conn, t, events)
+            last_event_at = max((e.envelope.occurred_at for e in events), default=None)
+            await self._upsert(
+                conn,
+                t.positions,
+                [
+                    {
+                        "log_partition": partition,
+                        "next_offset": next_offset,
+                        "applied_at": now or datetime.now(UTC),
+                        "last_event_at": last_event_at,
+                    }
+                ],
+            )
+
+    async def _load(
+        self, conn: AsyncConnection, table: sa.Table, key: sa.Column[Any], ids: set[str]
+    ) -> dict[str, View]:
+        found: dict[str, View] = {}
+        for chunk in _chunks(sorted(ids)):
+            rows = await conn.execute(sa.select(table).where(key.in_(chunk)))
+            for row in rows.mappings():
+                view = dict(row)
+                for name, value in view.items():
+                    if isinstance(value, datetime):
+                        view[name] = _utc(value)
+                found[view[key.name]] = view
+        return found
+
+    async def _write(
+        self, conn: AsyncConnection, t: GenerationTables, events: Sequence[IndexedEvent]
+    ) -> None:
+        post_ids = {e.envelope.aggregate_id for e in events if is_post_event(e.payload)}
+        author_ids = {e.envelope.aggregate_id for e in events if is_author_event(e.payload)}
+        posts = await self._load(conn, t.posts, t.posts.c.post_id, post_ids)
+        authors = await self._load(conn, t.authors, t.authors.c.author_id, author_ids)
+        for e in events:
+            agg = e.envelope.aggregate_id
+            if is_post_event(e.payload):
+                posts[agg] = apply_post(posts.get(agg), e.envelope, e.payload)
+            elif is_author_event(e.payload):
+                authors[agg] = apply_author(authors.get(agg), e.envelope, e.payload)
+        await self._upsert(conn, t.posts, [posts[i] for i in post_ids])
+        await self._upsert(conn, t.authors, [authors[i] for i in author_ids])
+        if post_ids:
+            for chunk in _chunks(sorted(post_ids)):
+                await conn.execute(sa.delete(t.post_tags).where(t.post_tags.c.post_id.in_(chunk)))
+            tags = [{"post_id": i, "tag": tag} for i in post_ids for tag in posts[i]["tags"]]
+            for chunk in _chunks(tags):
+                await conn.execute(sa.insert(t.post_tags), list(chunk))
+        rows = [
+            {
+                "log_partition": e.partition,
+                "log_offset": e.offset,
+                "event_id": str(e.envelope.event_id),
+                "aggregate_id": e.envelope.aggregate_id,
+                "aggregate_version": e.envelope.aggregate_version,
+                "type": e.envelope.type,
+                "occurred_at": e.envelope.occurred_at,
+                "schema_version": e.envelope.schema_version,
+                "command_id": str(e.envelope.command_id) if e.envelope.command_id else None,
+                "payload": e.payload.model_dump(mode="json"),
+            }
+            for e in events
+        ]
+        for chunk in _chunks(rows):
+            await conn.execute(sa.insert(t.events), list(chunk))
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def read_generation(self, *, max_age_s: float = 1.0) -> int:
+        """The active generation, cached for `max_age_s` (queries run on many requests)."""
+        import time  # noqa: PLC0415  # keeps the module's imports about data
+
+        now = time.monotonic()
+        if self._active_cache is None or now - self._active_cache[1] > max_age_s:
+            self._active_cache = (await self.active_generation(), now)
+        return self._active_cache[0]
+
+    async def freshness(self, gen: int | None = None) -> dict[int, dict[str, Any]]:
+        t = generation_tables(gen or await self.read_generation()).positions
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(t))
+            return {
+                int(r.log_partition): {
+                    "next_offset": int(r.next_offset),
+                    "applied_at": _utc(r.applied_at),
+                    "last_event_at": _utc(r.last_event_at),
+                }
+                for r in rows
+            }
+
+    @staticmethod
+    def _post(row: Any) -> View:
+        view = dict(row)
+        for name in ("created_at", "updated_at", "published_at"):
+            view[name] = _utc(view[name])
+        return view
+
+    async def get_post(self, post_id: str) -> View | None:
+        t = generation_tables(await self.read_generation())
+        async with self.engine.connect() as conn:
+            row = (
+                (await conn.execute(sa.select(t.posts).where(t.posts.c.post_id == post_id)))
+                .mappings()
+                .first()
+            )
+            return self._post(row) if row else None
+
+    async def list_posts(
+        self,
+        *,
+        status: str | None = None,
+        author_id: str | None = None,
+        tag: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[View], str | None]:
+        """Newest first; `cursor` continues after the last post of the previous page."""
+        t = generation_tables(await self.read_generation())
+        p = t.posts
+        query = sa.select(p).order_by(p.c.created_at.desc(), p.c.post_id.desc()).limit(limit + 1)
+        if status:
+            query = query.where(p.c.status == status)
+        if author_id:
+            query = query.where(p.c.author_id == author_id)
+        if tag:
+            query = query.where(
+                p.c.post_id.in_(sa.select(t.post_tags.c.post_id).where(t.post_tags.c.tag == tag))
+            )
+        if cursor:
+            created, last_id = decode_cursor(cursor)
+            query = query.where(
+                sa.or_(
+                    p.c.created_at < created,
+                    sa.and_(p.c.created_at == created, p.c.post_id < last_id),
+                )
+            )
+        async with self.engine.connect() as conn:
+            rows = [self._post(r) for r in (await conn.execute(query)).mappings()]
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["post_id"])
+        return rows, next_cursor
+
+    async def events(
+        self,
+        aggregate_id: str,
+        *,
+        from_version: int = 1,
+        to_version: int | None = None,
+        until: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[View]:
+        t = generation_tables(await self.read_generation()).events
+        query = (
+            sa.select(t)
+            .where(t.c.aggregate_id == aggregate_id, t.c.aggregate_version >= from_version)
+            .order_by(t.c.aggregate_version)
+            .limit(limit)
+        )
+        if to_version is not None:
+            query = query.where(t.c.aggregate_version <= to_version)
+        if until is not None:
+            query = query.where(t.c.occurred_at <= until)
+        async with self.engine.connect() as conn:
+            out = []
+            for row in (await conn.execute(query)).mappings():
+                view = dict(row)
+                view["occurred_at"] = _utc(view["occurred_at"])
+                out.append(view)
+            return out
+
+    async def stats(self) -> dict[str, Any]:
+        t = generation_tables(await self.read_generation())
+        p = t.posts
+        day = sa.func.date(p.c.published_at)
+        async with self.engine.connect() as conn:
+            by_status: dict[str, int] = dict(
+                (
+                    await conn.execute(sa.select(p.c.status, sa.func.count()).group_by(p.c.status))
+                ).all()
+            )
+            tags = (
+                await conn.execute(
+                    sa.select(t.post_tags.c.tag, sa.func.count().label("n"))
+                    .group_by(t.post_tags.c.tag)
+                    .order_by(sa.desc("n"), t.post_tags.c.tag)
+                    .limit(50)
+                )
+            ).all()
+            per_day = (
+                await conn.execute(
+                    sa.select(day.label("day"), sa.func.count())
+                    .where(p.c.published_at.is_not(None))
+                    .group_by(day)
+                    .order_by(day)
+                )
+            ).all()
+            authors = (
+                await conn.execute(sa.select(sa.func.count()).select_from(t.authors))
+            ).scalar_one()
+            events = (
+                await conn.execute(sa.select(sa.func.count()).select_from(t.events))
+            ).scalar_one()
+        return {
+            "posts": sum(by_status.values()),
+            "posts_by_status": {str(k): int(v) for k, v in by_status.items()},
+            "tags": [{"tag": tag, "posts": int(n)} for tag, n in tags],
+            "published_per_day": [{"day": str(d), "posts": int(n)} for d, n in per_day],
+            "authors": int(authors),
+            "events": int(events),
+        }
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def encode_cursor(created_at: datetime, post_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), post_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Parse a cursor; ValueError when it was not made by `encode_cursor`."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, post_id = json.loads(raw)
+        return datetime.fromisoformat(created), str(post_id)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"invalid cursor: {cursor[:40]!r}") from exc

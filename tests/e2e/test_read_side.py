@@ -1,0 +1,424 @@
+"""The read side as real processes: a crash-proof projector, read-your-writes, lag, rebuilds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import TopicPartition
+
+from shared.kafka import make_consumer, make_transactional_producer
+from shared.kafka.clients import partition_for_key
+from shared.kafka.topics import Topics, bootstrap_system_topics
+from shared.localstack.kafka import java_executable, libs_dir
+from shared.messages import decode_event, encode_event
+from shared.messages.base import Event
+from shared.messages.blog import (
+    PostApproved,
+    PostCreated,
+    PostEdited,
+    PostPublished,
+    PostRejected,
+    PostSubmittedForReview,
+    PostUnpublished,
+)
+from shared.readmodel.store import ReadStore
+from shared.settings import KafkaSettings
+from tests.conftest import unique
+from tests.e2e.harness import ROOT, ServiceProcess, command_service_env
+from tests.kafka_helpers import produce, read_all, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+
+def projector_env(bootstrap: str, prefix: str, store_url: str, **extra: str) -> dict[str, str]:
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "TOPIC_PREFIX": prefix,
+        "GROUP_ID": f"{prefix}projector",
+        "READ_STORE_URL": store_url,
+        "SESSION_TIMEOUT_MS": "6000",
+        **extra,
+    }
+
+
+def independent_fold(events: list[Any]) -> dict[str, dict[str, Any]]:
+    """The expected post rows, folded here without the projector's code."""
+    status_after = {
+        "PostSubmittedForReview": "in_review",
+        "PostApproved": "approved",
+        "PostRejected": "draft",
+        "PostPublished": "published",
+        "PostUnpublished": "unpublished",
+        "PostArchived": "archived",
+    }
+    posts: dict[str, dict[str, Any]] = {}
+    for record in events:
+        decoded = decode_event(record.value)
+        env, payload = decoded.envelope, decoded.payload.model_dump()
+        if env.type == "PostCreated":
+            posts[env.aggregate_id] = {
+                "title": payload["title"],
+                "body": payload["body"],
+                "tags": payload["tags"],
+                "status": "draft",
+            }
+        elif env.aggregate_id in posts:
+            post = posts[env.aggregate_id]
+            if env.type == "PostEdited":
+                post.update({k: v for k, v in payload.items() if v is not None})
+            elif env.type in status_after:
+                post["status"] = status_after[env.type]
+        else:
+            continue
+        posts[env.aggregate_id]["version"] = env.aggregate_version
+    return posts
+
+
+async def all_rows(store: ReadStore) -> dict[str, dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    cursor = None
+    while True:
+        page, cursor = await store.list_posts(limit=200, cursor=cursor)
+        for p in page:
+            rows[p["post_id"]] = {k: p[k] for k in ("title", "body", "tags", "status", "version")}
+        if cursor is None:
+            return rows
+
+
+async def write_events(
+    bootstrap: str, topic: str, partitions: int, total: int, *, rate_per_s: float, seed: int = 3
+) -> None:
+    """Write `total` events of many posts the way the command service does: transactionally,
+    key = post id, partition = murmur2(key), versions 1..n."""
+    rng = random.Random(seed)
+    producer = make_transactional_producer(bootstrap, f"test-writer-{uuid.uuid4().hex[:8]}")
+    await producer.start()
+    versions: dict[str, int] = {}
+    posts = [f"post-{i}" for i in range(400)]
+    choices: list[Event] = [
+        PostSubmittedForReview(),
+        PostApproved(),
+        PostPublished(),
+        PostUnpublished(),
+        PostRejected(reason="r"),
+    ]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    written = 0
+    try:
+        while written < total:
+            await producer.begin_transaction()
+            for _ in range(100):
+                post = rng.choice(posts)
+                version = versions.get(post, 0) + 1
+                event: Event
+                if version == 1:
+                    event = PostCreated(author_id="a", title=f"{post} v1", body="b", tags=["t"])
+                elif rng.random() < 0.4:
+                    event = PostEdited(title=f"{post} v{version}")
+                else:
+                    event = rng.choice(choices)
+                versions[post] = version
+                m = encode_event(
+                    event,
+                    event_id=uuid.uuid4(),
+                    aggregate_id=post,
+                    aggregate_version=version,
+                    occurred_at=datetime.now(UTC),
+                )
+                await producer.send(
+                    topic,
+                    m.value,
+                    key=m.key,
+                    headers=m.headers,
+                    partition=partition_for_key(m.key, partitions),
+                )
+                written += 1
+            await producer.commit_transaction()
+            ahead = written / rate_per_s - (loop.time() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+    finally:
+        await producer.stop()
+
+
+async def test_projector_killed_at_random_moments_during_20000_events_applies_each_once(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """SIGKILL the projector three times while 20,000 events flow: the read model equals the
+    fold of the whole log, and the event index holds each event exactly once."""
+    prefix = unique("proj") + "."
+    settings = KafkaSettings(
+        kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=prefix, partitions=4
+    )
+    await bootstrap_system_topics(settings)
+    topics = Topics.from_settings(settings)
+    store_url = f"sqlite:///{tmp_path / 'read.sqlite3'}"
+    env = projector_env(kafka_bootstrap, prefix, store_url, BATCH_MAX_RECORDS="300")
+    proj = ServiceProcess("projector_service", env, tmp_path, "proj-0")
+    proj.start()
+    writing = asyncio.create_task(
+        write_events(kafka_bootstrap, topics.events, 4, 20_000, rate_per_s=2000)
+    )
+    rng = random.Random(9)
+    try:
+        for n in range(3):
+            current = proj
+
+            async def positioned(p: ServiceProcess = current) -> bool:
+                return "projector_positioned" in p.logs() and "projector_events" not in p.logs()
+
+            await wait_until(positioned, timeout_s=60, what=f"projector {n} to start")
+            await asyncio.sleep(rng.uniform(0.5, 2.0))
+            await proj.kill()
+            proj = ServiceProcess("projector_service", env, tmp_path, f"proj-{n + 1}")
+            proj.start()
+        await writing
+        log = await read_all(kafka_bootstrap, topics.events, 4, timeout_s=120)
+        assert len(log) == 20_000
+        wanted = {}
+        for r in log:
+            wanted[r.partition] = max(wanted.get(r.partition, 0), r.offset + 1)
+        store = ReadStore(store_url)
+
+        async def caught_up() -> bool:
+            have = await store.positions(await store.active_generation())
+            return all(have.get(p, 0) >= o for p, o in wanted.items())
+
+        await wait_until(caught_up, timeout_s=120, what="projector to apply the whole log")
+    finally:
+        writing.cancel()
+        await proj.stop()
+    stats = await store.stats()
+    assert stats["events"] == 20_000, "an event was applied twice or lost"
+    assert await all_rows(store) == independent_fold(log)
+    await store.close()
+
+
+@pytest.fixture
+async def stack(kafka_bootstrap: str, tmp_path: Path) -> Any:
+    """Command service, projector and query service as processes on one SQLite read store."""
+    prefix = unique("stack") + "."
+    store_url = f"sqlite:///{tmp_path / 'read.sqlite3'}"
+    cmd = ServiceProcess(
+        "command_service", command_service_env(kafka_bootstrap, prefix, 3), tmp_path, "command"
+    )
+    cmd.start()
+    await cmd.wait_healthy()
+    common = projector_env(kafka_bootstrap, prefix, store_url)
+    proj = ServiceProcess("projector_service", common, tmp_path, "projector")
+    query = ServiceProcess("query_service", common, tmp_path, "query")
+    proj.start()
+    query.start()
+    await proj.wait_healthy()
+    await query.wait_healthy()
+    yield {
+        "prefix": prefix,
+        "store_url": store_url,
+        "command": cmd,
+        "query": query,
+        "projector": proj,
+    }
+    for svc in (cmd, proj, query):
+        await svc.stop()
+
+
+async def test_read_your_writes_1000_times_with_the_consistency_token(stack: Any) -> None:
+    """1,000 posts created over HTTP and read back at once with the token: zero misses; a read
+    without the token states how fresh it is."""
+    cmd, query = stack["command"], stack["query"]
+    misses: list[str] = []
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(
+            f"{cmd.url}/authors", json={"author_id": "ada", "name": "Ada", "email": "a@x.y"}
+        )
+        assert r.status_code == 201, r.text
+        counter = iter(range(1000))
+
+        async def worker() -> None:
+            for i in counter:
+                post_id = f"ryw-{i}"
+                created = await http.post(
+                    f"{cmd.url}/posts",
+                    json={"post_id": post_id, "author_id": "ada", "title": f"T{i}"},
+                )
+                assert created.status_code == 201, created.text
+                token = created.headers["x-consistency-token"]
+                read = await http.get(
+                    f"{query.url}/posts/{post_id}", headers={"X-Consistency-Token": token}
+                )
+                if read.status_code != 200 or read.json()["title"] != f"T{i}":
+                    misses.append(f"{post_id}: {read.status_code}")
+
+        await asyncio.gather(*[worker() for _ in range(20)])
+        assert misses == []
+        plain = await http.get(f"{query.url}/posts", params={"limit": 5})
+        assert plain.status_code == 200
+        freshness = plain.json()["freshness"]
+        assert sum(freshness["positions"].values()) > 1000
+        assert freshness["applied_at"] and plain.headers["x-read-model-positions"]
+
+
+async def test_a_token_the_projection_cannot_reach_in_time_gets_503_with_retry_after(
+    stack: Any,
+) -> None:
+    """A position beyond the log end is never reached: 503, Retry-After, a problem body."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.get(
+            f"{stack['query'].url}/stats", headers={"X-Consistency-Token": "0:999999"}
+        )
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "1"
+        assert r.json()["code"] == "not_consistent_yet"
+        bad = await http.get(f"{stack['query'].url}/stats", headers={"X-Consistency-Token": "zero"})
+        assert (bad.status_code, bad.json()["code"]) == (422, "invalid_request")
+
+
+async def test_queries_keep_answering_during_a_rebuild_and_the_swapped_model_is_complete(
+    stack: Any, kafka_bootstrap: str
+) -> None:
+    """While `esctl projections rebuild` runs, queries answer and new posts keep coming; after
+    the swap the model equals the fold of the whole log, new posts included."""
+    cmd, query, prefix = stack["command"], stack["query"], stack["prefix"]
+    async with httpx.AsyncClient(timeout=30) as http:
+        await http.post(
+            f"{cmd.url}/authors", json={"author_id": "ada", "name": "A", "email": "a@x.y"}
+        )
+        for i in range(150):
+            r = await http.post(
+                f"{cmd.url}/posts", json={"post_id": f"old-{i}", "author_id": "ada", "title": "old"}
+            )
+            assert r.status_code == 201
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "TOPIC_PREFIX": prefix,
+            "READ_STORE_URL": stack["store_url"],
+        }
+        # Output to a file: an undrained pipe would block the rebuild once it fills.
+        log_path = stack["command"].log_path.parent / "rebuild.log"
+        output = log_path.open("wb")
+        rebuild = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "projections",
+            "rebuild",
+            "--batch",
+            "50",
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        answered = 0
+        new = 0
+        last_token = ""
+        while rebuild.returncode is None:
+            for path in ("/posts?limit=10", "/stats", "/posts/old-1"):
+                r = await http.get(f"{query.url}{path}")
+                assert r.status_code == 200, (path, r.text)
+                answered += 1
+            created = await http.post(
+                f"{cmd.url}/posts",
+                json={"post_id": f"new-{new}", "author_id": "ada", "title": "new"},
+            )
+            assert created.status_code == 201
+            last_token = created.headers["x-consistency-token"]
+            new += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(rebuild.wait(), 0.05)
+        output.close()
+        printed = log_path.read_text()  # small file, test code
+        assert rebuild.returncode == 0, printed[-2000:]
+        assert "rebuilt" in printed
+        assert answered > 3 and new > 0
+        # One more write after the swap, then read everything with its token.
+        created = await http.post(
+            f"{cmd.url}/posts", json={"post_id": "after", "author_id": "ada", "title": "after"}
+        )
+        tokens = [last_token, created.headers["x-consistency-token"]]
+        r = await http.get(
+            f"{query.url}/posts/after", headers={"X-Consistency-Token": ",".join(tokens)}
+        )
+        assert r.status_code == 200, r.text
+    store = ReadStore(stack["store_url"])
+    assert await store.active_generation() == 2
+    log = await read_all(
+        kafka_bootstrap, Topics.from_settings(KafkaSettings(topic_prefix=prefix)).events, 3
+    )
+    assert await all_rows(store) == independent_fold(log)
+    assert len([p for p in await all_rows(store) if p.startswith("new-")]) == new
+    await store.close()
+
+
+async def test_esctl_lag_agrees_with_kafkas_consumer_groups_tool(
+    kafka_bootstrap: str, make_topic: Any
+) -> None:
+    """For the same group at the same moment, `esctl lag --json` and kafka-consumer-groups
+    (run from the same broker jars) report the same committed offsets, log ends and lags."""
+    topic = await make_topic("lag", partitions=2)
+    await produce(kafka_bootstrap, topic, [(b"a", b"x")] * 30, partition=0)
+    await produce(kafka_bootstrap, topic, [(b"b", b"y")] * 20, partition=1)
+    group = unique("lag-group")
+    consumer = make_consumer(kafka_bootstrap, group_id=group)
+    await consumer.start()
+    consumer.assign([TopicPartition(topic, 0), TopicPartition(topic, 1)])
+    await consumer.commit({TopicPartition(topic, 0): 12, TopicPartition(topic, 1): 20})
+    await consumer.stop()
+
+    ours = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "shared.cli",
+        "lag",
+        "--json",
+        "--group",
+        group,
+        cwd=ROOT,
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    tool = await asyncio.create_subprocess_exec(
+        java_executable(),
+        "-cp",
+        f"{libs_dir()}/*",
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+        "--bootstrap-server",
+        kafka_bootstrap,
+        "--describe",
+        "--group",
+        group,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    (our_out, our_err), (tool_out, tool_err) = await asyncio.gather(
+        ours.communicate(), tool.communicate()
+    )
+    assert ours.returncode == 0, our_err.decode()
+    assert tool.returncode == 0, tool_err.decode()
+    mine = {
+        (r["topic"], r["partition"]): (r["committed"], r["log_end"], r["lag"])
+        for r in json.loads(our_out)
+    }
+    theirs = {}
+    for line in tool_out.decode().splitlines():
+        cols = line.split()
+        if len(cols) >= 6 and cols[0] == group:
+            theirs[(cols[1], int(cols[2]))] = (int(cols[3]), int(cols[4]), int(cols[5]))
+    assert theirs == {(topic, 0): (12, 30, 18), (topic, 1): (20, 20, 0)}
+    assert mine == theirs
+    seconds = {r["partition"]: r["lag_seconds"] for r in json.loads(our_out)}
+    assert seconds[1] == 0.0 and seconds[0] >= 0.0
