@@ -33,6 +33,7 @@ from shared.messages.blog import (
     PostSubmittedForReview,
     PostUnpublished,
 )
+from shared.readmodel.rebuild import RebuildProgress, rebuild
 from shared.readmodel.store import ReadStore
 from shared.settings import KafkaSettings
 from tests.conftest import unique
@@ -422,3 +423,44 @@ async def test_esctl_lag_agrees_with_kafkas_consumer_groups_tool(
     assert mine == theirs
     seconds = {r["partition"]: r["lag_seconds"] for r in json.loads(our_out)}
     assert seconds[1] == 0.0 and seconds[0] >= 0.0
+
+
+async def test_an_interrupted_rebuild_resumes_where_it_stopped(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A rebuild stopped halfway keeps its generation and positions; the next run continues
+    from there (reporting that it resumed) and ends with every event applied once."""
+    prefix = unique("resume") + "."
+    settings = KafkaSettings(
+        kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=prefix, partitions=2
+    )
+    await bootstrap_system_topics(settings)
+    topic = Topics.from_settings(settings).events
+    await write_events(kafka_bootstrap, topic, 2, 3000, rate_per_s=1_000_000)
+    store = ReadStore(f"sqlite:///{tmp_path / 'read.sqlite3'}", writer=True)
+    await store.migrate()
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_midway(progress: RebuildProgress) -> None:
+        if progress.done > 1000:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        await rebuild(store, kafka_bootstrap, topic, batch=200, on_progress=stop_midway)
+    assert await store.meta("rebuild_generation") == "2"
+    assert await store.active_generation() == 1
+    halfway = sum((await store.positions(2)).values())
+    assert 1000 < halfway < 6000
+
+    seen: list[RebuildProgress] = []
+    result = await rebuild(
+        store, kafka_bootstrap, topic, batch=200, on_progress=seen.append, swap_grace_s=0
+    )
+    assert seen[0].resumed and seen[0].done == 0 and seen[0].total < 6000 - 1000
+    assert (result.generation, result.previous) == (2, 1)
+    assert await store.active_generation() == 2
+    store._active_cache = None  # read the new generation right away
+    assert (await store.stats())["events"] == 3000
+    await store.close()
