@@ -34,6 +34,9 @@ test-unit: $(STAMP)
 up: install  ## Kafka + the four services + SQLite read store, in the foreground
 	$(BIN)/esctl up
 
+bench: install  ## benchmarks against raw Kafka and the eventsourcing library -> bench/RESULTS.md
+	$(BIN)/python -m bench.run
+
 schemas: $(STAMP)
 	$(BIN)/esctl schema export --out schemas/commands
 

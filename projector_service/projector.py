@@ -23,7 +23,7 @@ from shared.kafka.clients import make_consumer, make_producer
 from shared.kafka.records import InboundRecord, dead_letter, from_consumer_record
 from shared.logging import get_logger
 from shared.messages.codec import decode_event
-from shared.readmodel.store import IndexedEvent, ReadStore, StaleBatch
+from shared.readmodel.store import IndexedEvent, PartitionBatch, ReadStore, StaleBatch
 
 log = get_logger(__name__)
 
@@ -96,18 +96,21 @@ class Projector:
     async def run(self) -> None:
         while not self._stopping.is_set():
             batches = await self._consumer.getmany(timeout_ms=200, max_records=self.max_records)
-            for tp, messages in batches.items():
-                if tp.partition not in self._next or not messages:
-                    continue
-                try:
-                    await self._apply(tp, [from_consumer_record(m) for m in messages])
-                except StaleBatch as exc:
-                    # A rebuild swapped generations, or another instance took the partition.
-                    log.info("projector_repositioning", reason=str(exc))
-                    await self.seek_to_stored(sorted(self._next))
-                    break
+            owned = {
+                tp: [from_consumer_record(m) for m in messages]
+                for tp, messages in batches.items()
+                if tp.partition in self._next and messages
+            }
+            if not owned:
+                continue
+            try:
+                await self._apply(owned)
+            except StaleBatch as exc:
+                # A rebuild swapped generations, or another instance took a partition.
+                log.info("projector_repositioning", reason=str(exc))
+                await self.seek_to_stored(sorted(self._next))
 
-    async def _apply(self, tp: TopicPartition, records: list[InboundRecord]) -> None:
+    async def _decode(self, records: list[InboundRecord]) -> list[IndexedEvent]:
         events: list[IndexedEvent] = []
         for record in records:
             try:
@@ -129,24 +132,33 @@ class Projector:
             events.append(
                 IndexedEvent(decoded.envelope, decoded.payload, record.partition, record.offset)
             )
-        next_offset = records[-1].offset + 1
-        with BATCH_SECONDS.time():
-            await self.store.apply_batch(
-                self._generation,
+        return events
+
+    async def _apply(self, fetched: dict[TopicPartition, list[InboundRecord]]) -> None:
+        """Every partition of one fetch in one database transaction, then one Kafka commit."""
+        batches = [
+            PartitionBatch(
                 tp.partition,
-                events,
+                await self._decode(records),
                 start_offset=self._next[tp.partition],
-                next_offset=next_offset,
+                next_offset=records[-1].offset + 1,
             )
-        self._next[tp.partition] = next_offset
-        self.applied += len(events)
-        EVENTS_APPLIED.inc(len(events))
-        POSITION.labels(str(tp.partition)).set(next_offset)
+            for tp, records in fetched.items()
+        ]
+        with BATCH_SECONDS.time():
+            await self.store.apply_batches(self._generation, batches)
+        offsets = {}
+        for tp, batch in zip(fetched, batches, strict=True):
+            self._next[tp.partition] = batch.next_offset
+            self.applied += len(batch.events)
+            EVENTS_APPLIED.inc(len(batch.events))
+            POSITION.labels(str(tp.partition)).set(batch.next_offset)
+            offsets[tp] = batch.next_offset
         try:
-            await self._consumer.commit({tp: next_offset})
+            await self._consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
             # Only tooling reads these offsets; the database already holds the truth.
-            log.warning("kafka_offset_commit_failed", partition=tp.partition, error=repr(exc))
+            log.warning("kafka_offset_commit_failed", error=repr(exc))
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base class

@@ -10,7 +10,6 @@ headers give, per partition, the next offset to apply and when the last batch wa
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -55,6 +54,53 @@ def parse_token(token: str) -> dict[int, int]:
     return wanted
 
 
+class PositionWatcher:
+    """One poller of the read model's positions per process, shared by all waiting requests.
+
+    Polling per request would multiply database reads by the number of waiters; here the
+    positions are read at most every `interval_s`, and only while someone waits.
+    """
+
+    def __init__(self, store: ReadStore, interval_s: float = 0.01) -> None:
+        self.store = store
+        self.interval_s = interval_s
+        self._latest: dict[int, dict[str, Any]] = {}
+        self._changed = asyncio.Condition()
+        self._waiters = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _poll(self) -> None:
+        while self._waiters > 0:
+            fresh = await self.store.freshness()
+            async with self._changed:
+                self._latest = fresh
+                self._changed.notify_all()
+            await asyncio.sleep(self.interval_s)
+
+    async def wait_for(self, wanted: dict[int, int], timeout_s: float) -> dict[int, dict[str, Any]]:
+        def missing() -> dict[int, int]:
+            return {
+                p: o
+                for p, o in wanted.items()
+                if self._latest.get(p, {}).get("next_offset", 0) <= o
+            }
+
+        self._latest = await self.store.freshness()
+        if not missing():
+            return self._latest
+        self._waiters += 1
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._poll())
+        try:
+            async with asyncio.timeout(timeout_s), self._changed:
+                await self._changed.wait_for(lambda: not missing())
+        except TimeoutError:
+            raise NotConsistentYet(missing()) from None
+        finally:
+            self._waiters -= 1
+        return self._latest
+
+
 def _post_json(view: View) -> dict[str, Any]:
     return {k: v for k, v in view.items()}
 
@@ -88,20 +134,13 @@ def build_api(
         response.headers["Retry-After"] = "1"
         return response
 
+    watcher = PositionWatcher(store)
+
     async def freshness_after(token: str | None) -> dict[int, dict[str, Any]]:
         """Wait for the token (if any); return the freshness the answer is based on."""
-        wanted = parse_token(token) if token else {}
-        deadline = time.monotonic() + consistency_wait_s
-        while True:
-            fresh = await store.freshness()
-            missing = {
-                p: o for p, o in wanted.items() if fresh.get(p, {}).get("next_offset", 0) <= o
-            }
-            if not missing:
-                return fresh
-            if time.monotonic() >= deadline:
-                raise NotConsistentYet(missing)
-            await asyncio.sleep(0.01)
+        if not token:
+            return await store.freshness()
+        return await watcher.wait_for(parse_token(token), consistency_wait_s)
 
     def answer(
         body: dict[str, Any], fresh: dict[int, dict[str, Any]], status: int = 200

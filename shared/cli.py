@@ -458,6 +458,24 @@ def send(
         raise typer.Exit(1)
 
 
+# --------------------------------------------------------------------------------- bench
+
+
+@app.command("bench")
+def bench(
+    smoke: Annotated[bool, typer.Option(help="tiny sizes: checks that every scenario runs")] = (
+        False
+    ),
+) -> None:
+    """Run the benchmarks (bench/run.py of a source checkout) and write bench/RESULTS.md."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "bench" / "run.py").exists():
+        console.print("the benchmarks live in the source checkout (bench/); run from there")
+        raise typer.Exit(2)
+    args = [sys.executable, "-m", "bench.run"] + (["--smoke"] if smoke else [])
+    raise typer.Exit(subprocess.run(args, cwd=root, check=False).returncode)
+
+
 # ------------------------------------------------------------------------------------ up
 
 SERVICES = {

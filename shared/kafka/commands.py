@@ -40,7 +40,8 @@ class CommandClient:
         cache_size: int = 100_000,
     ) -> None:
         self.topics = topics
-        self._producer = make_producer(bootstrap_servers)
+        # 1 ms linger: a person waits on each command; under load batches still form.
+        self._producer = make_producer(bootstrap_servers, linger_ms=1)
         self._follower = TopicFollower(
             bootstrap_servers,
             topics.command_results,

@@ -97,6 +97,15 @@ class LocalPostgres:
         if _as_root():
             pg = pwd.getpwnam("postgres")
             os.chown(self.data_dir, pg.pw_uid, pg.pw_gid)
+            check = subprocess.run(
+                ["runuser", "-u", "postgres", "--", "test", "-x", str(self.data_dir)], check=False
+            )
+            if check.returncode != 0:
+                raise ConfigurationError(
+                    f"the postgres user cannot enter {self.data_dir}: a parent directory is "
+                    "private (mode 0700?). Use a data dir under /var/tmp, or chmod o+x its "
+                    "parents."
+                )
         self.data_dir.chmod(0o700)
 
     def start(self) -> None:

@@ -121,6 +121,16 @@ class IndexedEvent:
     offset: int
 
 
+@dataclass(frozen=True)
+class PartitionBatch:
+    """Consecutive records of one partition: their events, where they start and end."""
+
+    partition: int
+    events: Sequence[IndexedEvent]
+    start_offset: int
+    next_offset: int
+
+
 class StaleBatch(Exception):
     """The batch does not start at the stored position, or the generation is no longer active:
     the caller must re-read positions and seek. Nothing was written."""
@@ -281,34 +291,58 @@ class ReadStore:
         Raises StaleBatch (writing nothing) unless the stored position is `start_offset` and,
         with `require_active`, `gen` is still the active generation.
         """
+        await self.apply_batches(
+            gen,
+            [PartitionBatch(partition, events, start_offset, next_offset)],
+            require_active=require_active,
+            now=now,
+        )
+
+    async def apply_batches(
+        self,
+        gen: int,
+        batches: Sequence[PartitionBatch],
+        *,
+        require_active: bool = True,
+        now: datetime | None = None,
+    ) -> None:
+        """Apply batches of several partitions in ONE transaction (one commit, one lock), each
+        guarded by its own compare-and-set; StaleBatch if any guard fails (nothing written)."""
         t = generation_tables(gen)
         async with self.engine.begin() as conn:
             if require_active:
                 active = int(await self._meta_value(conn, "active_generation", lock=True) or 1)
                 if active != gen:
                     raise StaleBatch(f"generation {gen} is no longer active ({active} is)")
-            query = sa.select(t.positions.c.next_offset).where(
-                t.positions.c.log_partition == partition
+            partitions = [b.partition for b in batches]
+            query = sa.select(t.positions.c.log_partition, t.positions.c.next_offset).where(
+                t.positions.c.log_partition.in_(partitions)
             )
             if self.dialect == "postgresql":
                 query = query.with_for_update()
-            stored = (await conn.execute(query)).scalar_one_or_none() or 0
-            if stored != start_offset:
-                raise StaleBatch(
-                    f"partition {partition} is at {stored}, batch starts at {start_offset}"
-                )
-            await self._write(conn, t, events)
-            last_event_at = max((e.envelope.occurred_at for e in events), default=None)
+            stored = {int(p): int(o) for p, o in (await conn.execute(query)).all()}
+            for b in batches:
+                if stored.get(b.partition, 0) != b.start_offset:
+                    raise StaleBatch(
+                        f"partition {b.partition} is at "
+                        f"{stored.get(b.partition, 0)}, batch starts at "
+                        f"{b.start_offset}"
+                    )
+            await self._write(conn, t, [e for b in batches for e in b.events])
+            applied_at = now or datetime.now(UTC)
             await self._upsert(
                 conn,
                 t.positions,
                 [
                     {
-                        "log_partition": partition,
-                        "next_offset": next_offset,
-                        "applied_at": now or datetime.now(UTC),
-                        "last_event_at": last_event_at,
+                        "log_partition": b.partition,
+                        "next_offset": b.next_offset,
+                        "applied_at": applied_at,
+                        "last_event_at": max(
+                            (e.envelope.occurred_at for e in b.events), default=None
+                        ),
                     }
+                    for b in batches
                 ],
             )
 

@@ -2,89 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 from shared.kafka.topics import Topics
-from shared.localstack.kafka import free_port
+from shared.localstack.services import ServiceProcess
 from shared.messages import decode_event
 from shared.messages.results import CommandOutcome
 from shared.settings import KafkaSettings
 from tests.kafka_helpers import read_all
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class ServiceProcess:
-    """One service process with its own port; logs go to a file for post-mortems."""
-
-    def __init__(self, module: str, env: dict[str, str], log_dir: Path, name: str) -> None:
-        self.module = module
-        self.port = free_port()
-        self.env = dict(os.environ) | env | {"HTTP_PORT": str(self.port), "LOG_FORMAT": "json"}
-        self.log_path = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115  # the child keeps it open
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module],
-            env=self.env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-    async def wait_healthy(self, timeout_s: float = 60.0) -> None:
-        async with httpx.AsyncClient() as client, asyncio.timeout(timeout_s):
-            while True:
-                assert self.proc is not None and self.proc.poll() is None, self.logs()[-3000:]
-                try:
-                    if (await client.get(f"{self.url}/health", timeout=2)).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.2)
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    async def kill(self) -> None:
-        """SIGKILL, and reap."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            await asyncio.to_thread(self.proc.wait, 10)
-
-    async def stop(self) -> int | None:
-        """SIGTERM, wait (SIGKILL after 20 s)."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                await asyncio.to_thread(self.proc.wait, 20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                await asyncio.to_thread(self.proc.wait, 10)
-        return self.proc.returncode
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+__all__ = ["ROOT", "ServiceProcess", "check_log_invariants", "command_service_env"]
 
 
 def command_service_env(

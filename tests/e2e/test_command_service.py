@@ -203,7 +203,7 @@ async def test_sigkill_at_random_moments_during_5000_commands_loses_and_repeats_
     assert len(planned) == 5000
     rng = random.Random(5)
     producing = asyncio.create_task(
-        produce_planned(kafka_bootstrap, topics_for(prefix).commands, planned, rate_per_s=400)
+        produce_planned(kafka_bootstrap, topics_for(prefix).commands, planned, rate_per_s=120)
     )
     kills = 0
     try:
@@ -216,7 +216,8 @@ async def test_sigkill_at_random_moments_during_5000_commands_loses_and_repeats_
             # A dead member keeps its partitions until its session times out: wait until this
             # generation really owns partitions, then kill it at a random moment of its work.
             await wait_until(owns_partitions, timeout_s=60, what=f"generation {n} to own")
-            await asyncio.sleep(rng.uniform(0.3, 2.0))
+            await asyncio.sleep(rng.uniform(0.2, 1.2))
+            assert not producing.done(), "the kill must land while commands still flow"
             await svc.kill()
             kills += 1
             svc = ServiceProcess("command_service", env, tmp_path, f"svc-{n + 1}")
@@ -227,8 +228,8 @@ async def test_sigkill_at_random_moments_during_5000_commands_loses_and_repeats_
         producing.cancel()
         await svc.stop()
     assert kills == 3
-    # Each process generation did part of the work: the kills landed while commands flowed.
-    for n in range(4):
+    # Each killed generation owned partitions, and was killed while commands still flowed.
+    for n in range(3):
         log = (tmp_path / f"svc-{n}.log").read_text()
         assert "partition_acquired" in log, f"generation {n} never owned a partition"
     check = await check_log_invariants(

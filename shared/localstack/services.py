@@ -1,0 +1,89 @@
+"""The services as local child processes (used by `esctl up`'s kin: tests and benchmarks)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from shared.errors import InfrastructureUnavailable
+from shared.localstack.kafka import free_port
+
+
+class ServiceProcess:
+    """One service process (`python -m <module>`) on a free port, logging to a file."""
+
+    def __init__(
+        self, module: str, env: dict[str, str], log_dir: Path, name: str, cwd: Path | None = None
+    ) -> None:
+        self.module = module
+        self.port = free_port()
+        self.env = dict(os.environ) | env | {"HTTP_PORT": str(self.port), "LOG_FORMAT": "json"}
+        self.log_path = log_dir / f"{name}.log"
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module],
+            env=self.env,
+            cwd=self.cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()  # the child has its own descriptor
+
+    async def wait_healthy(self, timeout_s: float = 60.0) -> None:
+        async with httpx.AsyncClient() as client:
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            while asyncio.get_running_loop().time() < deadline:
+                if self.proc is None or self.proc.poll() is not None:
+                    raise InfrastructureUnavailable(f"{self.module} exited:\n{self.logs()[-3000:]}")
+                try:
+                    if (await client.get(f"{self.url}/health", timeout=2)).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise InfrastructureUnavailable(f"{self.module} not healthy in {timeout_s}s")
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(sig)
+
+    async def kill(self) -> None:
+        """SIGKILL, and reap."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            await asyncio.to_thread(self.proc.wait, 10)
+
+    async def stop(self) -> int | None:
+        """SIGTERM (after SIGCONT, in case it was paused); SIGKILL after 20 s."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                await asyncio.to_thread(self.proc.wait, 20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                await asyncio.to_thread(self.proc.wait, 10)
+        return self.proc.returncode
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
