@@ -225,7 +225,7 @@ async def _end_total(bootstrap: str, topic: str, partitions: int) -> int:
         await consumer.stop()
 
 
-async def _register_author(bootstrap: str, topics: Topics, author: str) -> None:
+async def _register_author(bootstrap: str, topics: Topics, author: str, wait_s: float = 60) -> None:
     client = CommandClient(bootstrap, topics, recent_window_s=0)
     await client.start()
     try:
@@ -235,9 +235,10 @@ async def _register_author(bootstrap: str, topics: Topics, author: str) -> None:
             encode_command(
                 RegisterAuthor(name="A", email="a@b.c"), command_id=cid, aggregate_id=author
             ),
-            wait_s=30,
+            wait_s=wait_s,
         )
-        assert out is not None and out.status == "accepted", out
+        if out is None or out.status != "accepted":
+            raise RuntimeError(f"no accepted outcome for RegisterAuthor within {wait_s}s: {out}")
     finally:
         await client.stop()
 
@@ -579,7 +580,8 @@ async def scenario_recovery(
         try:
             await svc.wait_healthy(timeout_s=600)
             rss.watch(f"command_service (recovery {n:,})", svc.pid)
-            await _register_author(bootstrap, topics, "rec-author")
+            # Ready = its partitions are restored and it answers a command.
+            await _register_author(bootstrap, topics, "rec-author", wait_s=900)
             ready = time.perf_counter() - start
             info = psutil.Process(svc.pid).memory_info().rss if svc.pid else 0
             results.put(
@@ -833,7 +835,13 @@ async def main(args: argparse.Namespace) -> Results:
             task = progress.add_task("benchmarks", total=len(steps))
             for name, step in steps:
                 progress.update(task, description=f"benchmark: {name}")
-                await step()
+                try:
+                    await step()
+                except Exception as exc:  # one failed scenario must not lose the others
+                    console.print(f"[red]{name} failed[/red]: {exc!r}")
+                    results.rows[f"error_{name.replace(' ', '_')}"] = {"error": repr(exc)}
+                    if args.smoke:
+                        raise
                 progress.advance(task)
         results.rows["peak_rss"] = {k: round(v / 2**20, 1) for k, v in rss.peaks.items()}
     finally:
