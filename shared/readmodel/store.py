@@ -12,24 +12,28 @@ finds the offset changed under it and writes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from shared.errors import ConfigurationError
 from shared.messages.base import Event, EventEnvelope
 from shared.readmodel.views import View, apply_author, apply_post, is_author_event, is_post_event
 
 SCHEMA_VERSION = 1
+T = TypeVar("T")
 _meta = sa.MetaData()
 META = sa.Table(
     "read_model_meta",
@@ -161,22 +165,34 @@ def _chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
 
 
 class ReadStore:
-    """SQLite or PostgreSQL read store. `writer=True` for the projector and rebuilds."""
+    """SQLite or PostgreSQL read store. `writer=True` for the projector and rebuilds.
+
+    Every operation is one synchronous SQLAlchemy function run in ONE hop: on SQLite in a worker
+    thread with the standard sqlite3 driver, on PostgreSQL through asyncpg via `run_sync`. (With
+    an async driver per statement, each of a batch's ~10 statements was its own thread hop, which
+    measured as the end-to-end bottleneck; see bench/RESULTS.md.)
+    """
 
     def __init__(self, url: str, *, writer: bool = False) -> None:
         self.url = url
+        self._sync: sa.Engine | None = None
+        self._async: AsyncEngine | None = None
         if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: AsyncEngine = create_async_engine(_engine_url(url), pool_pre_ping=True)
-        self.dialect = self.engine.dialect.name
+            path = url.removeprefix("sqlite:///")
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._sync = sa.create_engine(
+                f"sqlite:///{path}", connect_args={"check_same_thread": False}
+            )
+            self._configure_sqlite(self._sync, writer)
+            self.dialect = "sqlite"
+        else:
+            self._async = create_async_engine(_engine_url(url), pool_pre_ping=True)
+            self.dialect = self._async.dialect.name
         self._active_cache: tuple[int, float] | None = None
-        if self.dialect == "sqlite":
-            self._configure_sqlite(writer)
 
-    def _configure_sqlite(self, writer: bool) -> None:
-        sync_engine = self.engine.sync_engine
-
-        @sa_event.listens_for(sync_engine, "connect")
+    @staticmethod
+    def _configure_sqlite(engine: sa.Engine, writer: bool) -> None:
+        @sa_event.listens_for(engine, "connect")
         def on_connect(dbapi_connection: Any, _: Any) -> None:
             # Let SQLAlchemy, not the driver, decide when transactions begin (see below).
             dbapi_connection.isolation_level = None
@@ -186,18 +202,36 @@ class ReadStore:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
-        @sa_event.listens_for(sync_engine, "begin")
+        @sa_event.listens_for(engine, "begin")
         def on_begin(conn: Any) -> None:
             # Writers take the write lock at BEGIN: a transaction that first reads (positions,
             # active generation) and then writes can never fail to upgrade its lock midway.
             conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
+    async def _run(self, fn: Callable[[Connection], T], *, write: bool = False) -> T:
+        """Run `fn(connection)` in one transaction (committed if `write`)."""
+        if self._sync is not None:
+            engine = self._sync
+
+            def work() -> T:
+                if write:
+                    with engine.begin() as conn:
+                        return fn(conn)
+                with engine.connect() as conn:
+                    return fn(conn)
+
+            return await asyncio.to_thread(work)
+        assert self._async is not None
+        if write:
+            async with self._async.begin() as aconn:
+                return await aconn.run_sync(fn)
+        async with self._async.connect() as aconn:
+            return await aconn.run_sync(fn)
+
     def _insert(self, table: sa.Table) -> Any:
         return sqlite.insert(table) if self.dialect == "sqlite" else postgresql.insert(table)
 
-    async def _upsert(
-        self, conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]
-    ) -> None:
+    def _upsert(self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
         stmt = self._insert(table)
@@ -205,75 +239,83 @@ class ReadStore:
         updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
         stmt = stmt.on_conflict_do_update(index_elements=keys, set_=updates)
         for chunk in _chunks(rows):
-            await conn.execute(stmt, list(chunk))
+            conn.execute(stmt, list(chunk))
 
     # -- schema ------------------------------------------------------------------------------
 
     async def migrate(self) -> int:
         """Apply pending schema migrations (idempotent). Returns the active generation."""
-        async with self.engine.begin() as conn:
-            await conn.run_sync(_meta.create_all)
-            version = await self._meta_value(conn, "schema_version")
+
+        def body(conn: Connection) -> int:
+            _meta.create_all(conn)
+            version = self._meta_value(conn, "schema_version")
             if version is None:
-                await conn.run_sync(generation_tables(1).metadata.create_all)
-                await self._set_meta(conn, "active_generation", "1")
-                await self._set_meta(conn, "schema_version", str(SCHEMA_VERSION))
+                generation_tables(1).metadata.create_all(conn)
+                self._upsert(
+                    conn,
+                    META,
+                    [
+                        {"key": "active_generation", "value": "1"},
+                        {"key": "schema_version", "value": str(SCHEMA_VERSION)},
+                    ],
+                )
             elif int(version) > SCHEMA_VERSION:
                 raise ConfigurationError(
                     f"read store schema {version} is newer than this code ({SCHEMA_VERSION})"
                 )
             # Future migrations: `for v in range(int(version) + 1, SCHEMA_VERSION + 1): ...`
-            active = await self._meta_value(conn, "active_generation")
-        return int(active or 1)
+            return int(self._meta_value(conn, "active_generation") or 1)
 
-    async def _meta_value(
-        self, conn: AsyncConnection, key: str, *, lock: bool = False
-    ) -> str | None:
+        return await self._run(body, write=True)
+
+    def _meta_value(self, conn: Connection, key: str, *, lock: bool = False) -> str | None:
         query = sa.select(META.c.value).where(META.c.key == key)
         if lock and self.dialect == "postgresql":
             query = query.with_for_update(read=True)
-        return (await conn.execute(query)).scalar_one_or_none()
-
-    async def _set_meta(self, conn: AsyncConnection, key: str, value: str) -> None:
-        await self._upsert(conn, META, [{"key": key, "value": value}])
+        value: str | None = conn.execute(query).scalar_one_or_none()
+        return value
 
     async def active_generation(self) -> int:
-        async with self.engine.connect() as conn:
-            return int(await self._meta_value(conn, "active_generation") or 1)
+        return await self._run(lambda c: int(self._meta_value(c, "active_generation") or 1))
 
     async def create_generation(self, gen: int) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(generation_tables(gen).metadata.create_all)
+        await self._run(generation_tables(gen).metadata.create_all, write=True)
 
     async def drop_generation(self, gen: int) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(generation_tables(gen).metadata.drop_all)
+        await self._run(generation_tables(gen).metadata.drop_all, write=True)
 
     async def meta(self, key: str) -> str | None:
-        async with self.engine.connect() as conn:
-            return await self._meta_value(conn, key)
+        return await self._run(lambda c: self._meta_value(c, key))
 
     async def set_meta(self, key: str, value: str | None) -> None:
-        async with self.engine.begin() as conn:
+        def body(conn: Connection) -> None:
             if value is None:
-                await conn.execute(sa.delete(META).where(META.c.key == key))
+                conn.execute(sa.delete(META).where(META.c.key == key))
             else:
-                await self._set_meta(conn, key, value)
+                self._upsert(conn, META, [{"key": key, "value": value}])
+
+        await self._run(body, write=True)
 
     async def swap_generation(self, new: int) -> int:
         """Make `new` the active generation atomically; returns the previous one."""
-        async with self.engine.begin() as conn:
-            old = int(await self._meta_value(conn, "active_generation", lock=True) or 1)
-            await self._set_meta(conn, "active_generation", str(new))
-        return old
+
+        def body(conn: Connection) -> int:
+            old = int(self._meta_value(conn, "active_generation", lock=True) or 1)
+            self._upsert(conn, META, [{"key": "active_generation", "value": str(new)}])
+            return old
+
+        return await self._run(body, write=True)
 
     # -- writing -----------------------------------------------------------------------------
 
     async def positions(self, gen: int) -> dict[int, int]:
         t = generation_tables(gen).positions
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(sa.select(t.c.log_partition, t.c.next_offset))
+
+        def body(conn: Connection) -> dict[int, int]:
+            rows = conn.execute(sa.select(t.c.log_partition, t.c.next_offset))
             return {int(p): int(o) for p, o in rows}
+
+        return await self._run(body)
 
     async def apply_batch(
         self,
@@ -309,18 +351,19 @@ class ReadStore:
         """Apply batches of several partitions in ONE transaction (one commit, one lock), each
         guarded by its own compare-and-set; StaleBatch if any guard fails (nothing written)."""
         t = generation_tables(gen)
-        async with self.engine.begin() as conn:
+        applied_at = now or datetime.now(UTC)
+
+        def body(conn: Connection) -> None:
             if require_active:
-                active = int(await self._meta_value(conn, "active_generation", lock=True) or 1)
+                active = int(self._meta_value(conn, "active_generation", lock=True) or 1)
                 if active != gen:
                     raise StaleBatch(f"generation {gen} is no longer active ({active} is)")
-            partitions = [b.partition for b in batches]
             query = sa.select(t.positions.c.log_partition, t.positions.c.next_offset).where(
-                t.positions.c.log_partition.in_(partitions)
+                t.positions.c.log_partition.in_([b.partition for b in batches])
             )
             if self.dialect == "postgresql":
                 query = query.with_for_update()
-            stored = {int(p): int(o) for p, o in (await conn.execute(query)).all()}
+            stored = {int(p): int(o) for p, o in conn.execute(query).all()}
             for b in batches:
                 if stored.get(b.partition, 0) != b.start_offset:
                     raise StaleBatch(
@@ -328,9 +371,8 @@ class ReadStore:
                         f"{stored.get(b.partition, 0)}, batch starts at "
                         f"{b.start_offset}"
                     )
-            await self._write(conn, t, [e for b in batches for e in b.events])
-            applied_at = now or datetime.now(UTC)
-            await self._upsert(
+            self._write(conn, t, [e for b in batches for e in b.events])
+            self._upsert(
                 conn,
                 t.positions,
                 [
@@ -346,13 +388,15 @@ class ReadStore:
                 ],
             )
 
-    async def _load(
-        self, conn: AsyncConnection, table: sa.Table, key: sa.Column[Any], ids: set[str]
+        await self._run(body, write=True)
+
+    @staticmethod
+    def _load(
+        conn: Connection, table: sa.Table, key: sa.Column[Any], ids: set[str]
     ) -> dict[str, View]:
         found: dict[str, View] = {}
         for chunk in _chunks(sorted(ids)):
-            rows = await conn.execute(sa.select(table).where(key.in_(chunk)))
-            for row in rows.mappings():
+            for row in conn.execute(sa.select(table).where(key.in_(chunk))).mappings():
                 view = dict(row)
                 for name, value in view.items():
                     if isinstance(value, datetime):
@@ -360,27 +404,25 @@ class ReadStore:
                 found[view[key.name]] = view
         return found
 
-    async def _write(
-        self, conn: AsyncConnection, t: GenerationTables, events: Sequence[IndexedEvent]
-    ) -> None:
+    def _write(self, conn: Connection, t: GenerationTables, events: Sequence[IndexedEvent]) -> None:
         post_ids = {e.envelope.aggregate_id for e in events if is_post_event(e.payload)}
         author_ids = {e.envelope.aggregate_id for e in events if is_author_event(e.payload)}
-        posts = await self._load(conn, t.posts, t.posts.c.post_id, post_ids)
-        authors = await self._load(conn, t.authors, t.authors.c.author_id, author_ids)
+        posts = self._load(conn, t.posts, t.posts.c.post_id, post_ids)
+        authors = self._load(conn, t.authors, t.authors.c.author_id, author_ids)
         for e in events:
             agg = e.envelope.aggregate_id
             if is_post_event(e.payload):
                 posts[agg] = apply_post(posts.get(agg), e.envelope, e.payload)
             elif is_author_event(e.payload):
                 authors[agg] = apply_author(authors.get(agg), e.envelope, e.payload)
-        await self._upsert(conn, t.posts, [posts[i] for i in post_ids])
-        await self._upsert(conn, t.authors, [authors[i] for i in author_ids])
+        self._upsert(conn, t.posts, [posts[i] for i in post_ids])
+        self._upsert(conn, t.authors, [authors[i] for i in author_ids])
         if post_ids:
             for chunk in _chunks(sorted(post_ids)):
-                await conn.execute(sa.delete(t.post_tags).where(t.post_tags.c.post_id.in_(chunk)))
+                conn.execute(sa.delete(t.post_tags).where(t.post_tags.c.post_id.in_(chunk)))
             tags = [{"post_id": i, "tag": tag} for i in post_ids for tag in posts[i]["tags"]]
             for chunk in _chunks(tags):
-                await conn.execute(sa.insert(t.post_tags), list(chunk))
+                conn.execute(sa.insert(t.post_tags), list(chunk))
         rows = [
             {
                 "log_partition": e.partition,
@@ -397,14 +439,12 @@ class ReadStore:
             for e in events
         ]
         for chunk in _chunks(rows):
-            await conn.execute(sa.insert(t.events), list(chunk))
+            conn.execute(sa.insert(t.events), list(chunk))
 
     # -- reading -----------------------------------------------------------------------------
 
     async def read_generation(self, *, max_age_s: float = 1.0) -> int:
         """The active generation, cached for `max_age_s` (queries run on many requests)."""
-        import time  # noqa: PLC0415  # keeps the module's imports about data
-
         now = time.monotonic()
         if self._active_cache is None or now - self._active_cache[1] > max_age_s:
             self._active_cache = (await self.active_generation(), now)
@@ -412,16 +452,18 @@ class ReadStore:
 
     async def freshness(self, gen: int | None = None) -> dict[int, dict[str, Any]]:
         t = generation_tables(gen or await self.read_generation()).positions
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(sa.select(t))
+
+        def body(conn: Connection) -> dict[int, dict[str, Any]]:
             return {
                 int(r.log_partition): {
                     "next_offset": int(r.next_offset),
                     "applied_at": _utc(r.applied_at),
                     "last_event_at": _utc(r.last_event_at),
                 }
-                for r in rows
+                for r in conn.execute(sa.select(t))
             }
+
+        return await self._run(body)
 
     @staticmethod
     def _post(row: Any) -> View:
@@ -432,13 +474,16 @@ class ReadStore:
 
     async def get_post(self, post_id: str) -> View | None:
         t = generation_tables(await self.read_generation())
-        async with self.engine.connect() as conn:
+
+        def body(conn: Connection) -> View | None:
             row = (
-                (await conn.execute(sa.select(t.posts).where(t.posts.c.post_id == post_id)))
+                conn.execute(sa.select(t.posts).where(t.posts.c.post_id == post_id))
                 .mappings()
                 .first()
             )
             return self._post(row) if row else None
+
+        return await self._run(body)
 
     async def list_posts(
         self,
@@ -469,8 +514,7 @@ class ReadStore:
                     sa.and_(p.c.created_at == created, p.c.post_id < last_id),
                 )
             )
-        async with self.engine.connect() as conn:
-            rows = [self._post(r) for r in (await conn.execute(query)).mappings()]
+        rows = await self._run(lambda c: [self._post(r) for r in c.execute(query).mappings()])
         next_cursor = None
         if len(rows) > limit:
             rows = rows[:limit]
@@ -497,57 +541,56 @@ class ReadStore:
             query = query.where(t.c.aggregate_version <= to_version)
         if until is not None:
             query = query.where(t.c.occurred_at <= until)
-        async with self.engine.connect() as conn:
+
+        def body(conn: Connection) -> list[View]:
             out = []
-            for row in (await conn.execute(query)).mappings():
+            for row in conn.execute(query).mappings():
                 view = dict(row)
                 view["occurred_at"] = _utc(view["occurred_at"])
                 out.append(view)
             return out
 
+        return await self._run(body)
+
     async def stats(self) -> dict[str, Any]:
         t = generation_tables(await self.read_generation())
         p = t.posts
         day = sa.func.date(p.c.published_at)
-        async with self.engine.connect() as conn:
+
+        def body(conn: Connection) -> dict[str, Any]:
             by_status: dict[str, int] = dict(
-                (
-                    await conn.execute(sa.select(p.c.status, sa.func.count()).group_by(p.c.status))
-                ).all()
+                conn.execute(sa.select(p.c.status, sa.func.count()).group_by(p.c.status)).all()
             )
-            tags = (
-                await conn.execute(
-                    sa.select(t.post_tags.c.tag, sa.func.count().label("n"))
-                    .group_by(t.post_tags.c.tag)
-                    .order_by(sa.desc("n"), t.post_tags.c.tag)
-                    .limit(50)
-                )
+            tags = conn.execute(
+                sa.select(t.post_tags.c.tag, sa.func.count().label("n"))
+                .group_by(t.post_tags.c.tag)
+                .order_by(sa.desc("n"), t.post_tags.c.tag)
+                .limit(50)
             ).all()
-            per_day = (
-                await conn.execute(
-                    sa.select(day.label("day"), sa.func.count())
-                    .where(p.c.published_at.is_not(None))
-                    .group_by(day)
-                    .order_by(day)
-                )
+            per_day = conn.execute(
+                sa.select(day.label("day"), sa.func.count())
+                .where(p.c.published_at.is_not(None))
+                .group_by(day)
+                .order_by(day)
             ).all()
-            authors = (
-                await conn.execute(sa.select(sa.func.count()).select_from(t.authors))
-            ).scalar_one()
-            events = (
-                await conn.execute(sa.select(sa.func.count()).select_from(t.events))
-            ).scalar_one()
-        return {
-            "posts": sum(by_status.values()),
-            "posts_by_status": {str(k): int(v) for k, v in by_status.items()},
-            "tags": [{"tag": tag, "posts": int(n)} for tag, n in tags],
-            "published_per_day": [{"day": str(d), "posts": int(n)} for d, n in per_day],
-            "authors": int(authors),
-            "events": int(events),
-        }
+            authors = conn.execute(sa.select(sa.func.count()).select_from(t.authors)).scalar_one()
+            events = conn.execute(sa.select(sa.func.count()).select_from(t.events)).scalar_one()
+            return {
+                "posts": sum(by_status.values()),
+                "posts_by_status": {str(k): int(v) for k, v in by_status.items()},
+                "tags": [{"tag": tag, "posts": int(n)} for tag, n in tags],
+                "published_per_day": [{"day": str(d), "posts": int(n)} for d, n in per_day],
+                "authors": int(authors),
+                "events": int(events),
+            }
+
+        return await self._run(body)
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        if self._sync is not None:
+            self._sync.dispose()
+        if self._async is not None:
+            await self._async.dispose()
 
 
 def encode_cursor(created_at: datetime, post_id: str) -> str:
