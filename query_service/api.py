@@ -101,10 +101,6 @@ class PositionWatcher:
         return self._latest
 
 
-def _post_json(view: View) -> dict[str, Any]:
-    return {k: v for k, v in view.items()}
-
-
 def build_api(
     *, service: str, store: ReadStore, health: HealthCheck, consistency_wait_s: float
 ) -> FastAPI:
@@ -172,7 +168,7 @@ def build_api(
             items, next_cursor = await store.list_posts(**filters)
         except ValueError as exc:
             return problem(422, "invalid_cursor", "Invalid cursor", str(exc))
-        return answer({"items": [_post_json(v) for v in items], "next_cursor": next_cursor}, fresh)
+        return answer({"items": [dict(v) for v in items], "next_cursor": next_cursor}, fresh)
 
     @app.get("/posts", tags=["posts"])
     async def list_posts(
@@ -219,7 +215,7 @@ def build_api(
                 "Post not found",
                 f"no post {post_id}" + (" at that version/time" if version or at else ""),
             )
-        return answer(_post_json(view), fresh)
+        return answer(dict(view), fresh)
 
     @app.get("/streams/{aggregate_id}/events", tags=["events"])
     async def stream(

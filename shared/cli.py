@@ -501,8 +501,6 @@ def up(
         procs[module] = subprocess.Popen(
             [sys.executable, "-m", module], env=env | {"HTTP_PORT": str(http_port)}
         )
-        if module == "command_service":
-            time.sleep(2)  # lets it create the topics before the consumers subscribe
     console.print("services: " + ", ".join(f"{m} :{p}" for m, p in SERVICES.items()))
     console.print("Ctrl-C to stop the services; `esctl kafka stop` stops the broker")
     try:

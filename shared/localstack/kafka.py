@@ -23,7 +23,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -451,11 +451,3 @@ def _port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def iter_clusters(root: Path) -> Iterator[LocalKafkaCluster]:
-    """Clusters described under `root` (for status listings)."""
-    for path in sorted(root.glob("**/cluster.json")):
-        cluster = LocalKafkaCluster.load(path.parent)
-        if cluster is not None:
-            yield cluster
