@@ -43,6 +43,11 @@ COMMANDS_TOTAL = Counter(
 BATCH_SIZE = Histogram(
     "esctl_command_batch_size", "Commands per transaction", buckets=(1, 5, 20, 100, 500, 2000)
 )
+QUEUE_SECONDS = Histogram(
+    "esctl_command_queue_seconds",
+    "Time from a command's occurred_at (set by its sender) to its decision",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 RESTORE_SECONDS = Histogram(
     "esctl_partition_restore_seconds", "Time to restore one partition's state"
 )
@@ -305,6 +310,9 @@ class CommandHandler:
         outputs: list[OutboundRecord],
     ) -> _Pending:
         env, payload = command.envelope, command.payload
+        # Only with a timezone: other clients may send naive times, which cannot be compared.
+        if env.occurred_at is not None and env.occurred_at.tzinfo is not None:
+            QUEUE_SECONDS.observe(max(0.0, (now - env.occurred_at).total_seconds()))
         state = book.aggregates.get(env.aggregate_id)
         author_exists = False
         if isinstance(payload, CreatePost):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -31,6 +32,11 @@ EVENTS_APPLIED = Counter("esctl_projector_events_total", "Events applied to the 
 BAD_EVENTS = Counter("esctl_projector_dead_letters_total", "Undecodable events dead-lettered")
 BATCH_SECONDS = Histogram("esctl_projector_batch_seconds", "Time to apply one batch")
 POSITION = Gauge("esctl_projector_next_offset", "Next offset to apply", ["partition"])
+EVENT_AGE = Histogram(
+    "esctl_projector_event_age_seconds",
+    "Time from an event's occurred_at to its projection's commit (last event of each batch)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 
 
 class Projector:
@@ -147,8 +153,12 @@ class Projector:
         ]
         with BATCH_SECONDS.time():
             await self.store.apply_batches(self._generation, batches)
+        committed_at = datetime.now(UTC)
         offsets = {}
         for tp, batch in zip(fetched, batches, strict=True):
+            if batch.events:
+                age = committed_at - batch.events[-1].envelope.occurred_at
+                EVENT_AGE.observe(max(0.0, age.total_seconds()))
             self._next[tp.partition] = batch.next_offset
             self.applied += len(batch.events)
             EVENTS_APPLIED.inc(len(batch.events))

@@ -206,3 +206,24 @@ async def test_an_author_in_the_same_partition_counts_before_the_directory_knows
     assert [o.status for o in outcomes] == ["accepted", "accepted", "rejected"]
     assert outcomes[2].code == "author_not_found"
     assert directory.refreshes == 1
+
+
+async def test_a_command_with_a_naive_occurred_at_is_decided_normally() -> None:
+    """Other clients may send `occurred_at` without a timezone; it must not make the command
+    look like poison (the queue-time metric skips it)."""
+    h = handler()
+    await h.on_assigned(0)
+    post = key_in(0)
+    value = json.dumps(
+        {
+            "type": "CreatePost",
+            "command_id": str(uuid.uuid4()),
+            "aggregate_id": post,
+            "occurred_at": "2026-11-27T10:00:00",
+            "payload": {"author_id": "ada", "title": "T"},
+        }
+    ).encode()
+    _, outcomes = await run_batch(
+        h, 0, [InboundRecord(TOPICS.commands, 0, 0, post.encode(), value)]
+    )
+    assert [o.status for o in outcomes] == ["accepted"]
