@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from command_service.adapters import KafkaAuthorDirectory, KafkaPartitionHistory
 from command_service.api import build_api
 from command_service.processor import CommandHandler
+from shared.kafka.clients import group_timing
 from shared.kafka.commands import CommandClient
 from shared.kafka.lag import report_lag_forever
 from shared.kafka.processor import TransactionalPartitionProcessor
@@ -58,10 +59,7 @@ async def main(settings: CommandServiceSettings) -> None:
         dlq_topic=topics.commands_dlq,
         max_records=settings.batch_max_records,
         max_wait_ms=settings.batch_max_wait_ms,
-        consumer_overrides={
-            "session_timeout_ms": settings.session_timeout_ms,
-            "heartbeat_interval_ms": max(500, settings.session_timeout_ms // 10),
-        },
+        consumer_overrides=group_timing(settings.session_timeout_ms),
     )
     client = CommandClient(bootstrap, topics)
 

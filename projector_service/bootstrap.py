@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from projector_service.projector import Projector
 from shared.errors import InfrastructureUnavailable
 from shared.http import service_app
-from shared.kafka.clients import wait_for_brokers
+from shared.kafka.clients import group_timing, wait_for_brokers
 from shared.kafka.lag import report_lag_forever
 from shared.kafka.topics import Topics, bootstrap_system_topics
 from shared.readmodel.store import ReadStore
@@ -49,10 +49,7 @@ async def main(settings: ProjectorSettings) -> None:
         store=store,
         dlq_topic=topics.events_dlq,
         max_records=settings.batch_max_records,
-        consumer_overrides={
-            "session_timeout_ms": settings.session_timeout_ms,
-            "heartbeat_interval_ms": max(500, settings.session_timeout_ms // 10),
-        },
+        consumer_overrides=group_timing(settings.session_timeout_ms),
     )
 
     async def startup() -> None:

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
-from shared.kafka import make_admin
 from shared.kafka.topics import TopicSpec, ensure_topics
 from shared.logging import configure_logging
 from tests import infra
+from tests.kafka_helpers import delete_topics
 
 configure_logging("console", "warning")
 
@@ -49,9 +49,4 @@ async def make_topic(kafka_bootstrap: str) -> AsyncIterator[TopicFactory]:
 
     yield factory
     if created:
-        admin = make_admin(kafka_bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics(created)
-        finally:
-            await admin.close()
+        await delete_topics(kafka_bootstrap, created)

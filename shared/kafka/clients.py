@@ -70,6 +70,15 @@ def make_transactional_producer(
     )
 
 
+def group_timing(session_timeout_ms: int) -> dict[str, int]:
+    """Consumer overrides for a group member: its session timeout (how fast a dead instance's
+    partitions move) and a heartbeat at a tenth of it (at least 500 ms)."""
+    return {
+        "session_timeout_ms": session_timeout_ms,
+        "heartbeat_interval_ms": max(500, session_timeout_ms // 10),
+    }
+
+
 def make_consumer(
     bootstrap_servers: str, *topics: str, group_id: str | None = None, **overrides: Any
 ) -> AIOKafkaConsumer:

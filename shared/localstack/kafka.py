@@ -289,7 +289,7 @@ class LocalKafkaCluster:
             if node.pid is not None and self._owns(node.pid, node.node_id):
                 os.kill(node.pid, signal.SIGTERM)
         for node in self.state.nodes:
-            self._signal_and_wait(node, signal.SIGTERM, timeout_s)
+            self._signal_and_wait(node, signal.SIGTERM, timeout_s, send=False)
             node.pid = None
         self.save()
 
@@ -417,10 +417,13 @@ class LocalKafkaCluster:
     def _alive(self, node: NodeState) -> bool:
         return node.pid is not None and self._owns(node.pid, node.node_id)
 
-    def _signal_and_wait(self, node: NodeState, sig: signal.Signals, timeout_s: float) -> None:
+    def _signal_and_wait(
+        self, node: NodeState, sig: signal.Signals, timeout_s: float, *, send: bool = True
+    ) -> None:
         if node.pid is None or not self._owns(node.pid, node.node_id):
             return
-        os.kill(node.pid, sig)
+        if send:
+            os.kill(node.pid, sig)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             _reap(node.pid)
