@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from shared.localstack.postgres import LocalPostgres
 from shared.localstack.services import ServiceProcess
 from shared.logging import configure_logging
 from shared.messages import encode_command, encode_event
-from shared.messages.blog import CreatePost, PostCreated, RegisterAuthor
+from shared.messages.blog import CreatePost, PostCreated, PublicationScheduled, RegisterAuthor
 from shared.readmodel.store import ReadStore
 from shared.settings import KafkaSettings
 
@@ -55,9 +55,11 @@ class Sizes:
     pipeline: int = 20_000
     projector: int = 100_000
     e2e_seconds: float = 10.0
-    e2e_rates: tuple[int, ...] = (100, 500, 2000)
+    e2e_sequential: int = 200
+    e2e_rates: tuple[int, ...] = (25, 50, 100, 250, 500, 2000)
     recovery: tuple[int, ...] = (100_000, 1_000_000)
     peer: int = 2_000
+    timers: int = 1_000
     pipeline_batches: tuple[int, ...] = (100, 500, 2000)
 
     @classmethod
@@ -67,9 +69,11 @@ class Sizes:
             pipeline=500,
             projector=2_000,
             e2e_seconds=2.0,
+            e2e_sequential=10,
             e2e_rates=(20, 50),
             recovery=(1_000,),
             peer=50,
+            timers=20,
             pipeline_batches=(50, 500),
         )
 
@@ -453,6 +457,15 @@ async def scenario_end_to_end(
             ) as r:
                 assert r.status == 201, await r.text()
             best = 0
+            # One client, sequential: the latency without queueing. It also warms the broker's
+            # JIT and the services' caches, so the first open-loop rate is not a start-up figure.
+            sequential = await _closed_loop(http, cmd.url, query.url, sizes.e2e_sequential)
+            results.put(
+                "e2e_sequential",
+                requests=len(sequential),
+                p50_ms=round(percentile(sequential, 0.5) * 1000, 1),
+                p99_ms=round(percentile(sequential, 0.99) * 1000, 1),
+            )
             me = psutil.Process()
             for rate in sizes.e2e_rates:
                 cpu0 = me.cpu_times()
@@ -485,6 +498,30 @@ async def scenario_end_to_end(
             await svc.stop()
 
 
+async def _create_then_read(
+    http: aiohttp.ClientSession, cmd: str, query: str, post_id: str
+) -> bool:
+    """POST a post, then GET it from the query service with the consistency token."""
+    async with http.post(
+        f"{cmd}/posts", json={"post_id": post_id, "author_id": "e2e", "title": "t"}
+    ) as created:
+        if created.status != 201:
+            return False
+        token = created.headers["x-consistency-token"]
+    async with http.get(f"{query}/posts/{post_id}", headers={"X-Consistency-Token": token}) as read:
+        await read.read()
+        return read.status == 200
+
+
+async def _closed_loop(http: aiohttp.ClientSession, cmd: str, query: str, n: int) -> list[float]:
+    latencies = []
+    for i in range(n):
+        start = time.perf_counter()
+        if await _create_then_read(http, cmd, query, f"e2e-seq-{i}-{uuid.uuid4().hex[:6]}"):
+            latencies.append(time.perf_counter() - start)
+    return latencies
+
+
 async def _open_loop(
     http: aiohttp.ClientSession, cmd: str, query: str, rate: int, seconds: float
 ) -> tuple[list[float], int, float]:
@@ -497,20 +534,9 @@ async def _open_loop(
         start = time.perf_counter()
         post_id = f"e2e-{rate}-{i}-{uuid.uuid4().hex[:6]}"
         try:
-            async with http.post(
-                f"{cmd}/posts", json={"post_id": post_id, "author_id": "e2e", "title": "t"}
-            ) as created:
-                if created.status != 201:
-                    errors += 1
-                    return
-                token = created.headers["x-consistency-token"]
-            async with http.get(
-                f"{query}/posts/{post_id}", headers={"X-Consistency-Token": token}
-            ) as read:
-                await read.read()
-                if read.status != 200:
-                    errors += 1
-                    return
+            if not await _create_then_read(http, cmd, query, post_id):
+                errors += 1
+                return
             latencies.append(time.perf_counter() - start)
         except (aiohttp.ClientError, TimeoutError):
             errors += 1
@@ -558,6 +584,87 @@ class RssSampler:
                     continue
                 self.peaks[name] = max(self.peaks.get(name, 0), rss)
             await asyncio.sleep(0.1)
+
+
+async def scenario_workflow_timers(
+    bootstrap: str, sizes: Sizes, results: Results, workdir: Path
+) -> None:
+    """Scheduled publications: `timers` PublicationScheduled events written straight to the
+    event log (due 6-8 s later), one workflow-service process; lateness of each timer (fired
+    minus due) from the `timer_fired` records of `workflows.history`."""
+    prefix = f"bwf-{uuid.uuid4().hex[:6]}."
+    settings = KafkaSettings(kafka_bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=6)
+    await bootstrap_system_topics(settings)
+    topics = Topics.from_settings(settings)
+    env = _service_env(
+        bootstrap,
+        prefix,
+        GROUP_ID=f"{prefix}workflow-service",
+        PUBLICATION_STEPS="",
+        WORKFLOW_STORE_URL=f"sqlite:///{workdir / 'bench-workflows.sqlite3'}",
+    )
+    svc = ServiceProcess("workflow_service", env, workdir, "workflow-timers")
+    svc.start()
+    try:
+        await svc.wait_healthy()
+        producer = make_transactional_producer(bootstrap, f"bench-sched-{uuid.uuid4().hex[:8]}")
+        await producer.start()
+        start = datetime.now(UTC) + timedelta(seconds=6)
+        try:
+            await producer.begin_transaction()
+            futures = []
+            for i in range(sizes.timers):
+                due = start + timedelta(seconds=2 * i / sizes.timers)
+                m = encode_event(
+                    PublicationScheduled(publish_at=due),
+                    event_id=uuid.uuid4(),
+                    aggregate_id=f"sched-{i}",
+                    aggregate_version=1,
+                    occurred_at=datetime.now(UTC),
+                )
+                futures.append(
+                    await producer.send(topics.events, m.value, key=m.key, headers=m.headers)
+                )
+            await asyncio.gather(*futures)
+            await producer.commit_transaction()
+        finally:
+            await producer.stop()
+        late: list[float] = []
+        deadline = time.monotonic() + 60
+        while len(late) < sizes.timers and time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            late = await _timer_lateness(bootstrap, topics.workflow_history)
+        results.put(
+            "workflow_timers",
+            timers=sizes.timers,
+            fired=len(late),
+            p50_ms=round(percentile(late, 0.5), 1),
+            p99_ms=round(percentile(late, 0.99), 1),
+            max_ms=round(max(late, default=float("nan")), 1),
+            early=sum(1 for x in late if x < 0),
+        )
+    finally:
+        await svc.stop()
+
+
+async def _timer_lateness(bootstrap: str, topic: str) -> list[float]:
+    consumer = make_consumer(bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(6)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[float] = []
+        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                for m in messages:
+                    entry = json.loads(m.value)
+                    if entry["what"] == "timer_fired":
+                        out.append(float(entry["detail"]["late_ms"]))
+        return out
+    finally:
+        await consumer.stop()
 
 
 async def scenario_recovery(
@@ -740,8 +847,21 @@ def write_markdown(results: Results, path: Path, smoke: bool) -> None:
             )
     lines.append(
         f"\nHighest offered load sustained (no errors, >= 95 % achieved, p99 < 1 s): "
-        f"{get('e2e_highest_sustained', 'commands_per_s')}/s."
+        f"{get('e2e_highest_sustained', 'commands_per_s')}/s. One client, sequential (no "
+        f"queueing; {get('e2e_sequential', 'requests')} requests, run first): p50 "
+        f"{get('e2e_sequential', 'p50_ms')} ms, p99 {get('e2e_sequential', 'p99_ms')} ms."
     )
+    timers = r.get("workflow_timers")
+    if timers:
+        lines += [
+            "",
+            "## Workflow timers (scheduled publications, one workflow-service process)",
+            "",
+            "| timers | fired | late p50 ms | late p99 ms | late max ms | fired early |",
+            "|---:|---:|---:|---:|---:|---:|",
+            f"| {timers['timers']} | {timers['fired']} | {timers['p50_ms']} | "
+            f"{timers['p99_ms']} | {timers['max_ms']} | {timers['early']} |",
+        ]
     lines += [
         "",
         "## Recovery and memory of the command service",
@@ -824,6 +944,10 @@ async def main(args: argparse.Namespace) -> Results:
             ),
             ("end to end", lambda: scenario_end_to_end(bootstrap, sizes, results, workdir, rss)),
             ("recovery", lambda: scenario_recovery(bootstrap, sizes, results, workdir, rss)),
+            (
+                "workflow timers",
+                lambda: scenario_workflow_timers(bootstrap, sizes, results, workdir),
+            ),
             (
                 "peer",
                 lambda: asyncio.to_thread(scenario_peer, postgres_url, sizes, results, workdir),

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Header, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from command_service.domain.rejections import http_status
@@ -31,12 +31,14 @@ from shared.messages.base import AGGREGATE_ID_PATTERN, Command
 from shared.messages.blog import (
     ApprovePost,
     ArchivePost,
+    CancelScheduledPublication,
     CreatePost,
     EditPost,
     PublishPost,
     RegisterAuthor,
     RejectPost,
     RenameAuthor,
+    SchedulePublication,
     SubmitPostForReview,
     UnpublishPost,
 )
@@ -91,6 +93,16 @@ class ApproveRequest(_Request):
 class RejectRequest(_Request):
     reason: str = Field(min_length=1, max_length=2000)
     reviewer: str | None = None
+
+
+class SubmitRequest(_Request):
+    publish_at: AwareDatetime | None = Field(
+        default=None, description="publish at this time once approved (ISO 8601 with offset)"
+    )
+
+
+class ScheduleRequest(_Request):
+    publish_at: AwareDatetime = Field(description="ISO 8601 with offset")
 
 
 class UnpublishRequest(_Request):
@@ -376,7 +388,24 @@ def build_api(
             **extra,
         )(endpoint)
 
-    transition("submit", lambda _: SubmitPostForReview(), None, "Submit a draft for review.")
+    transition(
+        "submit",
+        lambda b: SubmitPostForReview(publish_at=b.publish_at if b else None),
+        SubmitRequest,
+        "Submit a draft for review (optionally with the publication time wanted on approval).",
+    )
+    transition(
+        "schedule",
+        lambda b: SchedulePublication(publish_at=b.publish_at),
+        ScheduleRequest,
+        "Publish an approved or unpublished post at a given time (replaces any earlier schedule).",
+    )
+    transition(
+        "cancel-schedule",
+        lambda _: CancelScheduledPublication(),
+        None,
+        "Cancel the pending scheduled publication.",
+    )
     transition(
         "approve",
         lambda b: ApprovePost(reviewer=b.reviewer),

@@ -1,6 +1,7 @@
 """`esctl`: one CLI for people running the system.
 
-Grows with the issues; today: `kafka`, `postgres`, `topics`, `schema`, `up`.
+Groups: `kafka`, `postgres`, `topics`, `schema`, `projections`, `workflows`; and `lag`, `send`,
+`bench`, `up`.
 """
 
 from __future__ import annotations
@@ -486,6 +487,128 @@ SERVICES = {
 }
 
 
+# ----------------------------------------------------------------------------- workflows
+
+workflows_app = typer.Typer(
+    help="Workflows (sagas): list, inspect, retry, skip, compensate. Talks to the workflow "
+    "service's HTTP API.",
+    no_args_is_help=True,
+)
+app.add_typer(workflows_app, name="workflows")
+WorkflowUrl = Annotated[
+    str,
+    typer.Option(envvar="WORKFLOW_URL", help="the workflow service (any instance)"),
+]
+
+
+def _workflow_call(method: str, url: str, **kwargs: object) -> dict[str, object]:
+    import httpx
+
+    try:
+        response = httpx.request(method, url, timeout=10.0, **kwargs)  # type: ignore[arg-type]
+    except httpx.HTTPError as exc:
+        console.print(f"[red]error[/red] the workflow service at {url} does not answer: {exc}")
+        raise typer.Exit(2) from None
+    body: dict[str, object] = response.json()
+    if response.status_code >= 400:
+        console.print(f"[red]{body.get('title', 'error')}[/red] {body.get('detail', '')}")
+        raise typer.Exit(1)
+    return body
+
+
+@workflows_app.command("list")
+def workflows_list(
+    url: WorkflowUrl = "http://127.0.0.1:8004",
+    status: Annotated[
+        str | None, typer.Option(help="a status, or `running` for every unfinished one")
+    ] = None,
+    kind: Annotated[str | None, typer.Option(help="review, schedule or publication")] = None,
+    stuck: Annotated[bool, typer.Option("--stuck", help="only workflows without progress")] = False,
+    limit: int = 100,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Workflows, newest first, with their step, next timer and failures."""
+    params: dict[str, object] = {"limit": limit}
+    if status:
+        params["status"] = status
+    if kind:
+        params["kind"] = kind
+    if stuck:
+        params["stuck"] = "true"
+    body = _workflow_call("GET", f"{url}/workflows", params=params)
+    if as_json:
+        print(json.dumps(body))
+        return
+    table = Table("workflow", "status", "step", "next timer", "failures", "stuck", "updated")
+    for row in body["workflows"]:  # type: ignore[attr-defined]
+        timer = row.get("next_timer") or {}
+        table.add_row(
+            row["workflow_id"],
+            row["status"],
+            row["step"],
+            f"{timer.get('id')} @ {timer.get('due_at')}" if timer else "-",
+            str(row["failures"]),
+            "STUCK" if row["stuck"] else "",
+            str(row["updated_at"]),
+        )
+    Console().print(table)
+    Console().print(f"counts: {body['counts']}")
+
+
+@workflows_app.command("show")
+def workflows_show(
+    workflow_id: str,
+    url: WorkflowUrl = "http://127.0.0.1:8004",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """State, history, pending timers, current step and failures of one workflow."""
+    body = _workflow_call("GET", f"{url}/workflows/{workflow_id}")
+    if as_json:
+        print(json.dumps(body))
+        return
+    out = Console()
+    out.print(
+        f"[bold]{body['workflow_id']}[/bold]  {body['status']}  step: {body['step']}"
+        + ("  [red]STUCK[/red]" if body["stuck"] else "")
+    )
+    if body.get("error"):
+        out.print(f"[red]error:[/red] {body['error']}")
+    timers = Table("pending timer", "due at", title=None)
+    for t in body["pending_timers"]:  # type: ignore[attr-defined]
+        timers.add_row(t["id"], t["due_at"])
+    out.print(timers)
+    history = Table("at", "what", "detail")
+    for h in body["history"]:  # type: ignore[attr-defined]
+        history.add_row(h["at"], h["what"], json.dumps(h["detail"]))
+    out.print(history)
+
+
+def _action(name: str) -> None:
+    def command(
+        workflow_id: str,
+        url: WorkflowUrl = "http://127.0.0.1:8004",
+        reason: Annotated[str | None, typer.Option(help="recorded in the history")] = None,
+    ) -> None:
+        body = _workflow_call(
+            "POST", f"{url}/workflows/{workflow_id}/{name}", json={"reason": reason}
+        )
+        console.print(
+            f"{name} of {body['workflow_id']} sent (request {body['request_id']}); "
+            f"`esctl workflows show {workflow_id}` shows its effect"
+        )
+
+    command.__doc__ = {
+        "retry": "Run the waiting step now (or re-send the current command).",
+        "skip": "Skip the waiting step of a publication workflow and go on.",
+        "compensate": "Compensate the completed steps now and unpublish the post.",
+    }[name]
+    workflows_app.command(name)(command)
+
+
+for _name in ("retry", "skip", "compensate"):
+    _action(_name)
+
+
 @app.command("up")
 def up(
     port: Annotated[int, typer.Option(help="Kafka broker port")] = 9092,
@@ -496,6 +619,7 @@ def up(
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{port}", LOG_FORMAT="console")
     env.setdefault("READ_STORE_URL", f"sqlite:///{(STATE_DIR / 'read-store.sqlite3').resolve()}")
+    env.setdefault("WORKFLOW_STORE_URL", f"sqlite:///{(STATE_DIR / 'workflows.sqlite3').resolve()}")
     procs: dict[str, subprocess.Popen[bytes]] = {}
     for module, http_port in SERVICES.items():
         procs[module] = subprocess.Popen(

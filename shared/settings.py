@@ -76,6 +76,25 @@ class WorkflowSettings(ServiceSettings):
 
     service_name: str = "workflow-service"
     http_port: int = 8004
+    group_id: str = "workflow-service"
+    session_timeout_ms: int = Field(default=10_000, ge=6_000)
+    workflow_store_url: str = Field(
+        default="sqlite:///./var/workflows.sqlite3",
+        description="database of the activities' own tables (the search index)",
+    )
+    reviewers: str = Field(default="alice,bob,carol", description="comma-separated, round robin")
+    review_reminder_after_s: float = Field(default=86_400, gt=0)
+    review_deadline_after_s: float = Field(default=172_800, gt=0)
+    publication_steps: str = Field(
+        default="search_index,webhook",
+        description="comma-separated activities run after a publication, in order",
+    )
+    webhook_url: str = Field(default="", description="empty: the webhook step is left out")
+    activity_max_attempts: int = Field(default=5, ge=1)
+    activity_backoff_ms: int = Field(default=500, ge=1)
+    activity_backoff_max_ms: int = Field(default=60_000, ge=1)
+    activity_timeout_ms: int = Field(default=5_000, ge=1)
+    stuck_after_s: float = Field(default=600, gt=0, description="no progress for so long: stuck")
 
 
 def env_var_names(settings_cls: type[BaseSettings]) -> set[str]:

@@ -1,21 +1,113 @@
-"""Composition root: settings in, a running service out."""
+"""Composition root: settings in, a running workflow service out."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from datetime import timedelta
 
-from shared.http import service_app
+from shared.kafka.clients import group_timing
+from shared.kafka.lag import report_lag_forever
+from shared.kafka.processor import TransactionalPartitionProcessor
+from shared.kafka.topics import Topics, bootstrap_system_topics
+from shared.logging import get_logger
+from shared.messages.codec import utcnow
 from shared.service import kafka_health, serve
 from shared.settings import WorkflowSettings
+from workflow_service.activities import Activities
+from workflow_service.api import WorkflowView, build_api
+from workflow_service.engine import WorkflowEngine
+from workflow_service.model import WorkflowConfig
+
+log = get_logger(__name__)
 
 #: The settings class this service reads (environment variables: `env_var_names(SETTINGS)`).
 SETTINGS = WorkflowSettings
 
 
-def build_app(settings: WorkflowSettings) -> FastAPI:
-    return service_app(settings.service_name, health=kafka_health(settings.kafka_bootstrap_servers))
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def workflow_config(settings: WorkflowSettings) -> WorkflowConfig:
+    steps = _names(settings.publication_steps)
+    if not settings.webhook_url:
+        steps = tuple(s for s in steps if s != "webhook")
+    return WorkflowConfig(
+        reviewers=_names(settings.reviewers) or ("editor",),
+        reminder_after=timedelta(seconds=settings.review_reminder_after_s),
+        deadline_after=timedelta(seconds=settings.review_deadline_after_s),
+        publication_steps=steps,
+        max_attempts=settings.activity_max_attempts,
+        backoff=timedelta(milliseconds=settings.activity_backoff_ms),
+        backoff_max=timedelta(milliseconds=settings.activity_backoff_max_ms),
+    )
 
 
 async def main(settings: WorkflowSettings) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    topics = Topics.from_settings(settings)
+    counts = await bootstrap_system_topics(settings)
+    log.info("topics_ready", partitions=counts)
+    config = workflow_config(settings)
+    activities = Activities(
+        store_url=settings.workflow_store_url,
+        webhook_url=settings.webhook_url,
+        timeout_s=settings.activity_timeout_ms / 1000,
+    )
+    engine = WorkflowEngine(
+        bootstrap_servers=bootstrap,
+        topics=topics,
+        config=config,
+        activities=activities,
+        clock=utcnow,
+    )
+    processor = TransactionalPartitionProcessor(
+        bootstrap_servers=bootstrap,
+        service=settings.service_name,
+        input_topic=topics.events,
+        group_id=settings.group_id,
+        handler=engine,
+        dlq_topic=topics.workflow_dlq,
+        consumer_overrides=group_timing(settings.session_timeout_ms),
+    )
+    engine.attach(processor)
+    view = WorkflowView(bootstrap, topics)
+    app, api_start, api_stop = build_api(
+        service=settings.service_name,
+        view=view,
+        topics=topics,
+        bootstrap_servers=bootstrap,
+        health=kafka_health(bootstrap),
+        clock=utcnow,
+        stuck_after=timedelta(seconds=settings.stuck_after_s),
+    )
+    log.info(
+        "workflow_config",
+        reviewers=list(config.reviewers),
+        publication_steps=list(config.publication_steps),
+        reminder_after_s=config.reminder_after.total_seconds(),
+        deadline_after_s=config.deadline_after.total_seconds(),
+    )
 
-    await serve(settings, build_app(settings), startup=None)
+    async def startup() -> None:
+        await activities.start()
+        await view.start()
+        await api_start()
+        await processor.start()
+
+    async def shutdown() -> None:
+        await processor.stop()
+        await engine.stop()
+        await api_stop()
+        await view.stop()
+        await activities.close()
+
+    async def lag_gauges() -> None:
+        await report_lag_forever(bootstrap, settings.group_id)
+
+    await serve(
+        settings,
+        app,
+        startup=startup,
+        background=[processor.run, engine.run_timers, engine.run_control, lag_gauges],
+        shutdown=shutdown,
+    )

@@ -6,6 +6,9 @@ Life cycle of a post:
       ^                   |
       +------reject-------+                  (any state but archived) --archive--> archived (final)
 
+Workflow annotations (no status change): ReviewerAssigned and ReviewReminderSent while in review;
+PublicationScheduled (approved or unpublished) until published or cancelled.
+
 Edits are allowed in draft, published and unpublished; a post under review (in_review, approved)
 is locked so that what was approved is what gets published.
 """
@@ -21,8 +24,10 @@ from shared.messages.base import Command, Event
 from shared.messages.blog import (
     ApprovePost,
     ArchivePost,
+    AssignReviewer,
     AuthorRegistered,
     AuthorRenamed,
+    CancelScheduledPublication,
     CreatePost,
     EditPost,
     PostApproved,
@@ -33,10 +38,16 @@ from shared.messages.blog import (
     PostRejected,
     PostSubmittedForReview,
     PostUnpublished,
+    PublicationScheduleCancelled,
+    PublicationScheduled,
     PublishPost,
     RegisterAuthor,
     RejectPost,
     RenameAuthor,
+    ReviewerAssigned,
+    ReviewReminderSent,
+    SchedulePublication,
+    SendReviewReminder,
     SubmitPostForReview,
     UnpublishPost,
 )
@@ -216,7 +227,28 @@ def _transition(command: Command, post: PostState, aggregate_id: str) -> Decisio
     if isinstance(command, SubmitPostForReview):
         if s is not PostStatus.DRAFT:
             return _wrong_state("not_a_draft", post, "submit", "a draft")
-        return [PostSubmittedForReview()]
+        return [PostSubmittedForReview(publish_at=command.publish_at)]
+    if isinstance(command, AssignReviewer):
+        if s is not PostStatus.IN_REVIEW:
+            return _wrong_state("not_in_review", post, "assign a reviewer to", "in review")
+        if command.reviewer == post.reviewer:
+            return Rejection("nothing_to_change", f"{command.reviewer} already reviews {post.id}")
+        return [ReviewerAssigned(reviewer=command.reviewer)]
+    if isinstance(command, SendReviewReminder):
+        if s is not PostStatus.IN_REVIEW:
+            return _wrong_state("not_in_review", post, "remind the reviewer of", "in review")
+        return [ReviewReminderSent(reviewer=command.reviewer or post.reviewer)]
+    if isinstance(command, SchedulePublication):
+        if s not in (PostStatus.APPROVED, PostStatus.UNPUBLISHED):
+            return _wrong_state("not_approved", post, "schedule", "approved or unpublished")
+        return [PublicationScheduled(publish_at=command.publish_at)]
+    if isinstance(command, CancelScheduledPublication):
+        if post.scheduled_publish_at is None:
+            return Rejection(
+                "no_scheduled_publication",
+                f"post {aggregate_id} has no scheduled publication to cancel",
+            )
+        return [PublicationScheduleCancelled()]
     if isinstance(command, ApprovePost):
         if s is not PostStatus.IN_REVIEW:
             return _wrong_state("not_in_review", post, "approve", "in review")
@@ -279,6 +311,14 @@ _STATUS_AFTER: dict[type[Event], PostStatus] = {
 
 
 def _evolve_post(post: PostState, event: Event, version: int, at: datetime) -> PostState:
+    if isinstance(event, ReviewerAssigned):
+        return replace(post, version=version, updated_at=at, reviewer=event.reviewer)
+    if isinstance(event, ReviewReminderSent):
+        return replace(post, version=version, updated_at=at)
+    if isinstance(event, PublicationScheduled):
+        return replace(post, version=version, updated_at=at, scheduled_publish_at=event.publish_at)
+    if isinstance(event, PublicationScheduleCancelled):
+        return replace(post, version=version, updated_at=at, scheduled_publish_at=None)
     if isinstance(event, PostEdited):
         return replace(
             post,
@@ -298,6 +338,10 @@ def _evolve_post(post: PostState, event: Event, version: int, at: datetime) -> P
         status=status,
         published_at=at if status is PostStatus.PUBLISHED else post.published_at,
         last_rejection=event.reason if isinstance(event, PostRejected) else post.last_rejection,
+        # A publication (or leaving the approved state) settles any pending schedule.
+        scheduled_publish_at=None
+        if status is not PostStatus.APPROVED
+        else post.scheduled_publish_at,
     )
 
 

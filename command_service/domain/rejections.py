@@ -32,6 +32,7 @@ HTTP_STATUS: dict[str, int] = {
     "not_a_draft": 409,
     "post_in_review": 409,
     "post_archived": 409,
+    "no_scheduled_publication": 409,
     "wrong_aggregate_type": 409,
     "title_required": 422,
     "title_too_long": 422,

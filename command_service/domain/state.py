@@ -37,6 +37,8 @@ class PostState:
     updated_at: datetime
     published_at: datetime | None = None
     last_rejection: str | None = None
+    reviewer: str | None = None
+    scheduled_publish_at: datetime | None = None
 
 
 AggregateState = AuthorState | PostState

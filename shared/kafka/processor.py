@@ -227,6 +227,9 @@ class TransactionalPartitionProcessor:
                 await self._consumer.seek_to_beginning(tp)
             else:
                 self._consumer.seek(tp, committed)
+            on_position = getattr(self.handler, "on_position", None)
+            if on_position is not None:  # optional: handlers that track their progress
+                on_position(tp.partition, committed or 0)
         except BaseException:
             with contextlib.suppress(KafkaError):
                 await producer.stop()
@@ -274,6 +277,42 @@ class TransactionalPartitionProcessor:
 
     # -- processing --------------------------------------------------------------------------
 
+    async def transact(
+        self, partition: int, make: Callable[[], Awaitable[Sequence[OutboundRecord]]]
+    ) -> bool:
+        """Run `make` and produce its records in one transaction of `partition`'s producer,
+        under the partition's lock: inputs that are not records of the input topic (fired
+        timers, activity results, operator actions) get the same exactly-once writes and the
+        same fencing as batches. Returns False if this instance does not own `partition` (or
+        was fenced); raises on other failures, after the handler rebuilt its state (the
+        aborted transaction may have changed it)."""
+        owned = self._owned.get(partition)
+        if owned is None or not owned.active:
+            return False
+        async with owned.lock:
+            if not owned.active:
+                return False
+            producer = owned.producer
+
+            async def body() -> list[OutboundRecord]:
+                outputs = list(await make())
+                await self._send_all(producer, outputs)
+                return outputs
+
+            try:
+                outputs = await self._in_transaction(producer, body)
+            except ProducerFenced as exc:
+                await self._drop_fenced(owned, exc)
+                return False
+            except Exception:
+                await self.handler.on_revoked(partition)
+                await self.handler.on_assigned(partition)
+                raise
+            owned.transactions += 1
+            self.stats.transactions += 1
+            self.stats.records_out += len(outputs)
+        return True
+
     async def _process(self, owned: _Owned, records: list[InboundRecord]) -> None:
         async with owned.lock:
             if not owned.active:
@@ -293,11 +332,28 @@ class TransactionalPartitionProcessor:
                 )
                 raise
 
+    async def _in_transaction(
+        self, producer: Any, body: Callable[[], Awaitable[list[OutboundRecord]]]
+    ) -> list[OutboundRecord]:
+        """begin; body; commit — or abort on any failure but fencing (nothing to abort then)."""
+        await producer.begin_transaction()
+        try:
+            outputs = await body()
+            await producer.commit_transaction()
+        except ProducerFenced:
+            raise
+        except BaseException:
+            self.stats.aborts += 1
+            with contextlib.suppress(KafkaError):
+                await producer.abort_transaction()
+            raise
+        return outputs
+
     async def _transact(self, owned: _Owned, records: Sequence[InboundRecord]) -> None:
         producer = owned.producer
         partition = owned.tp.partition
-        await producer.begin_transaction()
-        try:
+
+        async def body() -> list[OutboundRecord]:
             outputs = list(await _guard(self.handler.handle(partition, records)))
             delivered = await self._send_all(producer, outputs)
             after_send = getattr(self.handler, "after_send", None)
@@ -310,14 +366,9 @@ class TransactionalPartitionProcessor:
             )
             if self.hooks.before_commit is not None:
                 await self.hooks.before_commit(partition, owned.transactions + 1)
-            await producer.commit_transaction()
-        except ProducerFenced:
-            raise
-        except BaseException:
-            self.stats.aborts += 1
-            with contextlib.suppress(KafkaError):
-                await producer.abort_transaction()
-            raise
+            return outputs
+
+        outputs = await self._in_transaction(producer, body)
         owned.transactions += 1
         self.stats.transactions += 1
         self.stats.records_in += len(records)
@@ -377,17 +428,15 @@ class TransactionalPartitionProcessor:
                 f"dead-letter topic is configured"
             ) from error
         producer = owned.producer
-        await producer.begin_transaction()
-        try:
-            await self._send_all(producer, [dead_letter(record, error, self.dlq_topic)])
+        dlq_topic = self.dlq_topic
+
+        async def body() -> list[OutboundRecord]:
+            letter = dead_letter(record, error, dlq_topic)
+            await self._send_all(producer, [letter])
             await producer.send_offsets_to_transaction({owned.tp: record.offset + 1}, self.group_id)
-            await producer.commit_transaction()
-        except ProducerFenced:
-            raise
-        except BaseException:
-            with contextlib.suppress(KafkaError):
-                await producer.abort_transaction()
-            raise
+            return [letter]
+
+        await self._in_transaction(producer, body)
         self.stats.dead_letters += 1
         log.error(
             "record_dead_lettered",

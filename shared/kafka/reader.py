@@ -65,6 +65,23 @@ async def read_partition_to_end(
             await consumer.stop()
 
 
+async def end_offset(bootstrap_servers: str, topic: str, partition: int) -> int:
+    """The end of one partition for a `read_committed` reader (its last stable offset)."""
+    consumer = make_consumer(bootstrap_servers)
+    tp = TopicPartition(topic, partition)
+    try:
+        await consumer.start()
+        end: int = (await consumer.end_offsets([tp]))[tp]
+        return end
+    except KafkaError as exc:
+        raise InfrastructureUnavailable(
+            f"cannot read the end of {topic}[{partition}]: {exc}"
+        ) from exc
+    finally:
+        with contextlib.suppress(KafkaError):
+            await consumer.stop()
+
+
 class TopicFollower:
     """Follows every partition of a topic (no group), from the beginning or from a time.
 

@@ -37,6 +37,10 @@ class Topics:
     snapshots: str
     commands_dlq: str
     events_dlq: str
+    workflow_state: str
+    workflow_control: str
+    workflow_history: str
+    workflow_dlq: str
 
     @classmethod
     def from_settings(cls, settings: KafkaSettings) -> Topics:
@@ -48,6 +52,10 @@ class Topics:
             snapshots=f"{p}posts.snapshots",
             commands_dlq=f"{p}posts.commands.dlq",
             events_dlq=f"{p}posts.events.dlq",
+            workflow_state=f"{p}workflows.state",
+            workflow_control=f"{p}workflows.control",
+            workflow_history=f"{p}workflows.history",
+            workflow_dlq=f"{p}workflows.dlq",
         )
 
 
@@ -88,6 +96,28 @@ def system_topic_specs(settings: KafkaSettings) -> list[TopicSpec]:
         ),
         TopicSpec(
             t.events_dlq,
+            n,
+            rf,
+            durable | {"cleanup.policy": "delete", "retention.ms": str(30 * 24 * 3600 * 1000)},
+        ),
+        # Workflows: partition p of each belongs to the owner of events partition p.
+        # state: the saga changelog (last state per workflow id + one record per partition);
+        # control: operator actions; history: every step of every workflow, for people.
+        TopicSpec(t.workflow_state, n, rf, durable | {"cleanup.policy": "compact"}),
+        TopicSpec(
+            t.workflow_control,
+            n,
+            rf,
+            durable | {"cleanup.policy": "delete", "retention.ms": str(7 * 24 * 3600 * 1000)},
+        ),
+        TopicSpec(
+            t.workflow_history,
+            n,
+            rf,
+            durable | {"cleanup.policy": "delete", "retention.ms": str(90 * 24 * 3600 * 1000)},
+        ),
+        TopicSpec(
+            t.workflow_dlq,
             n,
             rf,
             durable | {"cleanup.policy": "delete", "retention.ms": str(30 * 24 * 3600 * 1000)},

@@ -7,9 +7,10 @@ the command service and answer with their own rejection codes.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from shared.messages.base import AGGREGATE_ID_PATTERN, COMMANDS, EVENTS, Command, Event
 
@@ -57,7 +58,24 @@ class EditPost(Command):
 
 @COMMANDS.register
 class SubmitPostForReview(Command):
-    """Move a draft into review."""
+    """Move a draft into review; `publish_at` asks for publication at that time once approved
+    (the editorial-review workflow schedules it)."""
+
+    publish_at: AwareDatetime | None = None
+
+
+@COMMANDS.register
+class AssignReviewer(Command):
+    """Give a post in review its reviewer (sent by the editorial-review workflow)."""
+
+    reviewer: str = Field(min_length=1, max_length=200)
+
+
+@COMMANDS.register
+class SendReviewReminder(Command):
+    """Remind the reviewer of a post in review that its deadline passed."""
+
+    reviewer: str | None = Field(default=None, max_length=200)
 
 
 @COMMANDS.register
@@ -78,6 +96,19 @@ class RejectPost(Command):
 @COMMANDS.register
 class PublishPost(Command):
     """Publish an approved (or unpublished) post."""
+
+
+@COMMANDS.register
+class SchedulePublication(Command):
+    """Publish an approved (or unpublished) post at `publish_at` (the scheduled-publication
+    workflow sends PublishPost then). A new schedule replaces the previous one."""
+
+    publish_at: AwareDatetime
+
+
+@COMMANDS.register
+class CancelScheduledPublication(Command):
+    """Cancel the pending scheduled publication of a post."""
 
 
 @COMMANDS.register
@@ -124,7 +155,18 @@ class PostEdited(Event):
 
 @EVENTS.register
 class PostSubmittedForReview(Event):
-    pass
+    # Added after the first release: old records have no field and read as None.
+    publish_at: datetime | None = None
+
+
+@EVENTS.register
+class ReviewerAssigned(Event):
+    reviewer: str
+
+
+@EVENTS.register
+class ReviewReminderSent(Event):
+    reviewer: str | None = None
 
 
 @EVENTS.register
@@ -144,6 +186,16 @@ class PostPublished(Event):
 
 
 @EVENTS.register
+class PublicationScheduled(Event):
+    publish_at: datetime
+
+
+@EVENTS.register
+class PublicationScheduleCancelled(Event):
+    pass
+
+
+@EVENTS.register
 class PostUnpublished(Event):
     reason: str | None = None
 
@@ -156,8 +208,10 @@ class PostArchived(Event):
 __all__ = [
     "ApprovePost",
     "ArchivePost",
+    "AssignReviewer",
     "AuthorRegistered",
     "AuthorRenamed",
+    "CancelScheduledPublication",
     "CreatePost",
     "EditPost",
     "PostApproved",
@@ -168,10 +222,16 @@ __all__ = [
     "PostRejected",
     "PostSubmittedForReview",
     "PostUnpublished",
+    "PublicationScheduleCancelled",
+    "PublicationScheduled",
     "PublishPost",
     "RegisterAuthor",
     "RejectPost",
     "RenameAuthor",
+    "ReviewReminderSent",
+    "ReviewerAssigned",
+    "SchedulePublication",
+    "SendReviewReminder",
     "SubmitPostForReview",
     "UnpublishPost",
 ]

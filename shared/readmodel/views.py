@@ -22,6 +22,10 @@ from shared.messages.blog import (
     PostRejected,
     PostSubmittedForReview,
     PostUnpublished,
+    PublicationScheduleCancelled,
+    PublicationScheduled,
+    ReviewerAssigned,
+    ReviewReminderSent,
 )
 
 View = dict[str, Any]
@@ -35,7 +39,16 @@ _STATUS = {
     PostArchived: "archived",
 }
 
-POST_EVENTS = (PostCreated, PostEdited, *_STATUS)
+# Events of the review and scheduling workflows: they move the version, not the status (the
+# details are in the event stream of the post, GET /posts/{id}/events).
+_ANNOTATIONS = (
+    ReviewerAssigned,
+    ReviewReminderSent,
+    PublicationScheduled,
+    PublicationScheduleCancelled,
+)
+
+POST_EVENTS = (PostCreated, PostEdited, *_ANNOTATIONS, *_STATUS)
 AUTHOR_EVENTS = (AuthorRegistered, AuthorRenamed)
 
 
@@ -64,6 +77,8 @@ def apply_post(view: View | None, envelope: EventEnvelope, event: Event) -> View
             value = getattr(event, name)
             if value is not None:
                 new[name] = list(value) if name == "tags" else value
+        return new
+    if isinstance(event, _ANNOTATIONS):
         return new
     status = _STATUS.get(type(event))
     if status is None:

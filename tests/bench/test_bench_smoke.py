@@ -22,6 +22,8 @@ SCENARIOS = [
     "e2e_20_per_s",
     "e2e_highest_sustained",
     "recovery_1000_events",
+    "workflow_timers",
+    "e2e_sequential",
     "peer_eventsourcing_memory",
     "peer_eventsourcing_sqlite",
     "peer_eventsourcing_postgresql",
@@ -52,5 +54,7 @@ def test_bench_smoke_runs_every_scenario_and_writes_the_report(
     for name in SCENARIOS:
         numbers = [v for v in rows[name].values() if isinstance(v, int | float)]
         assert numbers and all(v >= 0 for v in numbers), (name, rows[name])
+    assert rows["workflow_timers"]["fired"] == rows["workflow_timers"]["timers"]
+    assert rows["workflow_timers"]["early"] == 0  # a timer never fires before it is due
     report = (tmp_path / "RESULTS.smoke.md").read_text()
     assert "## A peer, side by side" in report and "| sqlite |" in report

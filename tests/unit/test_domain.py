@@ -20,8 +20,10 @@ from shared.messages.base import Command, Event
 from shared.messages.blog import (
     ApprovePost,
     ArchivePost,
+    AssignReviewer,
     AuthorRegistered,
     AuthorRenamed,
+    CancelScheduledPublication,
     CreatePost,
     EditPost,
     PostApproved,
@@ -32,10 +34,16 @@ from shared.messages.blog import (
     PostRejected,
     PostSubmittedForReview,
     PostUnpublished,
+    PublicationScheduleCancelled,
+    PublicationScheduled,
     PublishPost,
     RegisterAuthor,
     RejectPost,
     RenameAuthor,
+    ReviewerAssigned,
+    ReviewReminderSent,
+    SchedulePublication,
+    SendReviewReminder,
     SubmitPostForReview,
     UnpublishPost,
 )
@@ -362,3 +370,61 @@ def test_every_rejection_code_used_by_the_domain_has_an_http_status() -> None:
     assert http_status("title_too_long") == 422
     assert http_status("something_new") == 422
     assert set(HTTP_STATUS.values()) <= {404, 409, 413, 422}
+
+
+# -- workflow commands (review and scheduling) ---------------------------------------------
+
+
+def test_submitting_with_a_publication_time_keeps_it_in_the_event() -> None:
+    """The requested publication time travels with the submission, for the review workflow."""
+    when_ = T0 + timedelta(days=1)
+    assert when(SubmitPostForReview(publish_at=when_), given(CREATED)) == [
+        PostSubmittedForReview(publish_at=when_)
+    ]
+
+
+def test_a_reviewer_is_assigned_only_in_review_and_only_once_per_name() -> None:
+    state = given(*SUBMITTED)
+    assert when(AssignReviewer(reviewer="bob"), state) == [ReviewerAssigned(reviewer="bob")]
+    assigned = given(*SUBMITTED, ReviewerAssigned(reviewer="bob"))
+    assert isinstance(assigned, PostState) and assigned.reviewer == "bob"
+    assert assigned.status is PostStatus.IN_REVIEW and assigned.version == 3
+    rejected(when(AssignReviewer(reviewer="bob"), assigned), "nothing_to_change")
+    rejected(when(AssignReviewer(reviewer="bob"), given(*APPROVED)), "not_in_review")
+
+
+def test_a_reminder_names_the_assigned_reviewer_and_needs_a_post_in_review() -> None:
+    assigned = given(*SUBMITTED, ReviewerAssigned(reviewer="bob"))
+    assert when(SendReviewReminder(), assigned) == [ReviewReminderSent(reviewer="bob")]
+    rejected(when(SendReviewReminder(), given(CREATED)), "not_in_review")
+
+
+def test_scheduling_needs_an_approved_or_unpublished_post() -> None:
+    at = T0 + timedelta(hours=5)
+    assert when(SchedulePublication(publish_at=at), given(*APPROVED)) == [
+        PublicationScheduled(publish_at=at)
+    ]
+    assert when(SchedulePublication(publish_at=at), given(*UNPUBLISHED)) == [
+        PublicationScheduled(publish_at=at)
+    ]
+    rejected(when(SchedulePublication(publish_at=at), given(*SUBMITTED)), "not_approved")
+    scheduled = given(*APPROVED, PublicationScheduled(publish_at=at))
+    assert isinstance(scheduled, PostState) and scheduled.scheduled_publish_at == at
+
+
+def test_cancelling_needs_a_pending_schedule_and_publication_settles_it() -> None:
+    at = T0 + timedelta(hours=5)
+    rejected(when(CancelScheduledPublication(), given(*APPROVED)), "no_scheduled_publication")
+    scheduled = (*APPROVED, PublicationScheduled(publish_at=at))
+    assert when(CancelScheduledPublication(), given(*scheduled)) == [PublicationScheduleCancelled()]
+    cancelled = given(*scheduled, PublicationScheduleCancelled())
+    assert isinstance(cancelled, PostState) and cancelled.scheduled_publish_at is None
+    published = given(*scheduled, PostPublished())
+    assert isinstance(published, PostState) and published.scheduled_publish_at is None
+    rejected(when(CancelScheduledPublication(), published), "no_scheduled_publication")
+
+
+def test_scheduling_needs_a_time_zone() -> None:
+    """A naive time is refused at the contract: it would mean different instants to each reader."""
+    with pytest.raises(ValueError, match="timezone"):
+        SchedulePublication.model_validate({"publish_at": "2026-12-01T10:00:00"})
