@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install check lint typecheck format test test-unit up kafka postgres schemas bench clean
+.PHONY: install check lint typecheck format test test-local test-containers test-unit images up kafka postgres schemas bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,9 +24,19 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: install  ## the whole suite: unit, contract, integration, e2e (real Kafka, real PostgreSQL)
+test: install  ## the whole suite: the local tier, then the container tier
+	$(MAKE) test-local
+	$(MAKE) test-containers
+
+test-local: install  ## unit, contract, integration, e2e against a local broker and PostgreSQL
 	$(BIN)/esctl postgres install
-	$(BIN)/pytest
+	ESCTL_TEST_INFRA=local $(BIN)/pytest --ignore=tests/containers
+
+test-containers: install  ## testcontainers tier + the compose stack (Docker, or podman + local images)
+	bash containers/tier.sh $(BIN)/pytest tests/containers
+
+images: install  ## build (or reuse) the local container images with podman
+	bash containers/build-images.sh
 
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit

@@ -8,9 +8,11 @@ Docker-compatible socket via DOCKER_HOST); else the project's local launchers. S
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,16 +42,86 @@ def container_engine_reachable() -> bool:
 
 
 @contextmanager
+def kafka_container(image: str = KAFKA_IMAGE) -> Iterator[str]:
+    """A single-node KRaft broker in a container (testcontainers), for the official
+    `apache/kafka` image and the project's local one alike (both read KAFKA_* variables).
+
+    The broker port is bound to the same number on the host, so the address it advertises
+    (127.0.0.1:port) is right inside and outside the container, under Docker and podman.
+    """
+    from testcontainers.core.container import DockerContainer  # noqa: PLC0415
+
+    from shared.kafka.clients import wait_for_brokers  # noqa: PLC0415
+
+    port = free_port()
+    env = {
+        "KAFKA_NODE_ID": "1",
+        "KAFKA_PROCESS_ROLES": "broker,controller",
+        "KAFKA_LISTENERS": f"PLAINTEXT://:{port},CONTROLLER://:9093",
+        "KAFKA_ADVERTISED_LISTENERS": f"PLAINTEXT://127.0.0.1:{port}",
+        "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
+        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@localhost:9093",
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
+        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR": "1",
+        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR": "1",
+        "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+        "KAFKA_AUTO_CREATE_TOPICS_ENABLE": "false",
+        "KAFKA_HEAP_OPTS": "-Xmx512m -Xms128m",
+    }
+    container = DockerContainer(image).with_bind_ports(port, port)
+    for name, value in env.items():
+        container = container.with_env(name, value)
+    with container:
+        bootstrap = f"127.0.0.1:{port}"
+        asyncio.run(wait_for_brokers(bootstrap, timeout_s=120))
+        yield bootstrap
+
+
+@contextmanager
+def postgres_container(image: str = POSTGRES_IMAGE) -> Iterator[str]:
+    """PostgreSQL in a container (official `postgres` image or the project's local one)."""
+    import asyncpg  # noqa: PLC0415
+    from testcontainers.core.container import DockerContainer  # noqa: PLC0415
+
+    port = free_port()
+    container = (
+        DockerContainer(image)
+        .with_bind_ports(5432, port)
+        .with_env("POSTGRES_USER", "esctl")
+        .with_env("POSTGRES_PASSWORD", "esctl")
+        .with_env("POSTGRES_DB", "esctl")
+    )
+    url = f"postgresql://esctl:esctl@127.0.0.1:{port}/esctl"
+
+    async def ready() -> None:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                conn = await asyncpg.connect(url, timeout=3)
+                await conn.close()
+                return
+            except (OSError, asyncpg.PostgresError, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+
+    with container:
+        asyncio.run(ready())
+        yield url
+
+
+@contextmanager
 def kafka_broker() -> Iterator[str]:
     """Yield a bootstrap address of a real broker for the whole session."""
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
         return
     if container_engine_reachable():
-        from testcontainers.kafka import KafkaContainer  # noqa: PLC0415
-
-        with KafkaContainer(KAFKA_IMAGE).with_kraft() as container:
-            yield container.get_bootstrap_server()
+        with kafka_container() as bootstrap:
+            yield bootstrap
         return
     data_dir = Path(tempfile.mkdtemp(prefix="esctl-test-kafka-"))
     cluster = LocalKafkaCluster.create(data_dir, nodes=1, heap_mb=512)
@@ -67,10 +139,8 @@ def postgres_server() -> Iterator[str]:
         yield os.environ["TEST_POSTGRES_URL"]
         return
     if container_engine_reachable():
-        from testcontainers.postgres import PostgresContainer  # noqa: PLC0415
-
-        with PostgresContainer(POSTGRES_IMAGE, driver=None) as container:
-            yield container.get_connection_url()
+        with postgres_container() as url:
+            yield url
         return
     data_dir = Path(tempfile.mkdtemp(prefix="esctl-test-pg-"))
     data_dir.chmod(0o755)  # the server runs as `postgres` when we are root: let it enter
