@@ -35,13 +35,20 @@ from projector_service.projector import Projector
 from shared.kafka import make_consumer, make_producer, make_transactional_producer
 from shared.kafka.clients import partition_for_key
 from shared.kafka.commands import CommandClient
+from shared.kafka.reader import read_partition_to_end
 from shared.kafka.topics import Topics, TopicSpec, bootstrap_system_topics, ensure_topics
 from shared.localstack.kafka import LocalKafkaCluster, kafka_version
 from shared.localstack.postgres import LocalPostgres
 from shared.localstack.services import ServiceProcess
 from shared.logging import configure_logging
 from shared.messages import encode_command, encode_event
-from shared.messages.blog import CreatePost, PostCreated, PublicationScheduled, RegisterAuthor
+from shared.messages.blog import (
+    CreatePost,
+    PostCreated,
+    PostEdited,
+    PublicationScheduled,
+    RegisterAuthor,
+)
 from shared.readmodel.store import ReadStore
 from shared.settings import KafkaSettings
 
@@ -60,6 +67,8 @@ class Sizes:
     recovery: tuple[int, ...] = (100_000, 1_000_000)
     peer: int = 2_000
     timers: int = 1_000
+    snapshot_events: int = 1_000_000
+    snapshot_aggregates: int = 10_000
     pipeline_batches: tuple[int, ...] = (100, 500, 2000)
 
     @classmethod
@@ -74,6 +83,8 @@ class Sizes:
             recovery=(1_000,),
             peer=50,
             timers=20,
+            snapshot_events=1_000,
+            snapshot_aggregates=100,
             pipeline_batches=(50, 500),
         )
 
@@ -680,7 +691,10 @@ async def scenario_recovery(
         topics = Topics.from_settings(KafkaSettings(topic_prefix=prefix))
         await write_fake_events(bootstrap, topics.events, 6, n)
         svc = ServiceProcess(
-            "command_service", _service_env(bootstrap, prefix), workdir, f"recovery-{n}"
+            "command_service",
+            _service_env(bootstrap, prefix, SNAPSHOT_EVERY_EVENTS="0"),  # full replay
+            workdir,
+            f"recovery-{n}",
         )
         start = time.perf_counter()
         svc.start()
@@ -704,6 +718,107 @@ async def scenario_recovery(
         a = results.rows[f"recovery_{small}_events"]["rss_mb"]
         b = results.rows[f"recovery_{large}_events"]["rss_mb"]
         results.put("memory_per_100k_aggregates", mb=round((b - a) / ((large - small) / 1e5), 1))
+
+
+async def _write_histories(
+    bootstrap: str, topic: str, events: int, aggregates: int, txn: int = 1000
+) -> None:
+    """`events` events over `aggregates` posts (PostCreated, then PostEdited), versions 1..n."""
+    producer = make_transactional_producer(bootstrap, f"bench-hist-{uuid.uuid4().hex[:8]}")
+    await producer.start()
+    now = datetime.now(UTC)
+    try:
+        for version in range(1, events // aggregates + 1):
+            for first in range(0, aggregates, txn):
+                await producer.begin_transaction()
+                futures = []
+                for a in range(first, min(aggregates, first + txn)):
+                    event = (
+                        PostCreated(author_id="a", title="T1", body="b" * 100, tags=["x"])
+                        if version == 1
+                        else PostEdited(title=f"T{version}")
+                    )
+                    m = encode_event(
+                        event,
+                        event_id=uuid.uuid4(),
+                        aggregate_id=f"snap-{a}",
+                        aggregate_version=version,
+                        occurred_at=now,
+                    )
+                    futures.append(
+                        await producer.send(topic, m.value, key=m.key, headers=m.headers)
+                    )
+                await asyncio.gather(*futures)
+                await producer.commit_transaction()
+    finally:
+        await producer.stop()
+
+
+async def _has_checkpoint(bootstrap: str, topic: str) -> bool:
+    found = False
+
+    def look(records: Any) -> None:
+        nonlocal found
+        found = found or any(r.key == b"__checkpoint__" for r in records)
+
+    await read_partition_to_end(bootstrap, topic, 0, look)
+    return found
+
+
+async def _restore_seconds(url: str) -> float:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as r:
+        for line in (await r.text()).splitlines():
+            if line.startswith("esctl_partition_restore_seconds_sum"):
+                return float(line.split()[-1])
+    return float("nan")
+
+
+async def scenario_snapshot_recovery(
+    bootstrap: str, sizes: Sizes, results: Results, workdir: Path
+) -> None:
+    """One partition holding `snapshot_events` events over `snapshot_aggregates` aggregates:
+    restore by full replay (first start; its first transaction then writes the snapshots and a
+    checkpoint), then restore from the snapshots plus the tail (second start)."""
+    prefix = f"bsnap-{uuid.uuid4().hex[:6]}."
+    settings = KafkaSettings(kafka_bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=1)
+    await bootstrap_system_topics(settings)
+    topics = Topics.from_settings(settings)
+    await _write_histories(
+        bootstrap, topics.events, sizes.snapshot_events, sizes.snapshot_aggregates
+    )
+    figures: dict[str, float] = {}
+    for run in ("full_replay", "with_snapshots"):
+        svc = ServiceProcess(
+            "command_service",
+            _service_env(
+                bootstrap,
+                prefix,
+                PARTITIONS="1",
+                SNAPSHOT_EVERY_EVENTS=str(min(10_000, sizes.snapshot_events // 2)),
+            ),
+            workdir,
+            f"snapshot-recovery-{run}",
+        )
+        start = time.perf_counter()
+        svc.start()
+        try:
+            await svc.wait_healthy(timeout_s=600)
+            await _register_author(bootstrap, topics, f"snap-author-{run}", wait_s=900)
+            figures[f"{run}_ready_s"] = round(time.perf_counter() - start, 2)
+            figures[f"{run}_restore_s"] = round(await _restore_seconds(svc.url), 2)
+        finally:
+            await svc.stop()
+        if run == "full_replay" and not await _has_checkpoint(bootstrap, topics.snapshots):
+            raise RuntimeError("the first start wrote no snapshot checkpoint")
+    results.put(
+        "snapshot_recovery",
+        events=sizes.snapshot_events,
+        aggregates=sizes.snapshot_aggregates,
+        **figures,
+        restore_speedup=round(
+            figures["full_replay_restore_s"] / max(figures["with_snapshots_restore_s"], 1e-3), 1
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- the peer
@@ -862,6 +977,26 @@ def write_markdown(results: Results, path: Path, smoke: bool) -> None:
             f"| {timers['timers']} | {timers['fired']} | {timers['p50_ms']} | "
             f"{timers['p99_ms']} | {timers['max_ms']} | {timers['early']} |",
         ]
+    snap = r.get("snapshot_recovery")
+    if snap:
+        lines += [
+            "",
+            "## Recovery of one partition: full replay against snapshots",
+            "",
+            f"{snap['events']:,} events over {snap['aggregates']:,} aggregates in one partition. "
+            "Restore = reading the partition's state (the service's "
+            "`esctl_partition_restore_seconds`); ready = process start until it answered a "
+            "command (includes Python start-up and the consumer-group join).",
+            "",
+            "| restore from | restore s | ready s |",
+            "|---|---:|---:|",
+            f"| full replay of the log | {snap['full_replay_restore_s']} | "
+            f"{snap['full_replay_ready_s']} |",
+            f"| snapshots + tail | {snap['with_snapshots_restore_s']} | "
+            f"{snap['with_snapshots_ready_s']} |",
+            "",
+            f"Restore {snap['restore_speedup']}x faster with snapshots.",
+        ]
     lines += [
         "",
         "## Recovery and memory of the command service",
@@ -947,6 +1082,10 @@ async def main(args: argparse.Namespace) -> Results:
             (
                 "workflow timers",
                 lambda: scenario_workflow_timers(bootstrap, sizes, results, workdir),
+            ),
+            (
+                "snapshot recovery",
+                lambda: scenario_snapshot_recovery(bootstrap, sizes, results, workdir),
             ),
             (
                 "peer",

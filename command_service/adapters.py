@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from shared.kafka.reader import TopicFollower, read_partition_to_end
+from shared.errors import ConfigurationError
+from shared.kafka.reader import (
+    TopicFollower,
+    read_latest_by_key,
+    read_partition_to_end,
+    start_offset,
+)
 from shared.kafka.records import InboundRecord
 from shared.kafka.topics import Topics
 
@@ -21,19 +27,36 @@ class KafkaPartitionHistory:
         self.bootstrap_servers = bootstrap_servers
         self.topics = topics
 
+    async def snapshots(self, partition: int) -> dict[bytes, bytes | None]:
+        """The latest snapshot record per key of snapshots partition p (compaction's view)."""
+        return await read_latest_by_key(self.bootstrap_servers, self.topics.snapshots, partition)
+
     async def replay(
         self,
         partition: int,
         on_events: Callable[[Sequence[InboundRecord]], None],
         on_outcomes: Callable[[Sequence[InboundRecord]], None],
-    ) -> None:
-        # Snapshot hook (issue "event lifecycle"): start_offset will come from the snapshot.
-        await read_partition_to_end(
-            self.bootstrap_servers, self.topics.events, partition, on_events
+        *,
+        events_from: int = 0,
+    ) -> int:
+        first = await start_offset(self.bootstrap_servers, self.topics.events, partition)
+        if events_from < first:
+            raise ConfigurationError(
+                f"{self.topics.events}[{partition}] was pruned below offset {first}, but the "
+                f"restore needs it from {events_from} (no readable snapshot checkpoint covers "
+                "the pruned range): refusing to decide on incomplete state"
+            )
+        end = await read_partition_to_end(
+            self.bootstrap_servers,
+            self.topics.events,
+            partition,
+            on_events,
+            start_offset=events_from,
         )
         await read_partition_to_end(
             self.bootstrap_servers, self.topics.command_results, partition, on_outcomes
         )
+        return end
 
 
 class KafkaAuthorDirectory:
@@ -87,12 +110,20 @@ class InMemoryPartitionHistory:
     def __init__(self) -> None:
         self.events: dict[int, list[InboundRecord]] = {}
         self.outcomes: dict[int, list[InboundRecord]] = {}
+        self.snapshot_records: dict[int, dict[bytes, bytes | None]] = {}
+
+    async def snapshots(self, partition: int) -> dict[bytes, bytes | None]:
+        return dict(self.snapshot_records.get(partition, {}))
 
     async def replay(
         self,
         partition: int,
         on_events: Callable[[Sequence[InboundRecord]], None],
         on_outcomes: Callable[[Sequence[InboundRecord]], None],
-    ) -> None:
-        on_events(self.events.get(partition, []))
+        *,
+        events_from: int = 0,
+    ) -> int:
+        events = self.events.get(partition, [])
+        on_events([r for r in events if r.offset >= events_from])
         on_outcomes(self.outcomes.get(partition, []))
+        return max((r.offset + 1 for r in events), default=0)

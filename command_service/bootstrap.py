@@ -49,6 +49,7 @@ async def main(settings: CommandServiceSettings) -> None:
         clock=utcnow,
         max_command_bytes=settings.max_command_bytes,
         author_wait_s=settings.author_wait_ms / 1000,
+        snapshot_every=settings.snapshot_every_events,
     )
     processor = TransactionalPartitionProcessor(
         bootstrap_servers=bootstrap,

@@ -25,6 +25,14 @@ from typing import Any, Protocol
 from prometheus_client import Counter, Histogram
 
 from command_service.domain import AggregateState, Rejection, decide, evolve
+from command_service.snapshots import (
+    CHECKPOINT_KEY,
+    UnreadableSnapshot,
+    decode_checkpoint,
+    decode_state,
+    encode_checkpoint,
+    encode_state,
+)
 from shared.errors import MalformedRecordError, MessageError
 from shared.kafka.clients import partition_for_key
 from shared.kafka.records import Delivered, InboundRecord, OutboundRecord, dead_letter
@@ -72,12 +80,21 @@ class PartitionHistory(Protocol):
     The Kafka implementation reads the event log and the results topic; snapshots plug in here.
     """
 
+    async def snapshots(self, partition: int) -> dict[bytes, bytes | None]:
+        """The latest record per key of snapshots partition p."""
+        ...
+
     async def replay(
         self,
         partition: int,
         on_events: Callable[[Sequence[InboundRecord]], None],
         on_outcomes: Callable[[Sequence[InboundRecord]], None],
-    ) -> None: ...
+        *,
+        events_from: int = 0,
+    ) -> int:
+        """Events of partition p from `events_from`, then its outcomes; returns the events'
+        end offset."""
+        ...
 
 
 @dataclass
@@ -88,6 +105,11 @@ class PartitionBook:
     outcomes: OrderedDict[uuid.UUID, CommandOutcome] = field(default_factory=OrderedDict)
     logged: OrderedDict[uuid.UUID, CommandOutcome] = field(default_factory=OrderedDict)
     events_applied: int = 0
+    # snapshots (see command_service/snapshots.py)
+    from_snapshots: int = 0  # aggregates restored from snapshots
+    log_end: int = 0  # next offset of events partition p, as far as this owner knows
+    since_checkpoint: int = 0  # events appended (or replayed) since the last checkpoint
+    dirty: set[str] = field(default_factory=set)  # aggregates changed since it
 
     def remember(
         self, book: OrderedDict[uuid.UUID, CommandOutcome], outcome: CommandOutcome, limit: int
@@ -125,6 +147,8 @@ class CommandHandler:
         max_command_bytes: int = 512 * 1024,
         author_wait_s: float = 2.0,
         remembered_outcomes: int = 100_000,
+        snapshot_every: int = 0,
+        snapshots_per_transaction: int = 20_000,
     ) -> None:
         self.topics = topics
         self.partitions = partitions
@@ -134,6 +158,8 @@ class CommandHandler:
         self.max_command_bytes = max_command_bytes
         self.author_wait_s = author_wait_s
         self.remembered = remembered_outcomes
+        self.snapshot_every = snapshot_every
+        self.snapshots_per_transaction = snapshots_per_transaction
         self.books: dict[int, PartitionBook] = {}
         self._pending: dict[int, list[_Pending]] = {}
 
@@ -142,19 +168,47 @@ class CommandHandler:
     async def on_assigned(self, partition: int) -> None:
         book = PartitionBook()
         with RESTORE_SECONDS.time():
-            await self.history.replay(
+            start = 0
+            if self.snapshot_every:
+                start = await self._load_snapshots(partition, book)
+            book.log_end = await self.history.replay(
                 partition,
                 lambda records: self._apply_events(book, records),
                 lambda records: self._apply_outcomes(book, records),
+                events_from=start,
             )
+        # The replayed tail counts towards the next checkpoint: a long replay is written down.
+        book.since_checkpoint = book.events_applied
         self.books[partition] = book
         log.info(
             "partition_restored",
             partition=partition,
             aggregates=len(book.aggregates),
+            from_snapshots=book.from_snapshots,
+            events_from=start,
             events=book.events_applied,
             outcomes=len(book.outcomes),
         )
+
+    async def _load_snapshots(self, partition: int, book: PartitionBook) -> int:
+        """Aggregates from the snapshots of partition p; the offset to replay events from."""
+        latest = await self.history.snapshots(partition)
+        checkpoint = latest.get(CHECKPOINT_KEY)
+        if checkpoint is None:
+            return 0  # no complete checkpoint yet: loose snapshots alone prove nothing
+        try:
+            start = decode_checkpoint(checkpoint)
+            states = {
+                key.decode(): decode_state(value)
+                for key, value in latest.items()
+                if key != CHECKPOINT_KEY and value is not None
+            }
+        except (UnreadableSnapshot, UnicodeDecodeError) as exc:
+            log.warning("snapshots_unreadable_full_replay", partition=partition, error=str(exc))
+            return 0
+        book.aggregates.update(states)
+        book.from_snapshots = len(states)
+        return start
 
     async def on_revoked(self, partition: int) -> None:
         self.books.pop(partition, None)
@@ -166,6 +220,9 @@ class CommandHandler:
             env = decoded.envelope
             state = book.aggregates.get(env.aggregate_id)
             expected = (state.version if state else 0) + 1
+            if state is not None and env.aggregate_version < expected and book.from_snapshots:
+                # a snapshot written after the checkpoint already holds this event
+                continue
             if env.aggregate_version != expected:
                 raise MalformedRecordError(
                     f"event log corrupt at {record.topic}[{record.partition}]@{record.offset}: "
@@ -175,6 +232,7 @@ class CommandHandler:
                 state, decoded.payload, aggregate_id=env.aggregate_id, at=env.occurred_at
             )
             book.events_applied += 1
+            book.dirty.add(env.aggregate_id)
             if env.command_id is not None:
                 previous = book.logged.get(env.command_id)
                 position = EventPosition(
@@ -365,6 +423,8 @@ class CommandHandler:
             )
         if state is not None:
             book.aggregates[env.aggregate_id] = state
+            book.dirty.add(env.aggregate_id)
+            book.since_checkpoint += len(decision)
         COMMANDS_TOTAL.labels("accepted", "").inc()
         return _Pending(
             CommandOutcome(**base, status="accepted", version=current + len(decision)),
@@ -410,7 +470,46 @@ class CommandHandler:
                     self.topics.command_results, outcome.encode(), partition=partition
                 )
             )
-        return results
+        ends = [d.offset + 1 for d in delivered if d.record.topic == self.topics.events]
+        if ends:
+            book.log_end = max(book.log_end, *ends)
+        return results + self._snapshots(partition, book)
+
+    def _snapshots(self, partition: int, book: PartitionBook) -> list[OutboundRecord]:
+        """Snapshot records for this transaction, by the policy in command_service/snapshots."""
+        if not self.snapshot_every or book.since_checkpoint < self.snapshot_every:
+            return []
+        out = []
+        for _ in range(min(len(book.dirty), self.snapshots_per_transaction)):
+            aggregate = book.dirty.pop()
+            out.append(
+                OutboundRecord(
+                    self.topics.snapshots,
+                    encode_state(book.aggregates[aggregate]),
+                    aggregate.encode(),
+                    [("type", b"Snapshot")],
+                    partition,
+                )
+            )
+        if not book.dirty:
+            out.append(
+                OutboundRecord(
+                    self.topics.snapshots,
+                    encode_checkpoint(book.log_end, len(book.aggregates), self.clock()),
+                    CHECKPOINT_KEY,
+                    [("type", b"Checkpoint")],
+                    partition,
+                )
+            )
+            log.info(
+                "snapshot_checkpoint",
+                partition=partition,
+                next_offset=book.log_end,
+                snapshots=len(out) - 1,
+                aggregates=len(book.aggregates),
+            )
+            book.since_checkpoint = 0
+        return out
 
 
 def _placeholder(command_id: uuid.UUID) -> CommandOutcome:

@@ -323,6 +323,9 @@ app.add_typer(projections_app, name="projections")
 def projections_rebuild(
     batch: Annotated[int, typer.Option(help="events per database transaction")] = 5000,
     keep_old: Annotated[bool, typer.Option(help="keep the previous tables")] = False,
+    archive: Annotated[
+        Path | None, typer.Option(help="the archive of pruned events (read before the topic)")
+    ] = None,
 ) -> None:
     """Rebuild the read model from the start of the log beside the live one, then swap.
 
@@ -376,6 +379,7 @@ def projections_rebuild(
                     batch=batch,
                     keep_old=keep_old,
                     on_progress=on_progress,
+                    archive_dir=archive,
                 )
             finally:
                 await store.close()
@@ -388,6 +392,78 @@ def projections_rebuild(
         except EsError as exc:
             _fail(exc)
     console.print(f"rebuilt: {result}")
+
+
+# ---------------------------------------------------------------------------------- prune
+
+
+@app.command("prune")
+def prune_command(
+    before: Annotated[str, typer.Option(help="prune events older than this (ISO 8601 date/time)")],
+    archive: Annotated[Path, typer.Option(help="where the pruned records are archived")] = (
+        STATE_DIR / "archive"
+    ),
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="show the plan, change nothing")
+    ] = False,
+) -> None:
+    """Archive, then delete, the events below the safe offset of each partition: the lowest of
+    --before, the snapshot checkpoint and every consumer group's committed offset."""
+    from datetime import UTC, datetime
+
+    from shared.kafka.topics import Topics
+    from shared.lifecycle.prune import plan, prune
+    from shared.settings import KafkaSettings
+
+    try:
+        when = datetime.fromisoformat(before)
+    except ValueError:
+        console.print(f"[red]error[/red] --before {before!r} is not an ISO 8601 date or time")
+        raise typer.Exit(2) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    settings = KafkaSettings()
+    topics = Topics.from_settings(settings)
+    try:
+        plans = asyncio.run(plan(settings.kafka_bootstrap_servers, topics, when))
+    except EsError as exc:
+        _fail(exc)
+    table = Table("partition", "log start", "log end", "safe offset", "records", "limited by")
+    for p in plans:
+        table.add_row(
+            str(p.partition),
+            str(p.log_start),
+            str(p.log_end),
+            str(p.safe),
+            str(p.records),
+            p.limited_by(),
+        )
+    Console().print(table)
+    if dry_run:
+        console.print(
+            f"dry run: {sum(p.records for p in plans)} records would be archived and pruned"
+        )
+        return
+    from rich.progress import Progress
+
+    with Progress(console=console) as progress:
+        task = progress.add_task("archive and prune", total=max(1, sum(p.records for p in plans)))
+        try:
+            entries = asyncio.run(
+                prune(
+                    settings.kafka_bootstrap_servers,
+                    topics,
+                    plans,
+                    archive,
+                    on_progress=lambda done, _total: progress.update(task, completed=done),
+                )
+            )
+        except EsError as exc:
+            _fail(exc)
+    for e in entries:
+        console.print(
+            f"archived {e.topic}[{e.partition}] below {e.end}: {e.count} records -> {e.file}"
+        )
 
 
 # ---------------------------------------------------------------------------------- send

@@ -49,6 +49,9 @@ class CommandServiceSettings(ServiceSettings):
     max_command_bytes: int = Field(default=512 * 1024, ge=1024)
     http_body_limit_bytes: int = Field(default=256 * 1024, ge=1024)
     author_wait_ms: int = Field(default=2_000, ge=0)
+    snapshot_every_events: int = Field(
+        default=10_000, ge=0, description="checkpoint a partition after so many events (0: off)"
+    )
 
 
 class ProjectorSettings(ServiceSettings):

@@ -46,7 +46,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from shared.errors import InfrastructureUnavailable
 from shared.kafka.clients import make_consumer
 from shared.kafka.processor import TransactionalPartitionProcessor
-from shared.kafka.reader import end_offset, read_partition_to_end
+from shared.kafka.reader import end_offset, read_latest_by_key
 from shared.kafka.records import InboundRecord, OutboundRecord
 from shared.kafka.topics import Topics
 from shared.logging import get_logger, message_context
@@ -163,15 +163,8 @@ class WorkflowEngine:
 
     async def on_assigned(self, partition: int) -> None:
         part = PartitionWorkflows()
-        latest: dict[bytes, bytes | None] = {}
-
-        def collect(records: Sequence[InboundRecord]) -> None:
-            for r in records:
-                if r.key is not None:
-                    latest[r.key] = r.value
-
-        await read_partition_to_end(
-            self.bootstrap_servers, self.topics.workflow_state, partition, collect
+        latest = await read_latest_by_key(
+            self.bootstrap_servers, self.topics.workflow_state, partition
         )
         for key, value in latest.items():
             if value is None:

@@ -180,7 +180,7 @@ def _review(state: WorkflowState, inp: Input, ctx: Context) -> Decision:
             return Decision(record(state, now, "reminder_sent", reviewer=event.reviewer))
         if isinstance(event, PostApproved):
             state = state.model_copy(update={"timers": []})
-            state = record(state, now, "approved", reviewer=event.reviewer)
+            state = record(state, now, "approved", approved_by=event.approved_by)
             publish_at = state.data.get("publish_at")
             if publish_at and datetime.fromisoformat(publish_at) > now:
                 schedule = SchedulePublication(publish_at=datetime.fromisoformat(publish_at))

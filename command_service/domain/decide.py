@@ -252,7 +252,7 @@ def _transition(command: Command, post: PostState, aggregate_id: str) -> Decisio
     if isinstance(command, ApprovePost):
         if s is not PostStatus.IN_REVIEW:
             return _wrong_state("not_in_review", post, "approve", "in review")
-        return [PostApproved(reviewer=command.reviewer)]
+        return [PostApproved(approved_by=command.reviewer)]
     if isinstance(command, RejectPost):
         if s is not PostStatus.IN_REVIEW:
             return _wrong_state("not_in_review", post, "reject", "in review")

@@ -65,6 +65,39 @@ async def read_partition_to_end(
             await consumer.stop()
 
 
+async def read_latest_by_key(
+    bootstrap_servers: str, topic: str, partition: int
+) -> dict[bytes, bytes | None]:
+    """The last committed value of every key of one partition (a compacted topic's table);
+    `None` for a key whose last record is a tombstone."""
+    latest: dict[bytes, bytes | None] = {}
+
+    def collect(records: Sequence[InboundRecord]) -> None:
+        for r in records:
+            if r.key is not None:
+                latest[r.key] = r.value
+
+    await read_partition_to_end(bootstrap_servers, topic, partition, collect)
+    return latest
+
+
+async def start_offset(bootstrap_servers: str, topic: str, partition: int) -> int:
+    """The first offset still in one partition (above 0 once the partition was pruned)."""
+    consumer = make_consumer(bootstrap_servers)
+    tp = TopicPartition(topic, partition)
+    try:
+        await consumer.start()
+        start: int = (await consumer.beginning_offsets([tp]))[tp]
+        return start
+    except KafkaError as exc:
+        raise InfrastructureUnavailable(
+            f"cannot read the start of {topic}[{partition}]: {exc}"
+        ) from exc
+    finally:
+        with contextlib.suppress(KafkaError):
+            await consumer.stop()
+
+
 async def end_offset(bootstrap_servers: str, topic: str, partition: int) -> int:
     """The end of one partition for a `read_committed` reader (its last stable offset)."""
     consumer = make_consumer(bootstrap_servers)

@@ -8,7 +8,7 @@ the command service and answer with their own rejection codes.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AwareDatetime, Field
 
@@ -155,8 +155,15 @@ class PostEdited(Event):
 
 @EVENTS.register
 class PostSubmittedForReview(Event):
-    # Added after the first release: old records have no field and read as None.
+    """v2 added `publish_at` (v1 records read as None)."""
+
+    schema_version = 2
     publish_at: datetime | None = None
+
+
+@EVENTS.upcaster("PostSubmittedForReview", 1)
+def _submitted_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    return {**payload, "publish_at": payload.get("publish_at")}
 
 
 @EVENTS.register
@@ -171,7 +178,16 @@ class ReviewReminderSent(Event):
 
 @EVENTS.register
 class PostApproved(Event):
-    reviewer: str | None = None
+    """v2 renamed `reviewer` to `approved_by` (the command keeps `reviewer`)."""
+
+    schema_version = 2
+    approved_by: str | None = None
+
+
+@EVENTS.upcaster("PostApproved", 1)
+def _approved_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    rest = {k: v for k, v in payload.items() if k != "reviewer"}
+    return {**rest, "approved_by": payload.get("reviewer")}
 
 
 @EVENTS.register

@@ -16,13 +16,15 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from shared.errors import InfrastructureUnavailable, MessageError
+from shared.errors import ConfigurationError, InfrastructureUnavailable, MessageError
 from shared.kafka.clients import make_consumer, topic_partitions
-from shared.kafka.records import from_consumer_record
+from shared.kafka.records import InboundRecord, from_consumer_record
+from shared.lifecycle import archive
 from shared.logging import get_logger
 from shared.messages.codec import decode_event
 from shared.readmodel.store import IndexedEvent, ReadStore
@@ -56,7 +58,9 @@ async def rebuild(
     keep_old: bool = False,
     on_progress: Callable[[RebuildProgress], None] = lambda _: None,
     swap_grace_s: float = 2.0,
+    archive_dir: Path | None = None,
 ) -> RebuildResult:
+    """Fill a new generation from the archive of pruned events (if any), then the topic."""
     active = await store.migrate()
     pending = await store.meta(REBUILD_KEY)
     resumed = pending is not None
@@ -72,7 +76,12 @@ async def rebuild(
         await consumer.start()
         tps = [TopicPartition(topic, p) for p in await topic_partitions(consumer, topic)]
         consumer.assign(tps)
+        starts = await consumer.beginning_offsets(tps)
         for tp in tps:
+            if positions.get(tp.partition, 0) < starts[tp]:
+                applied += await _from_archive(
+                    store, target, positions, archive_dir, topic, tp.partition, starts[tp], batch
+                )
             consumer.seek(tp, positions.get(tp.partition, 0))
         start_total = sum(positions.values())
         while True:
@@ -103,11 +112,51 @@ async def rebuild(
     return RebuildResult(target, previous, applied)
 
 
+async def _from_archive(
+    store: ReadStore,
+    target: int,
+    positions: dict[int, int],
+    archive_dir: Path | None,
+    topic: str,
+    partition: int,
+    log_start: int,
+    batch: int,
+) -> int:
+    """Apply the archived (pruned) events of a partition up to the topic's log start."""
+    if archive_dir is None or archive.archived_end(archive_dir, topic, partition) < log_start:
+        raise ConfigurationError(
+            f"{topic}[{partition}] starts at offset {log_start}: the events below were pruned. "
+            "Rebuild with the archive they were written to (--archive DIR)."
+        )
+    applied = 0
+    chunk: list[InboundRecord] = []
+    for record in archive.read(archive_dir, topic, partition):
+        if record.offset < positions.get(partition, 0):
+            continue  # a resumed rebuild applied it already
+        chunk.append(record)
+        if len(chunk) >= batch:
+            applied += await _apply_records(store, target, positions, chunk)
+            chunk = []
+    if chunk:
+        applied += await _apply_records(store, target, positions, chunk)
+    # The topic is read from the stored position on: a seek below its log start (the archive's
+    # last slot may be a commit marker) lands on the log start, which the store accepts.
+    log.info("rebuild_read_archive", partition=partition, events=applied, up_to=log_start)
+    return applied
+
+
 async def _apply(
     store: ReadStore, target: int, positions: dict[int, int], messages: list[object]
 ) -> int:
     """Apply one partition's fetched records to the target generation; returns events applied."""
-    records = [from_consumer_record(m) for m in messages]
+    return await _apply_records(
+        store, target, positions, [from_consumer_record(m) for m in messages]
+    )
+
+
+async def _apply_records(
+    store: ReadStore, target: int, positions: dict[int, int], records: list[InboundRecord]
+) -> int:
     events = []
     for r in records:
         try:

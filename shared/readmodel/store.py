@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from shared.errors import ConfigurationError
-from shared.messages.base import Event, EventEnvelope
+from shared.messages.base import EVENTS, Event, EventEnvelope
 from shared.readmodel.views import View, apply_author, apply_post, is_author_event, is_post_event
 
 SCHEMA_VERSION = 1
@@ -438,7 +438,9 @@ class ReadStore:
                 "aggregate_version": e.envelope.aggregate_version,
                 "type": e.envelope.type,
                 "occurred_at": e.envelope.occurred_at,
-                "schema_version": e.envelope.schema_version,
+                # the payload below is the upcast (current) model: store its version, so that
+                # a later reader upcasts rows from the version they are really in
+                "schema_version": e.payload.schema_version,
                 "command_id": str(e.envelope.command_id) if e.envelope.command_id else None,
                 "payload": e.payload.model_dump(mode="json"),
             }
@@ -553,6 +555,12 @@ class ReadStore:
             for row in conn.execute(query).mappings():
                 view = dict(row)
                 view["occurred_at"] = _utc(view["occurred_at"])
+                current = EVENTS.get(view["type"]).schema_version
+                if view["schema_version"] < current:  # written by older code: upcast
+                    view["payload"] = EVENTS.upcast(
+                        view["type"], view["schema_version"], view["payload"]
+                    )
+                    view["schema_version"] = current
                 out.append(view)
             return out
 

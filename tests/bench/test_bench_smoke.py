@@ -23,6 +23,7 @@ SCENARIOS = [
     "e2e_highest_sustained",
     "recovery_1000_events",
     "workflow_timers",
+    "snapshot_recovery",
     "e2e_sequential",
     "peer_eventsourcing_memory",
     "peer_eventsourcing_sqlite",

@@ -121,6 +121,28 @@ class Stack:
         ).stdout
         return int(out.strip().splitlines()[0].rsplit(":", 1)[1])
 
+    def remove_leftovers(self) -> None:
+        """Remove what `down` left: podman-compose 1.6 does not stop the extra replicas of a
+        scaled service, which keeps the project's pod and network alive. Only this project's
+        containers, pod and network are touched."""
+        leftovers = [c for cs in self.containers().values() for c in cs]
+        if leftovers:
+            subprocess.run(
+                [ENGINE, "rm", "-f", "-t", "2", *leftovers], capture_output=True, check=False
+            )
+        if ENGINE == "podman":
+            subprocess.run(
+                [ENGINE, "pod", "rm", "-f", "-t", "2", f"pod_{self.project}"],
+                capture_output=True,
+                check=False,
+            )
+        subprocess.run(
+            [ENGINE, "network", "rm", "-f", f"{self.project}_default"],
+            capture_output=True,
+            check=False,
+        )
+        assert not self.containers(), f"containers of {self.project} survived"
+
     def logs(self, container: str) -> str:
         run = subprocess.run(
             [ENGINE, "logs", container], capture_output=True, text=True, check=False
@@ -141,6 +163,7 @@ def stack(engine_ready: None) -> Iterator[Stack]:
             for c in containers:
                 print(f"--- {service} {c}\n{stack.logs(c)[-1500:]}")  # noqa: T201  # on failure
         stack.compose("down", "-v", "-t", "5", timeout=300)
+        stack.remove_leftovers()
 
 
 async def test_the_stack_comes_up_healthy_by_its_own_health_checks(stack: Stack) -> None:

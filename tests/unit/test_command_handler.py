@@ -14,7 +14,7 @@ from shared.kafka.records import Delivered, InboundRecord, OutboundRecord
 from shared.kafka.topics import Topics
 from shared.messages import decode_event, encode_command, encode_event
 from shared.messages.base import Command
-from shared.messages.blog import CreatePost, PostCreated, PublishPost, RegisterAuthor
+from shared.messages.blog import CreatePost, EditPost, PostCreated, PublishPost, RegisterAuthor
 from shared.messages.results import CommandOutcome
 from shared.settings import KafkaSettings
 
@@ -227,3 +227,137 @@ async def test_a_command_with_a_naive_occurred_at_is_decided_normally() -> None:
         h, 0, [InboundRecord(TOPICS.commands, 0, 0, post.encode(), value)]
     )
     assert [o.status for o in outcomes] == ["accepted"]
+
+
+# -- snapshots ---------------------------------------------------------------------------------
+
+
+class Log:
+    """What a run wrote to 'Kafka', fed back into an in-memory history for the next restore."""
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+        self.history = InMemoryPartitionHistory()
+        self.history.events[partition] = []
+        self.history.snapshot_records[partition] = {}
+        self.offset = 0
+
+    async def run(self, h: CommandHandler, commands: list[InboundRecord]) -> list[OutboundRecord]:
+        p = self.partition
+        outputs = list(await h.handle(p, commands))
+        delivered = []
+        for o in outputs:
+            delivered.append(Delivered(o, p, self.offset))
+            if o.topic == TOPICS.events:
+                self.history.events[p].append(
+                    InboundRecord(TOPICS.events, p, self.offset, o.key, o.value)
+                )
+            self.offset += 1
+        more = list(await h.after_send(p, delivered))
+        for o in more:
+            if o.topic == TOPICS.snapshots and o.key is not None:
+                self.history.snapshot_records[p][o.key] = o.value
+        self.offset += 1  # the commit marker
+        return more
+
+
+def snapshotting(
+    history: InMemoryPartitionHistory, every: int, per_txn: int = 100
+) -> CommandHandler:
+    return CommandHandler(
+        topics=TOPICS,
+        partitions=PARTITIONS,
+        authors=InMemoryAuthorDirectory({"ada"}),
+        history=history,
+        clock=lambda: NOW,
+        snapshot_every=every,
+        snapshots_per_transaction=per_txn,
+    )
+
+
+def edits(posts: list[str], partition: int, rounds: int) -> list[InboundRecord]:
+    out = [
+        command_record(CreatePost(author_id="ada", title="T0"), p, offset=i, partition=partition)
+        for i, p in enumerate(posts)
+    ]
+    for r in range(1, rounds + 1):
+        out += [
+            command_record(EditPost(title=f"T{r}"), p, offset=len(out) + i, partition=partition)
+            for i, p in enumerate(posts)
+        ]
+    return out
+
+
+async def test_a_checkpoint_is_written_after_enough_events_and_restore_replays_only_the_tail() -> (
+    None
+):
+    """Given snapshot_every=10, when 12 events were appended, then the next transaction holds
+    a snapshot of each changed aggregate and a checkpoint; a restore reads them and replays
+    only the events after the checkpoint, to the same states."""
+    posts = [p for p in (f"post-{i}" for i in range(200)) if partition_for_key(p.encode(), 4) == 2][
+        :4
+    ]
+    log_ = Log(2)
+    h = snapshotting(log_.history, every=10)
+    await h.on_assigned(2)
+    first = edits(posts, 2, rounds=2)  # 12 events
+    written = await log_.run(h, first)
+    keys = [o.key for o in written if o.topic == TOPICS.snapshots]
+    assert sorted(keys) == sorted([p.encode() for p in posts] + [b"__checkpoint__"])
+    checkpoint_at = log_.offset - 1
+    more = [command_record(EditPost(title="T9"), posts[0], offset=100, partition=2)]
+    assert [o.topic for o in await log_.run(h, more)] == [TOPICS.command_results]
+
+    restored = snapshotting(log_.history, every=10)
+    await restored.on_assigned(2)
+    book = restored.books[2]
+    assert book.from_snapshots == 4
+    assert book.events_applied == 1  # only the edit after the checkpoint was replayed
+    assert book.aggregates == h.books[2].aggregates
+    full = handler(log_.history)  # snapshots off: full replay
+    await full.on_assigned(2)
+    assert full.books[2].events_applied == 13
+    assert full.books[2].aggregates == book.aggregates
+    assert checkpoint_at > 0
+
+
+async def test_snapshots_written_after_the_checkpoint_are_not_applied_twice() -> None:
+    """With at most 2 snapshots per transaction, a checkpoint needs several transactions; a
+    crash in between leaves snapshots newer than the last checkpoint, which the restore
+    recognises by version (events they already hold are skipped)."""
+    posts = [p for p in (f"post-{i}" for i in range(300)) if partition_for_key(p.encode(), 4) == 1][
+        :5
+    ]
+    log_ = Log(1)
+    h = snapshotting(log_.history, every=3, per_txn=2)
+    await h.on_assigned(1)
+    await log_.run(h, edits(posts, 1, rounds=1))  # 10 events: 2 snapshots, no checkpoint yet
+    assert b"__checkpoint__" not in log_.history.snapshot_records[1]
+    for _ in range(3):  # more transactions: the remaining snapshots, then the checkpoint
+        await log_.run(
+            h, [command_record(EditPost(title=f"X{_}"), posts[0], offset=900 + _, partition=1)]
+        )
+    assert b"__checkpoint__" in log_.history.snapshot_records[1]
+    await log_.run(h, [command_record(EditPost(title="Y"), posts[1], offset=999, partition=1)])
+    restored = snapshotting(log_.history, every=3, per_txn=2)
+    await restored.on_assigned(1)
+    assert restored.books[1].aggregates == h.books[1].aggregates
+
+
+async def test_an_unreadable_snapshot_falls_back_to_a_full_replay() -> None:
+    posts = [p for p in (f"post-{i}" for i in range(300)) if partition_for_key(p.encode(), 4) == 0][
+        :3
+    ]
+    log_ = Log(0)
+    h = snapshotting(log_.history, every=2)
+    await h.on_assigned(0)
+    await log_.run(h, edits(posts, 0, rounds=1))
+    assert b"__checkpoint__" in log_.history.snapshot_records[0]
+    log_.history.snapshot_records[0][posts[0].encode()] = json.dumps(
+        {"snapshot_schema": 99, "state": {}}
+    ).encode()
+    restored = snapshotting(log_.history, every=2)
+    await restored.on_assigned(0)
+    assert restored.books[0].from_snapshots == 0
+    assert restored.books[0].events_applied == 6
+    assert restored.books[0].aggregates == h.books[0].aggregates

@@ -86,7 +86,7 @@ def rejected(decision: list[Event] | Rejection, code: str) -> Rejection:
 
 CREATED = PostCreated(author_id=AUTHOR, title="Hello", body="Body", tags=["a"])
 SUBMITTED = (CREATED, PostSubmittedForReview())
-APPROVED = (*SUBMITTED, PostApproved(reviewer="rev"))
+APPROVED = (*SUBMITTED, PostApproved(approved_by="rev"))
 PUBLISHED = (*APPROVED, PostPublished())
 UNPUBLISHED = (*PUBLISHED, PostUnpublished(reason="typo"))
 ARCHIVED = (CREATED, PostArchived())
@@ -198,7 +198,7 @@ def test_limits_are_inclusive() -> None:
     ("history", "command", "event", "status"),
     [
         ((CREATED,), SubmitPostForReview(), PostSubmittedForReview(), PostStatus.IN_REVIEW),
-        (SUBMITTED, ApprovePost(reviewer="r"), PostApproved(reviewer="r"), PostStatus.APPROVED),
+        (SUBMITTED, ApprovePost(reviewer="r"), PostApproved(approved_by="r"), PostStatus.APPROVED),
         (
             SUBMITTED,
             RejectPost(reason="too short"),

@@ -111,7 +111,7 @@ def test_unrelated_events_start_nothing() -> None:
 def test_review_approved_publishes_now_then_ends_published() -> None:
     state = started(PostSubmittedForReview()).state
     state = decide(state, ev(ReviewerAssigned(reviewer="alice"), 3), ctx()).state
-    approved = decide(state, ev(PostApproved(reviewer="alice"), 4), ctx())
+    approved = decide(state, ev(PostApproved(approved_by="alice"), 4), ctx())
     assert commands(approved) == [PublishPost()]
     assert approved.state.timers == []
     assert approved.state.step == "publishing"

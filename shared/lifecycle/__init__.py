@@ -1,0 +1,1 @@
+"""Event lifecycle operations: pruning the event log into an archive."""

@@ -1,0 +1,124 @@
+"""The archive of pruned records: compressed JSON lines per (topic, partition, offset range),
+and a manifest with the range, the count and the SHA-256 of each file.
+
+    <dir>/manifest.json
+    <dir>/<topic>/<partition>/<first offset>-<end offset>.jsonl.gz
+
+One line per record: offset, timestamp, key and value (base64; values are JSON for this system's
+topics, but the archive keeps bytes exactly), headers (base64). Readers verify the checksum.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from shared.errors import ConfigurationError
+from shared.kafka.records import InboundRecord
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ArchiveEntry:
+    topic: str
+    partition: int
+    start: int  # first offset in the file
+    end: int  # offset after the last record in the file (the new log start)
+    count: int
+    sha256: str
+    file: str  # relative to the archive directory
+    created_at: str
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode()
+
+
+def _unb64(text: str | None) -> bytes | None:
+    return None if text is None else base64.b64decode(text)
+
+
+def entries(directory: Path) -> list[ArchiveEntry]:
+    path = directory / MANIFEST
+    if not path.exists():
+        return []
+    return [ArchiveEntry(**e) for e in json.loads(path.read_text())["entries"]]
+
+
+def write(
+    directory: Path, topic: str, partition: int, records: Sequence[InboundRecord], end: int
+) -> ArchiveEntry:
+    """Write one archive file for `records` (offsets ascending, all below `end`); add it to the
+    manifest only once the file is complete (a crash leaves a file the manifest ignores)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    start = records[0].offset if records else end
+    rel = Path(topic) / str(partition) / f"{start}-{end}.jsonl.gz"
+    path = directory / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as out:
+        for r in records:
+            line = {
+                "offset": r.offset,
+                "timestamp_ms": r.timestamp_ms,
+                "key": _b64(r.key),
+                "value": _b64(r.value),
+                "headers": [[k, _b64(v)] for k, v in r.headers],
+            }
+            out.write(json.dumps(line, separators=(",", ":")) + "\n")
+    entry = ArchiveEntry(
+        topic=topic,
+        partition=partition,
+        start=start,
+        end=end,
+        count=len(records),
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        file=str(rel),
+        created_at=datetime.now(UTC).isoformat(),
+    )
+    known = [e for e in entries(directory) if e.file != entry.file]
+    tmp = directory / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"entries": [asdict(e) for e in [*known, entry]]}, indent=2))
+    tmp.replace(directory / MANIFEST)
+    return entry
+
+
+def read(directory: Path, topic: str, partition: int) -> Iterator[InboundRecord]:
+    """Every archived record of (topic, partition), in offset order, checksums verified."""
+    for entry in sorted(
+        (e for e in entries(directory) if e.topic == topic and e.partition == partition),
+        key=lambda e: e.start,
+    ):
+        path = directory / entry.file
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != entry.sha256:
+            raise ConfigurationError(
+                f"archive file {path} does not match its manifest checksum "
+                f"({digest} != {entry.sha256}): it was changed or is incomplete"
+            )
+        with gzip.open(path, "rt", encoding="utf-8") as lines:
+            for line in lines:
+                obj = json.loads(line)
+                yield InboundRecord(
+                    topic,
+                    partition,
+                    int(obj["offset"]),
+                    _unb64(obj["key"]),
+                    _unb64(obj["value"]),
+                    [(k, _unb64(v) or b"") for k, v in obj["headers"]],
+                    int(obj.get("timestamp_ms") or 0),
+                )
+
+
+def archived_end(directory: Path, topic: str, partition: int) -> int:
+    """The offset after the last archived record of (topic, partition); 0 if none."""
+    return max(
+        (e.end for e in entries(directory) if e.topic == topic and e.partition == partition),
+        default=0,
+    )
