@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from fastapi import FastAPI
 
 from command_service.adapters import KafkaAuthorDirectory, KafkaPartitionHistory
@@ -23,11 +25,34 @@ log = get_logger(__name__)
 SETTINGS = CommandServiceSettings
 
 
-def build_app(settings: CommandServiceSettings, client: CommandClient) -> FastAPI:
+def readiness(
+    kafka: Callable[[], Awaitable[dict[str, object]]],
+    owned: Callable[[], set[int]],
+    restoring: Callable[[], set[int]],
+) -> Callable[[], Awaitable[dict[str, object]]]:
+    """/health: Kafka answers, and no assigned partition is still being restored (a restore of
+    a long log takes a while; an orchestrator should not send traffic meanwhile)."""
+
+    async def check() -> dict[str, object]:
+        report = await kafka()
+        busy = sorted(restoring())
+        report["partitions"] = {"owned": sorted(owned()), "restoring": busy}
+        if busy and report.get("status") == "ok":
+            report["status"] = "restoring"
+        return report
+
+    return check
+
+
+def build_app(
+    settings: CommandServiceSettings,
+    client: CommandClient,
+    health: Callable[[], Awaitable[dict[str, object]]] | None = None,
+) -> FastAPI:
     return build_api(
         service=settings.service_name,
         client=client,
-        health=kafka_health(settings.kafka_bootstrap_servers),
+        health=health or kafka_health(settings.kafka_bootstrap_servers),
         wait_s=settings.command_timeout_ms / 1000,
         body_limit=settings.http_body_limit_bytes,
         clock=utcnow,
@@ -77,9 +102,14 @@ async def main(settings: CommandServiceSettings) -> None:
     async def lag_gauges() -> None:
         await report_lag_forever(bootstrap, settings.group_id)
 
+    health = readiness(
+        kafka_health(bootstrap),
+        lambda: processor.owned_partitions,
+        lambda: set(handler.restoring),
+    )
     await serve(
         settings,
-        build_app(settings, client),
+        build_app(settings, client, health),
         startup=startup,
         background=[processor.run, lag_gauges],
         shutdown=shutdown,

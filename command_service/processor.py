@@ -162,10 +162,19 @@ class CommandHandler:
         self.snapshots_per_transaction = snapshots_per_transaction
         self.books: dict[int, PartitionBook] = {}
         self._pending: dict[int, list[_Pending]] = {}
+        #: partitions being restored now (for readiness: /health answers 503 meanwhile)
+        self.restoring: set[int] = set()
 
     # -- restore -----------------------------------------------------------------------------
 
     async def on_assigned(self, partition: int) -> None:
+        self.restoring.add(partition)
+        try:
+            await self._restore(partition)
+        finally:
+            self.restoring.discard(partition)
+
+    async def _restore(self, partition: int) -> None:
         book = PartitionBook()
         with RESTORE_SECONDS.time():
             start = 0

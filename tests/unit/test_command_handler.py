@@ -6,8 +6,10 @@ import json
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from command_service.adapters import InMemoryAuthorDirectory, InMemoryPartitionHistory
+from command_service.bootstrap import readiness
 from command_service.processor import CommandHandler
 from shared.kafka.clients import partition_for_key
 from shared.kafka.records import Delivered, InboundRecord, OutboundRecord
@@ -361,3 +363,35 @@ async def test_an_unreadable_snapshot_falls_back_to_a_full_replay() -> None:
     assert restored.books[0].from_snapshots == 0
     assert restored.books[0].events_applied == 6
     assert restored.books[0].aggregates == h.books[0].aggregates
+
+
+# -- readiness ---------------------------------------------------------------------------------
+
+
+async def test_health_says_restoring_while_a_partition_is_restored() -> None:
+    """/health reports the owned and restoring partitions, and is not ready while restoring."""
+
+    async def kafka_ok() -> dict[str, object]:
+        return {"status": "ok", "kafka": "reachable"}
+
+    busy: set[int] = {2}
+    check = readiness(kafka_ok, lambda: {0, 1}, lambda: busy)
+    report = await check()
+    assert report["status"] == "restoring"
+    assert report["partitions"] == {"owned": [0, 1], "restoring": [2]}
+    busy.clear()
+    assert (await check())["status"] == "ok"
+
+
+async def test_the_handler_marks_a_partition_restoring_only_during_its_restore() -> None:
+    seen: list[set[int]] = []
+
+    class Watching(InMemoryPartitionHistory):
+        async def replay(self, partition: int, on_events: Any, on_outcomes: Any, **kw: Any) -> int:
+            seen.append(set(h.restoring))
+            return await super().replay(partition, on_events, on_outcomes, **kw)
+
+    h = handler(Watching())
+    await h.on_assigned(1)
+    assert seen == [{1}]
+    assert h.restoring == set()
