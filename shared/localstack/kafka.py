@@ -346,8 +346,9 @@ class LocalKafkaCluster:
                     classpath,
                     "kafka.tools.StorageTool",
                     "format",
-                    "-t",
-                    self.state.cluster_id,
+                    # one argument: a cluster id may start with "-" (base64url), which
+                    # argparse would otherwise take for an option
+                    f"--cluster-id={self.state.cluster_id}",
                     "-c",
                     str(config),
                     "--ignore-formatted",
