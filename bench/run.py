@@ -31,11 +31,12 @@ from aiokafka import TopicPartition
 from rich.console import Console
 from rich.progress import Progress
 
+from command_service.snapshots import CHECKPOINT_KEY
 from projector_service.projector import Projector
 from shared.kafka import make_consumer, make_producer, make_transactional_producer
 from shared.kafka.clients import partition_for_key
 from shared.kafka.commands import CommandClient
-from shared.kafka.reader import read_partition_to_end
+from shared.kafka.reader import read_latest_by_key
 from shared.kafka.topics import Topics, TopicSpec, bootstrap_system_topics, ensure_topics
 from shared.localstack.kafka import LocalKafkaCluster, kafka_version
 from shared.localstack.postgres import LocalPostgres
@@ -755,14 +756,7 @@ async def _write_histories(
 
 
 async def _has_checkpoint(bootstrap: str, topic: str) -> bool:
-    found = False
-
-    def look(records: Any) -> None:
-        nonlocal found
-        found = found or any(r.key == b"__checkpoint__" for r in records)
-
-    await read_partition_to_end(bootstrap, topic, 0, look)
-    return found
+    return CHECKPOINT_KEY in await read_latest_by_key(bootstrap, topic, 0)
 
 
 async def _restore_seconds(url: str) -> float:
