@@ -12,9 +12,10 @@ bounded, for its outcome from the results topic.
 
 from __future__ import annotations
 
+import hmac
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -25,8 +26,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from command_service.domain.rejections import http_status
+from shared.errors import EsError
 from shared.http import HealthCheck, problem, service_app
 from shared.kafka.commands import CommandClient
+from shared.lifecycle.erase import ErasureReport
 from shared.messages.base import AGGREGATE_ID_PATTERN, Command
 from shared.messages.blog import (
     ApprovePost,
@@ -56,6 +59,10 @@ IdempotencyKey = Annotated[
 ]
 
 
+#: erase(subject, reason) -> report (shared.lifecycle.erase.erase_subject, bound by bootstrap)
+Eraser = Callable[[str, str | None], Awaitable[ErasureReport]]
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
@@ -66,6 +73,10 @@ class RegisterAuthorRequest(_Request):
     )
     name: str = Field(min_length=1, max_length=200)
     email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+
+
+class EraseRequest(_Request):
+    reason: str | None = Field(default=None, max_length=2000)
 
 
 class RenameAuthorRequest(_Request):
@@ -219,6 +230,8 @@ def build_api(
     body_limit: int,
     clock: Callable[[], datetime],
     new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+    eraser: Eraser | None = None,
+    erasure_token: str = "",
 ) -> FastAPI:
     app = service_app(
         service,
@@ -427,6 +440,8 @@ def build_api(
     )
     transition("archive", lambda _: ArchivePost(), None, "Archive a post (final).")
 
+    _erasure_route(app, eraser, erasure_token)
+
     @app.get("/commands/{command_id}", tags=["commands"])
     async def command_status(command_id: uuid.UUID) -> Response:
         """The outcome of a recent command (accepted or rejected), as seen by this instance."""
@@ -444,6 +459,52 @@ def build_api(
         )
 
     return app
+
+
+def _erasure_route(app: FastAPI, eraser: Eraser | None, erasure_token: str) -> None:
+    @app.post(
+        "/subjects/{subject_id}/erase",
+        tags=["erasure"],
+        responses={
+            401: {"description": "missing or wrong bearer token (problem+json)"},
+            403: {"description": "erasure over HTTP is off: ERASURE_TOKEN is empty"},
+            503: {"description": "a step did not finish; the key is deleted, call again"},
+        },
+    )
+    async def erase_subject(
+        subject_id: AggregateId,
+        body: EraseRequest | None = None,
+        authorization: Annotated[str | None, Header(max_length=500)] = None,
+    ) -> Response:
+        """Erase a data subject (an author) for good: its key is deleted, so its name and email
+        are unreadable in every event, snapshot, read model and archive; `SubjectErased` is
+        appended, the processed plaintext commands and its dead letters are purged.
+        Needs `Authorization: Bearer <ERASURE_TOKEN>`. 200 with the report when complete,
+        503 when a step is left (calling again finishes it)."""
+        if not erasure_token or eraser is None:
+            return problem(
+                403,
+                "erasure_disabled",
+                "Erasure over HTTP is disabled",
+                "set ERASURE_TOKEN on the command service to enable it (or use `esctl erase`)",
+            )
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), erasure_token.encode()
+        ):
+            response = problem(
+                401,
+                "unauthorized",
+                "Authentication required",
+                "send Authorization: Bearer <ERASURE_TOKEN>",
+            )
+            response.headers["WWW-Authenticate"] = 'Bearer realm="erasure"'
+            return response
+        try:
+            report = await eraser(subject_id, body.reason if body else None)
+        except EsError as exc:
+            return problem(503, exc.code, "Erasure not finished", exc.message)
+        return JSONResponse(report.as_dict(), status_code=200 if report.complete else 503)
 
 
 __all__ = ["BodyLimit", "build_api"]

@@ -14,6 +14,8 @@ from shared.kafka.commands import CommandClient
 from shared.kafka.lag import report_lag_forever
 from shared.kafka.processor import TransactionalPartitionProcessor
 from shared.kafka.topics import Topics, bootstrap_system_topics
+from shared.keystore import KeyStore
+from shared.lifecycle.erase import ErasureReport, erase_subject
 from shared.logging import get_logger
 from shared.messages.codec import utcnow
 from shared.service import kafka_health, serve
@@ -48,7 +50,24 @@ def build_app(
     settings: CommandServiceSettings,
     client: CommandClient,
     health: Callable[[], Awaitable[dict[str, object]]] | None = None,
+    keys: KeyStore | None = None,
 ) -> FastAPI:
+    eraser = None
+    if keys is not None:
+        store = keys
+
+        async def eraser(subject: str, reason: str | None) -> ErasureReport:
+            return await erase_subject(
+                subject,
+                bootstrap=settings.kafka_bootstrap_servers,
+                topics=Topics.from_settings(settings),
+                keys=store,
+                client=client,
+                group_id=settings.group_id,
+                reason=reason,
+                wait_s=settings.command_timeout_ms / 1000,
+            )
+
     return build_api(
         service=settings.service_name,
         client=client,
@@ -56,6 +75,8 @@ def build_app(
         wait_s=settings.command_timeout_ms / 1000,
         body_limit=settings.http_body_limit_bytes,
         clock=utcnow,
+        eraser=eraser,
+        erasure_token=settings.erasure_token,
     )
 
 
@@ -66,11 +87,13 @@ async def main(settings: CommandServiceSettings) -> None:
     counts = await bootstrap_system_topics(settings)
     log.info("topics_ready", partitions=counts)
     authors = KafkaAuthorDirectory(bootstrap, topics)
+    keys = KeyStore(settings.key_store_url)
     handler = CommandHandler(
         topics=topics,
         partitions=counts[topics.commands],
         authors=authors,
         history=KafkaPartitionHistory(bootstrap, topics),
+        keys=keys,
         clock=utcnow,
         max_command_bytes=settings.max_command_bytes,
         author_wait_s=settings.author_wait_ms / 1000,
@@ -98,6 +121,7 @@ async def main(settings: CommandServiceSettings) -> None:
         await processor.stop()
         await client.stop()
         await authors.stop()
+        await keys.close()
 
     async def lag_gauges() -> None:
         await report_lag_forever(bootstrap, settings.group_id)
@@ -109,7 +133,7 @@ async def main(settings: CommandServiceSettings) -> None:
     )
     await serve(
         settings,
-        build_app(settings, client, health),
+        build_app(settings, client, health, keys),
         startup=startup,
         background=[processor.run, lag_gauges],
         shutdown=shutdown,

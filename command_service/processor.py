@@ -17,14 +17,14 @@ from __future__ import annotations
 import json
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
 from prometheus_client import Counter, Histogram
 
-from command_service.domain import AggregateState, Rejection, decide, evolve
+from command_service.domain import AggregateState, AuthorState, Rejection, decide, evolve
 from command_service.snapshots import (
     CHECKPOINT_KEY,
     UnreadableSnapshot,
@@ -37,11 +37,13 @@ from shared.errors import MalformedRecordError, MessageError
 from shared.kafka.clients import partition_for_key
 from shared.kafka.records import Delivered, InboundRecord, OutboundRecord, dead_letter
 from shared.kafka.topics import Topics
+from shared.keystore import SubjectErasedError
 from shared.logging import get_logger, message_context
-from shared.messages.base import Command
-from shared.messages.blog import CreatePost
+from shared.messages.base import Command, Event
+from shared.messages.blog import CreatePost, RenameAuthor
 from shared.messages.codec import DecodedCommand, decode_command, decode_event, encode_event
 from shared.messages.results import CommandOutcome, EventPosition
+from shared.personal import open_value, personal_fields, seal_message
 
 log = get_logger(__name__)
 
@@ -72,6 +74,16 @@ class AuthorDirectory(Protocol):
     async def refresh(self, timeout_s: float) -> bool:
         """Wait until every registration committed before the call is known."""
         ...
+
+
+class SubjectKeys(Protocol):
+    """The per-subject keys personal fields are sealed with (shared.keystore.KeyStore)."""
+
+    async def key_for(self, subject: str) -> bytes:
+        """The subject's key, created on first use; SubjectErasedError once erased."""
+        ...
+
+    async def keys(self, subjects: Iterable[str]) -> dict[str, bytes]: ...
 
 
 class PartitionHistory(Protocol):
@@ -143,6 +155,7 @@ class CommandHandler:
         partitions: int,
         authors: AuthorDirectory,
         history: PartitionHistory,
+        keys: SubjectKeys,
         clock: Callable[[], datetime],
         max_command_bytes: int = 512 * 1024,
         author_wait_s: float = 2.0,
@@ -154,6 +167,7 @@ class CommandHandler:
         self.partitions = partitions
         self.authors = authors
         self.history = history
+        self.keys = keys
         self.clock = clock
         self.max_command_bytes = max_command_bytes
         self.author_wait_s = author_wait_s
@@ -386,7 +400,7 @@ class CommandHandler:
             author_exists = await self._author_exists(book, payload.author_id)
         decision = decide(
             payload,
-            state,
+            await self._opened(state) if isinstance(payload, RenameAuthor) else state,
             aggregate_id=env.aggregate_id,
             expected_version=env.expected_version,
             author_exists=author_exists,
@@ -398,6 +412,8 @@ class CommandHandler:
             "aggregate_id": env.aggregate_id,
             "processed_at": now,
         }
+        if not isinstance(decision, Rejection):
+            decision = await self._sealed(env.aggregate_id, decision)
         if isinstance(decision, Rejection):
             COMMANDS_TOTAL.labels("rejected", decision.code).inc()
             return _Pending(
@@ -440,6 +456,27 @@ class CommandHandler:
             first_output=first,
             event_count=len(decision),
         )
+
+    async def _opened(self, state: AggregateState | None) -> AggregateState | None:
+        """An author's state with its personal fields opened, for decisions that compare them
+        (a rename to the same name); marked erased when its key is gone."""
+        if not isinstance(state, AuthorState) or state.erased:
+            return state
+        keys = await self.keys.keys([state.id])
+        name, email = open_value(state.name, keys), open_value(state.email, keys)
+        if name is None or email is None:
+            return replace(state, erased=True)  # key deleted, SubjectErased not here yet
+        return replace(state, name=name, email=email)
+
+    async def _sealed(self, subject: str, events: list[Event]) -> list[Event] | Rejection:
+        """The events with their personal fields sealed with the subject's key."""
+        if not any(personal_fields(type(e)) for e in events):
+            return events
+        try:
+            key = await self.keys.key_for(subject)
+        except SubjectErasedError as exc:
+            return Rejection(exc.code, exc.message)
+        return [seal_message(e, subject, key) for e in events]
 
     async def after_send(
         self, partition: int, delivered: Sequence[Delivered]
@@ -541,4 +578,10 @@ def _recover_command_id(value: bytes | None) -> uuid.UUID | None:
         return None
 
 
-__all__ = ["AuthorDirectory", "CommandHandler", "PartitionBook", "PartitionHistory"]
+__all__ = [
+    "AuthorDirectory",
+    "CommandHandler",
+    "PartitionBook",
+    "PartitionHistory",
+    "SubjectKeys",
+]

@@ -61,7 +61,9 @@ def decode_state(value: bytes) -> AggregateState:
     try:
         s: dict[str, Any] = obj["state"]
         if obj["kind"] == "author":
-            return AuthorState(s["id"], int(s["version"]), s["name"], s["email"])
+            return AuthorState(
+                s["id"], int(s["version"]), s["name"], s["email"], bool(s.get("erased", False))
+            )
         return PostState(
             id=s["id"],
             version=int(s["version"]),

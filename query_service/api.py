@@ -10,8 +10,9 @@ headers give, per partition, the next offset to apply and when the last batch wa
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import FastAPI, Header, Path, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
@@ -19,9 +20,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from shared.http import HealthCheck, problem, service_app
-from shared.messages.base import AGGREGATE_ID_PATTERN, EVENTS, EventEnvelope
+from shared.messages.base import AGGREGATE_ID_PATTERN, EVENTS, Event, EventEnvelope
+from shared.personal import open_tree, subjects_in
 from shared.readmodel.store import ReadStore
-from shared.readmodel.views import View, apply_post
+from shared.readmodel.views import View, apply_author, apply_post
 
 Id = Annotated[str, Path(pattern=AGGREGATE_ID_PATTERN)]
 Limit = Annotated[int, Query(ge=1, le=200, description="page size (max 200)")]
@@ -101,17 +103,24 @@ class PositionWatcher:
         return self._latest
 
 
-def build_api(
-    *, service: str, store: ReadStore, health: HealthCheck, consistency_wait_s: float
-) -> FastAPI:
-    app = service_app(
-        service,
-        health=health,
-        version="1",
-        description="Queries over the blog's read model. Send the "
-        "X-Consistency-Token of a command response to read your own writes.",
-    )
+class KeyReader(Protocol):
+    """Opens personal fields: the keys of the subjects that still have one."""
 
+    async def keys(self, subjects: Iterable[str]) -> dict[str, bytes]: ...
+
+
+def open_author(view: View, keys: dict[str, bytes]) -> dict[str, Any]:
+    """An author view for people: name and email opened, or None and listed as erased."""
+    out = dict(view)
+    if out.get("erased_at") is not None:
+        out.update(name=None, email=None, erased=True, erased_fields=["name", "email"])
+        return out
+    opened, gone = open_tree({"name": out["name"], "email": out["email"]}, keys)
+    out.update(opened, erased=bool(gone), erased_fields=gone)
+    return out
+
+
+def _error_handlers(app: FastAPI, consistency_wait_s: float) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
         errors = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
@@ -129,6 +138,25 @@ def build_api(
         )
         response.headers["Retry-After"] = "1"
         return response
+
+
+def build_api(
+    *,
+    service: str,
+    store: ReadStore,
+    keys: KeyReader,
+    health: HealthCheck,
+    consistency_wait_s: float,
+) -> FastAPI:
+    app = service_app(
+        service,
+        health=health,
+        version="1",
+        description="Queries over the blog's read model. Send the "
+        "X-Consistency-Token of a command response to read your own writes.",
+    )
+
+    _error_handlers(app, consistency_wait_s)
 
     watcher = PositionWatcher(store)
 
@@ -207,7 +235,7 @@ def build_api(
         if version is None and at is None:
             view = await store.get_post(post_id)
         else:
-            view = await _as_of(store, post_id, version, at)
+            view = await _as_of(store, post_id, version, at, apply_post)
         if view is None:
             return problem(
                 404,
@@ -216,6 +244,30 @@ def build_api(
                 f"no post {post_id}" + (" at that version/time" if version or at else ""),
             )
         return answer(dict(view), fresh)
+
+    @app.get("/authors/{author_id}", tags=["authors"])
+    async def get_author(
+        author_id: Id,
+        token: Token = None,
+        version: Annotated[int | None, Query(ge=1)] = None,
+        at: Annotated[datetime | None, Query(description="ISO time")] = None,
+    ) -> Response:
+        """An author now, or as at `version` / time `at`. Personal fields (name, email) are
+        opened with the author's key; once the author is erased they are null and listed in
+        `erased_fields`, at every version."""
+        fresh = await freshness_after(token)
+        if version is None and at is None:
+            view = await store.get_author(author_id)
+        else:
+            view = await _as_of(store, author_id, version, at, apply_author)
+        if view is None:
+            return problem(
+                404,
+                "author_not_found",
+                "Author not found",
+                f"no author {author_id}" + (" at that version/time" if version or at else ""),
+            )
+        return answer(open_author(view, await keys.keys([author_id])), fresh)
 
     @app.get("/streams/{aggregate_id}/events", tags=["events"])
     async def stream(
@@ -230,6 +282,10 @@ def build_api(
         events = await store.events(
             aggregate_id, from_version=from_version, to_version=to_version, limit=limit
         )
+        # personal fields opened; those whose subject was erased read as null, listed per event
+        found = await keys.keys(subjects_in([e["payload"] for e in events]))
+        for e in events:
+            e["payload"], e["erased_fields"] = open_tree(e["payload"], found)
         return answer({"aggregate_id": aggregate_id, "events": events}, fresh)
 
     @app.get("/stats", tags=["stats"])
@@ -246,9 +302,14 @@ def build_api(
 
 
 async def _as_of(
-    store: ReadStore, post_id: str, version: int | None, at: datetime | None
+    store: ReadStore,
+    aggregate_id: str,
+    version: int | None,
+    at: datetime | None,
+    apply: Callable[[View | None, EventEnvelope, Event], View],
 ) -> View | None:
-    rows = await store.events(post_id, to_version=version, until=at)
+    """The view of an aggregate at `version` or time `at`, folded from its indexed events."""
+    rows = await store.events(aggregate_id, to_version=version, until=at)
     view: View | None = None
     for row in rows:
         envelope = EventEnvelope(
@@ -262,7 +323,10 @@ async def _as_of(
         payload = EVENTS.get(row["type"]).model_validate(
             EVENTS.upcast(row["type"], row["schema_version"], row["payload"])
         )
-        view = apply_post(view, envelope, payload)
+        try:
+            view = apply(view, envelope, payload)
+        except ValueError:
+            return None  # the id names an aggregate of another kind
     if view is None or (version is not None and view["version"] != version):
         return None
     return view

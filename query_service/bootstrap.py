@@ -6,7 +6,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from query_service.api import build_api
+from query_service.api import KeyReader, build_api
+from shared.keystore import KeyStore
 from shared.readmodel.store import ReadStore
 from shared.service import serve
 from shared.settings import QueryServiceSettings
@@ -15,7 +16,7 @@ from shared.settings import QueryServiceSettings
 SETTINGS = QueryServiceSettings
 
 
-def build_app(settings: QueryServiceSettings, store: ReadStore) -> FastAPI:
+def build_app(settings: QueryServiceSettings, store: ReadStore, keys: KeyReader) -> FastAPI:
     async def health() -> dict[str, Any]:
         try:
             fresh = await store.freshness()
@@ -26,6 +27,7 @@ def build_app(settings: QueryServiceSettings, store: ReadStore) -> FastAPI:
     return build_api(
         service=settings.service_name,
         store=store,
+        keys=keys,
         health=health,
         consistency_wait_s=settings.consistency_wait_ms / 1000,
     )
@@ -33,6 +35,7 @@ def build_app(settings: QueryServiceSettings, store: ReadStore) -> FastAPI:
 
 async def main(settings: QueryServiceSettings) -> None:
     store = ReadStore(settings.read_store_url)
+    keys = KeyStore(settings.key_store_url)
 
     async def startup() -> None:
         # The projector owns the schema; migrating here too lets either start first.
@@ -42,4 +45,8 @@ async def main(settings: QueryServiceSettings) -> None:
         finally:
             await migrator.close()
 
-    await serve(settings, build_app(settings, store), startup=startup, shutdown=store.close)
+    async def shutdown() -> None:
+        await store.close()
+        await keys.close()
+
+    await serve(settings, build_app(settings, store, keys), startup=startup, shutdown=shutdown)

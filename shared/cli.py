@@ -466,6 +466,69 @@ def prune_command(
         )
 
 
+# --------------------------------------------------------------------------------- erase
+
+
+@app.command("erase")
+def erase_command(
+    subject: Annotated[str, typer.Argument(help="the data subject: an author id")],
+    reason: Annotated[str | None, typer.Option(help="why (kept in SubjectErased)")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for each step")] = 30.0,
+) -> None:
+    """Erase a data subject's personal data for good (crypto-shredding): delete its key,
+    append SubjectErased, purge the processed plaintext commands and its dead letters.
+
+    Prints the report as JSON. Exit code: 0 complete, 1 incomplete (run again), 2 refused.
+    Reads KEY_STORE_URL, KAFKA_BOOTSTRAP_SERVERS, TOPIC_PREFIX and GROUP_ID (the command
+    service's group)."""
+    from shared.kafka.commands import CommandClient
+    from shared.kafka.topics import Topics
+    from shared.keystore import KeyStore
+    from shared.lifecycle.erase import erase_subject
+    from shared.settings import ErasureSettings
+
+    if not yes and not typer.confirm(
+        f"Erase {subject}? Its name and email become unreadable everywhere, for good."
+    ):
+        raise typer.Exit(2)
+    settings = ErasureSettings()
+    topics = Topics.from_settings(settings)
+
+    async def go() -> dict[str, object]:
+        keys = KeyStore(settings.key_store_url)
+        client = CommandClient(settings.kafka_bootstrap_servers, topics, recent_window_s=0)
+        await client.start()
+        try:
+            report = await erase_subject(
+                subject,
+                bootstrap=settings.kafka_bootstrap_servers,
+                topics=topics,
+                keys=keys,
+                client=client,
+                group_id=settings.group_id,
+                reason=reason,
+                wait_s=timeout,
+                on_step=lambda step: console.print(f"[dim]{step}...[/dim]"),
+            )
+            return report.as_dict()
+        finally:
+            await client.stop()
+            await keys.close()
+
+    try:
+        report = asyncio.run(go())
+    except EsError as exc:
+        _fail(exc)
+    print(json.dumps(report))
+    if not report["complete"]:
+        console.print(
+            "[yellow]incomplete[/yellow]: the key is deleted; run the erasure again to finish"
+        )
+        raise typer.Exit(1)
+    console.print(f"[green]erased[/green] {subject}")
+
+
 # ---------------------------------------------------------------------------------- send
 
 
@@ -696,6 +759,7 @@ def up(
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{port}", LOG_FORMAT="console")
     env.setdefault("READ_STORE_URL", f"sqlite:///{(STATE_DIR / 'read-store.sqlite3').resolve()}")
     env.setdefault("WORKFLOW_STORE_URL", f"sqlite:///{(STATE_DIR / 'workflows.sqlite3').resolve()}")
+    env.setdefault("KEY_STORE_URL", f"sqlite:///{(STATE_DIR / 'keys.sqlite3').resolve()}")
     procs: dict[str, subprocess.Popen[bytes]] = {}
     for module, http_port in SERVICES.items():
         procs[module] = subprocess.Popen(
@@ -722,6 +786,10 @@ def up(
 
 
 def main() -> None:
+    # logs to stderr (stdout carries the JSON answers of send, erase...), warnings and above
+    from shared.logging import configure_logging
+
+    configure_logging("console", "warning")
     app()
 
 

@@ -12,6 +12,9 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: The key store of personal data: shared by the command service, the query service and `esctl`.
+KEY_STORE_DEFAULT = "sqlite:///./var/keys.sqlite3"
+
 
 class KafkaSettings(BaseSettings):
     """Everything needed to talk to Kafka and to name the topics."""
@@ -52,6 +55,13 @@ class CommandServiceSettings(ServiceSettings):
     snapshot_every_events: int = Field(
         default=10_000, ge=0, description="checkpoint a partition after so many events (0: off)"
     )
+    key_store_url: str = Field(
+        default=KEY_STORE_DEFAULT, description="per-subject keys of personal data (erasure)"
+    )
+    erasure_token: str = Field(
+        default="",
+        description="bearer token of POST /subjects/{id}/erase; empty: the endpoint is off",
+    )
 
 
 class ProjectorSettings(ServiceSettings):
@@ -72,6 +82,9 @@ class QueryServiceSettings(ServiceSettings):
     http_port: int = 8002
     read_store_url: str = "sqlite:///./var/read-store.sqlite3"
     consistency_wait_ms: int = Field(default=5_000, ge=0)
+    key_store_url: str = Field(
+        default=KEY_STORE_DEFAULT, description="keys to open personal fields with"
+    )
 
 
 class WorkflowSettings(ServiceSettings):
@@ -98,6 +111,13 @@ class WorkflowSettings(ServiceSettings):
     activity_backoff_max_ms: int = Field(default=60_000, ge=1)
     activity_timeout_ms: int = Field(default=5_000, ge=1)
     stuck_after_s: float = Field(default=600, gt=0, description="no progress for so long: stuck")
+
+
+class ErasureSettings(KafkaSettings):
+    """`esctl erase`: the key store and the group whose progress bounds the commands purge."""
+
+    key_store_url: str = KEY_STORE_DEFAULT
+    group_id: str = Field(default="command-service", description="the command service's group")
 
 
 def env_var_names(settings_cls: type[BaseSettings]) -> set[str]:

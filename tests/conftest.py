@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -13,6 +14,20 @@ from tests import infra
 from tests.kafka_helpers import delete_topics
 
 configure_logging("console", "warning")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def key_store_of_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Services started by tests share a key store of their own (not ./var/keys.sqlite3, the
+    local stack's): every child process inherits KEY_STORE_URL."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('keys') / 'keys.sqlite3'}"
+    before = os.environ.get("KEY_STORE_URL")
+    os.environ["KEY_STORE_URL"] = url
+    yield url
+    if before is None:
+        os.environ.pop("KEY_STORE_URL", None)
+    else:
+        os.environ["KEY_STORE_URL"] = before
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from shared.errors import ConfigurationError
+from shared.db import async_url
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -50,17 +50,6 @@ class ActivityCall:
     attempt: int
 
 
-def async_url(url: str) -> str:
-    """SQLAlchemy async driver URL of a plain sqlite:/// or postgresql:// URL."""
-    if url.startswith("sqlite:///"):
-        return "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
-    if url.startswith(("postgresql://", "postgres://")):
-        return "postgresql+asyncpg://" + url.split("://", 1)[1]
-    raise ConfigurationError(
-        f"WORKFLOW_STORE_URL {url!r}: use sqlite:///path or postgresql://user@host/db"
-    )
-
-
 class Activities:
     """Runs activities by name; unknown names fail (so that a typo in the configuration shows
     up as a failed workflow with a clear error rather than a silent no-op)."""
@@ -72,7 +61,7 @@ class Activities:
             if store_url.startswith("sqlite:///")
             else None
         )
-        self._engine: AsyncEngine = create_async_engine(async_url(store_url))
+        self._engine: AsyncEngine = create_async_engine(async_url(store_url, "WORKFLOW_STORE_URL"))
         self._http = httpx.AsyncClient(timeout=timeout_s)
         self._registry: dict[str, Callable[[ActivityCall], Awaitable[None]]] = {
             "search_index": self._search_index,

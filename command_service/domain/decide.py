@@ -30,6 +30,7 @@ from shared.messages.blog import (
     CancelScheduledPublication,
     CreatePost,
     EditPost,
+    EraseSubject,
     PostApproved,
     PostArchived,
     PostCreated,
@@ -48,6 +49,7 @@ from shared.messages.blog import (
     ReviewReminderSent,
     SchedulePublication,
     SendReviewReminder,
+    SubjectErased,
     SubmitPostForReview,
     UnpublishPost,
 )
@@ -59,7 +61,7 @@ TAG_MAX = 50
 
 Decision = list[Event] | Rejection
 
-_AUTHOR_COMMANDS = (RegisterAuthor, RenameAuthor)
+_AUTHOR_COMMANDS = (RegisterAuthor, RenameAuthor, EraseSubject)
 
 
 def decide(
@@ -104,12 +106,22 @@ def _decide_author(command: Command, state: AuthorState | None, aggregate_id: st
                 "author_already_registered", f"author {aggregate_id} is already registered"
             )
         return [AuthorRegistered(name=command.name, email=command.email)]
+    if state is None:
+        return Rejection("author_not_found", f"author {aggregate_id} does not exist")
+    if state.erased:
+        if isinstance(command, EraseSubject):
+            return Rejection("already_erased", f"author {aggregate_id} was erased before")
+        return Rejection(
+            "subject_erased",
+            f"author {aggregate_id} was erased; no personal data is accepted for it",
+        )
     if isinstance(command, RenameAuthor):
-        if state is None:
-            return Rejection("author_not_found", f"author {aggregate_id} does not exist")
+        # the shell gives decide the opened (plaintext) state of an author
         if command.name == state.name:
             return Rejection("nothing_to_change", f"author {aggregate_id} already has that name")
         return [AuthorRenamed(name=command.name)]
+    if isinstance(command, EraseSubject):
+        return [SubjectErased(fields=["name", "email"], reason=command.reason)]
     raise TypeError(f"not an author command: {command.message_type}")  # pragma: no cover
 
 
@@ -296,6 +308,8 @@ def evolve(
     if isinstance(state, AuthorState):
         if isinstance(event, AuthorRenamed):
             return replace(state, version=version, name=event.name)
+        if isinstance(event, SubjectErased):
+            return replace(state, version=version, name="", email="", erased=True)
         raise ValueError(f"{event.message_type} does not apply to author {aggregate_id}")
     return _evolve_post(state, event, version, at)
 

@@ -34,6 +34,8 @@ HTTP_STATUS: dict[str, int] = {
     "post_archived": 409,
     "no_scheduled_publication": 409,
     "wrong_aggregate_type": 409,
+    "subject_erased": 409,
+    "already_erased": 409,
     "title_required": 422,
     "title_too_long": 422,
     "body_too_large": 422,

@@ -20,8 +20,9 @@ class PostStatus(StrEnum):
 class AuthorState:
     id: str
     version: int
-    name: str
+    name: str  # sealed (pii:v1:...) in the command service's books and snapshots
     email: str
+    erased: bool = False  # SubjectErased: name and email are "" from then on
 
 
 @dataclass(frozen=True)

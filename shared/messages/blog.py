@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from pydantic import AwareDatetime, Field
 
 from shared.messages.base import AGGREGATE_ID_PATTERN, COMMANDS, EVENTS, Command, Event
+from shared.personal import PERSONAL
 
 # Hard caps so that one record can never exhaust a consumer; the domain enforces tighter rules.
 _TEXT_CAP = 1_000_000
@@ -24,17 +25,31 @@ Tag = Annotated[str, Field(min_length=1, max_length=100)]
 
 @COMMANDS.register
 class RegisterAuthor(Command):
-    """Register an author. `name` and `email` are personal data."""
+    """Register an author. `name` and `email` are personal data (x-personal): the events
+    hold them sealed with the author's key, and erasing the author makes them unreadable."""
 
-    name: str = Field(min_length=1, max_length=200)
-    email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    name: str = Field(min_length=1, max_length=200, json_schema_extra=PERSONAL)
+    email: str = Field(
+        min_length=3,
+        max_length=320,
+        pattern=r"^[^@\s]+@[^@\s]+$",
+        json_schema_extra=PERSONAL,
+    )
 
 
 @COMMANDS.register
 class RenameAuthor(Command):
     """Change an author's display name (personal data)."""
 
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, json_schema_extra=PERSONAL)
+
+
+@COMMANDS.register
+class EraseSubject(Command):
+    """Erase the personal data of a data subject (an author): sent by `esctl erase` and by the
+    erasure endpoint AFTER they deleted the subject's key. Accepted once per subject."""
+
+    reason: str | None = Field(default=None, max_length=2000)
 
 
 @COMMANDS.register
@@ -129,13 +144,37 @@ class ArchivePost(Command):
 
 @EVENTS.register
 class AuthorRegistered(Event):
-    name: str
-    email: str
+    """v2: `name` and `email` are sealed (`pii:v1:<subject>:<ciphertext>`, see shared.personal);
+    v1 records hold them in plaintext and read as they are."""
+
+    schema_version = 2
+    name: str = Field(json_schema_extra=PERSONAL)
+    email: str = Field(json_schema_extra=PERSONAL)
 
 
 @EVENTS.register
 class AuthorRenamed(Event):
-    name: str
+    """v2: `name` is sealed, as in AuthorRegistered v2."""
+
+    schema_version = 2
+    name: str = Field(json_schema_extra=PERSONAL)
+
+
+# v1 -> v2 keeps the values: a plaintext value stays readable as it is (a reader cannot seal it;
+# the README's "Erasure" says what to do with plaintext written before sealing existed).
+@EVENTS.upcaster("AuthorRegistered", 1)
+@EVENTS.upcaster("AuthorRenamed", 1)
+def _personal_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    return dict(payload)
+
+
+@EVENTS.register
+class SubjectErased(Event):
+    """The subject's key was deleted: its personal fields in every earlier event, snapshot,
+    read model and archive are unreadable from now on. `fields` names what was erased."""
+
+    fields: list[str] = Field(default_factory=list)
+    reason: str | None = None
 
 
 @EVENTS.register
@@ -230,6 +269,7 @@ __all__ = [
     "CancelScheduledPublication",
     "CreatePost",
     "EditPost",
+    "EraseSubject",
     "PostApproved",
     "PostArchived",
     "PostCreated",
@@ -248,6 +288,7 @@ __all__ = [
     "ReviewerAssigned",
     "SchedulePublication",
     "SendReviewReminder",
+    "SubjectErased",
     "SubmitPostForReview",
     "UnpublishPost",
 ]

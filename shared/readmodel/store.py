@@ -29,11 +29,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from shared.db import async_url
 from shared.errors import ConfigurationError
 from shared.messages.base import EVENTS, Event, EventEnvelope
 from shared.readmodel.views import View, apply_author, apply_post, is_author_event, is_post_event
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: authors_g*.erased_at (erasure)
 T = TypeVar("T")
 _meta = sa.MetaData()
 META = sa.Table(
@@ -93,6 +94,7 @@ def generation_tables(gen: int) -> GenerationTables:
         sa.Column("email", sa.Text, nullable=False),
         sa.Column("version", sa.Integer, nullable=False),
         sa.Column("registered_at", TS, nullable=False),
+        sa.Column("erased_at", TS),  # schema 2
     )
     events = sa.Table(
         f"events_g{gen}",
@@ -119,6 +121,18 @@ def generation_tables(gen: int) -> GenerationTables:
         sa.Column("last_event_at", TS),
     )
     return GenerationTables(gen, md, posts, post_tags, authors, events, positions)
+
+
+def _authors_erased_at(conn: Connection) -> None:
+    """Schema 2: every generation's authors table gets `erased_at`."""
+    for name in sa.inspect(conn).get_table_names():
+        if name.startswith("authors_g") and name.removeprefix("authors_g").isdigit():
+            kind = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "TIMESTAMP"
+            conn.execute(sa.text(f"ALTER TABLE {name} ADD COLUMN erased_at {kind}"))
+
+
+#: schema version -> the migration that reaches it from the version before
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _authors_erased_at}
 
 
 @dataclass(frozen=True)
@@ -152,19 +166,6 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _engine_url(url: str) -> str:
-    if url.startswith("sqlite:///"):
-        return "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
-    if url.startswith(("postgresql://", "postgres://")):
-        return "postgresql+asyncpg://" + url.split("://", 1)[1]
-    if url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
-        return url
-    raise ConfigurationError(
-        "READ_STORE_URL must be sqlite:///<path> or postgresql://..., got "
-        f"{url.split(':', maxsplit=1)[0]}"
-    )
-
-
 def _chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -192,7 +193,7 @@ class ReadStore:
             self._configure_sqlite(self._sync, writer)
             self.dialect = "sqlite"
         else:
-            self._async = create_async_engine(_engine_url(url), pool_pre_ping=True)
+            self._async = create_async_engine(async_url(url, "READ_STORE_URL"), pool_pre_ping=True)
             self.dialect = self._async.dialect.name
         self._active_cache: tuple[int, float] | None = None
 
@@ -269,7 +270,10 @@ class ReadStore:
                 raise ConfigurationError(
                     f"read store schema {version} is newer than this code ({SCHEMA_VERSION})"
                 )
-            # Future migrations: `for v in range(int(version) + 1, SCHEMA_VERSION + 1): ...`
+            else:
+                for v in range(int(version) + 1, SCHEMA_VERSION + 1):
+                    MIGRATIONS[v](conn)
+                self._upsert(conn, META, [{"key": "schema_version", "value": str(SCHEMA_VERSION)}])
             return int(self._meta_value(conn, "active_generation") or 1)
 
         return await self._run(body, write=True)
@@ -490,6 +494,22 @@ class ReadStore:
                 .first()
             )
             return self._post(row) if row else None
+
+        return await self._run(body)
+
+    async def get_author(self, author_id: str) -> View | None:
+        """An author as projected: name and email as stored (sealed), `erased_at` once erased."""
+        t = generation_tables(await self.read_generation())
+
+        def body(conn: Connection) -> View | None:
+            query = sa.select(t.authors).where(t.authors.c.author_id == author_id)
+            row = conn.execute(query).mappings().first()
+            if row is None:
+                return None
+            view = dict(row)
+            for name in ("registered_at", "erased_at"):
+                view[name] = _utc(view[name])
+            return view
 
         return await self._run(body)
 

@@ -26,6 +26,7 @@ from shared.messages.blog import (
     PublicationScheduled,
     ReviewerAssigned,
     ReviewReminderSent,
+    SubjectErased,
 )
 
 View = dict[str, Any]
@@ -49,7 +50,7 @@ _ANNOTATIONS = (
 )
 
 POST_EVENTS = (PostCreated, PostEdited, *_ANNOTATIONS, *_STATUS)
-AUTHOR_EVENTS = (AuthorRegistered, AuthorRenamed)
+AUTHOR_EVENTS = (AuthorRegistered, AuthorRenamed, SubjectErased)
 
 
 def apply_post(view: View | None, envelope: EventEnvelope, event: Event) -> View:
@@ -100,9 +101,14 @@ def apply_author(view: View | None, envelope: EventEnvelope, event: Event) -> Vi
             "email": event.email,
             "version": envelope.aggregate_version,
             "registered_at": at,
+            "erased_at": None,
         }
-    if view is None or not isinstance(event, AuthorRenamed):
+    if view is None or not isinstance(event, AuthorRenamed | SubjectErased):
         raise ValueError(f"{event.message_type} does not apply to author {envelope.aggregate_id}")
+    if isinstance(event, SubjectErased):
+        # redacted: the sealed values are unreadable anyway once the key is gone; the view
+        # drops them and says since when
+        return dict(view, name="", email="", erased_at=at, version=envelope.aggregate_version)
     return dict(view, name=event.name, version=envelope.aggregate_version)
 
 

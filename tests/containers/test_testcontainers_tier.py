@@ -36,6 +36,7 @@ async def services(
         "SESSION_TIMEOUT_MS": "6000",
         "READ_STORE_URL": container_postgres,
         "WORKFLOW_STORE_URL": container_postgres,
+        "KEY_STORE_URL": container_postgres,
     }
     procs = {
         "command": ServiceProcess(

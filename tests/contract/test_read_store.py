@@ -6,9 +6,11 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
+import sqlalchemy as sa
 
 from shared.messages import decode_event, encode_event
 from shared.messages.base import Event
@@ -20,6 +22,7 @@ from shared.messages.blog import (
     PostEdited,
     PostPublished,
     PostSubmittedForReview,
+    SubjectErased,
 )
 from shared.readmodel.store import IndexedEvent, ReadStore, StaleBatch
 
@@ -88,6 +91,47 @@ async def test_migrations_are_idempotent_and_start_at_generation_one(store: Read
     assert await store.migrate() == 1
     assert await store.active_generation() == 1
     assert await store.positions(1) == {}
+
+
+async def test_an_erased_author_row_is_redacted_and_keeps_its_id_and_version(
+    store: ReadStore,
+) -> None:
+    """SubjectErased empties name and email in the author row and stamps erased_at; another
+    author is untouched."""
+    log = Log()
+    await apply(
+        store,
+        [
+            log.event("a1", AuthorRegistered(name="sealed-1", email="sealed-2")),
+            log.event("a2", AuthorRegistered(name="sealed-3", email="sealed-4")),
+            log.event("a1", SubjectErased(fields=["name", "email"]), minutes=5),
+        ],
+    )
+    erased = await store.get_author("a1")
+    assert erased is not None
+    assert (erased["name"], erased["email"], erased["version"]) == ("", "", 2)
+    assert erased["erased_at"] == T0 + timedelta(minutes=5)
+    kept = await store.get_author("a2")
+    assert kept is not None and kept["name"] == "sealed-3" and kept["erased_at"] is None
+    assert await store.get_author("nobody") is None
+
+
+async def test_schema_1_stores_migrate_to_erasure_columns(store: ReadStore) -> None:
+    """A store written by schema 1 (no authors.erased_at) gains the column on migrate, with
+    its rows kept."""
+    log = Log()
+    await apply(store, [log.event("a1", AuthorRegistered(name="n", email="e"))])
+
+    def downgrade(conn: Any) -> None:
+        conn.execute(sa.text("ALTER TABLE authors_g1 DROP COLUMN erased_at"))
+        conn.execute(sa.text("UPDATE read_model_meta SET value = '1' WHERE key = 'schema_version'"))
+
+    await store._run(downgrade, write=True)
+    assert await store.migrate() == 1
+    assert await store.meta("schema_version") == "2"
+    await apply(store, [log.event("a1", SubjectErased(), minutes=1)])
+    row = await store.get_author("a1")
+    assert row is not None and row["erased_at"] is not None and row["version"] == 2
 
 
 async def test_events_fold_into_post_rows_with_status_version_and_times(store: ReadStore) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -16,6 +19,19 @@ from tests.kafka_helpers import read_all
 
 ROOT = Path(__file__).resolve().parents[2]
 __all__ = ["ROOT", "ServiceProcess", "check_log_invariants", "command_service_env"]
+
+
+def esctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a person would, with `env` on top of this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ) | env,
+        timeout=300,
+        check=False,
+    )
 
 
 def command_service_env(

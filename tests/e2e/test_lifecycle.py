@@ -5,10 +5,7 @@ restarts (from its snapshots) and accepts commands on old aggregates with the ri
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +23,7 @@ from shared.messages.base import Command
 from shared.messages.blog import CreatePost, EditPost
 from shared.settings import KafkaSettings
 from tests.conftest import unique
-from tests.e2e.harness import ROOT, ServiceProcess, check_log_invariants, command_service_env
+from tests.e2e.harness import ServiceProcess, check_log_invariants, command_service_env, esctl
 from tests.kafka_helpers import produce, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -51,18 +48,6 @@ async def log_starts(bootstrap: str, topic: str) -> dict[int, int]:
         return {tp.partition: o for tp, o in (await consumer.beginning_offsets(tps)).items()}
     finally:
         await consumer.stop()
-
-
-def esctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=dict(os.environ) | env,
-        timeout=300,
-        check=False,
-    )
 
 
 async def test_prune_archive_rebuild_and_restart_on_old_aggregates(

@@ -11,13 +11,26 @@ from typing import Any
 from command_service.adapters import InMemoryAuthorDirectory, InMemoryPartitionHistory
 from command_service.bootstrap import readiness
 from command_service.processor import CommandHandler
+from command_service.snapshots import encode_state
 from shared.kafka.clients import partition_for_key
 from shared.kafka.records import Delivered, InboundRecord, OutboundRecord
 from shared.kafka.topics import Topics
+from shared.keystore import InMemoryKeyStore
 from shared.messages import decode_event, encode_command, encode_event
 from shared.messages.base import Command
-from shared.messages.blog import CreatePost, EditPost, PostCreated, PublishPost, RegisterAuthor
+from shared.messages.blog import (
+    AuthorRegistered,
+    CreatePost,
+    EditPost,
+    EraseSubject,
+    PostCreated,
+    PublishPost,
+    RegisterAuthor,
+    RenameAuthor,
+    SubjectErased,
+)
 from shared.messages.results import CommandOutcome
+from shared.personal import open_value
 from shared.settings import KafkaSettings
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -53,12 +66,15 @@ def command_record(
     )
 
 
-def handler(history: InMemoryPartitionHistory | None = None) -> CommandHandler:
+def handler(
+    history: InMemoryPartitionHistory | None = None, keys: InMemoryKeyStore | None = None
+) -> CommandHandler:
     return CommandHandler(
         topics=TOPICS,
         partitions=PARTITIONS,
         authors=InMemoryAuthorDirectory({"ada"}),
         history=history or InMemoryPartitionHistory(),
+        keys=keys or InMemoryKeyStore(),
         clock=lambda: NOW,
     )
 
@@ -271,6 +287,7 @@ def snapshotting(
         partitions=PARTITIONS,
         authors=InMemoryAuthorDirectory({"ada"}),
         history=history,
+        keys=InMemoryKeyStore(),
         clock=lambda: NOW,
         snapshot_every=every,
         snapshots_per_transaction=per_txn,
@@ -395,3 +412,63 @@ async def test_the_handler_marks_a_partition_restoring_only_during_its_restore()
     await h.on_assigned(1)
     assert seen == [{1}]
     assert h.restoring == set()
+
+
+# -- personal data -----------------------------------------------------------------------------
+
+
+async def test_personal_fields_leave_the_handler_sealed_and_decisions_still_compare_them() -> None:
+    """RegisterAuthor's name and email are sealed in the event (no plaintext on the topic nor
+    in snapshots); a rename to the same name is still recognised (the handler opens the state
+    for the decision) and a real rename is sealed too."""
+    keys = InMemoryKeyStore()
+    h = handler(keys=keys)
+    await h.on_assigned(0)
+    author = key_in(0, "author")
+    register = RegisterAuthor(name="Ada Lovelace", email="ada@example.org")
+    outputs, outcomes = await run_batch(
+        h, 0, [command_record(register, author, offset=0, partition=0)]
+    )
+    assert outcomes[0].status == "accepted"
+    (event,) = [o for o in outputs if o.topic == TOPICS.events]
+    assert b"Ada Lovelace" not in event.value and b"ada@example.org" not in event.value
+    payload = decode_event(event.value).payload
+    assert isinstance(payload, AuthorRegistered)
+    opened = await keys.keys([author])
+    assert open_value(payload.name, opened) == "Ada Lovelace"
+    assert open_value(payload.email, opened) == "ada@example.org"
+    assert "Ada" not in encode_state(h.books[0].aggregates[author]).decode()
+
+    same = command_record(RenameAuthor(name="Ada Lovelace"), author, offset=1, partition=0)
+    _, outcomes = await run_batch(h, 0, [same])
+    assert (outcomes[0].status, outcomes[0].code) == ("rejected", "nothing_to_change")
+    other = command_record(RenameAuthor(name="Ada King"), author, offset=2, partition=0)
+    outputs, outcomes = await run_batch(h, 0, [other])
+    assert outcomes[0].status == "accepted"
+    assert b"Ada King" not in outputs[0].value
+
+
+async def test_once_the_key_is_deleted_renames_are_refused_and_erasure_is_recorded() -> None:
+    """The erasure deletes the key first, then sends EraseSubject: in between, a rename is
+    refused (subject_erased) instead of sealing new data with a new key; EraseSubject appends
+    SubjectErased; afterwards the author refuses personal data for good."""
+    keys = InMemoryKeyStore()
+    h = handler(keys=keys)
+    await h.on_assigned(0)
+    author = key_in(0, "author")
+    register = RegisterAuthor(name="Ada", email="ada@example.org")
+    await run_batch(h, 0, [command_record(register, author, offset=0, partition=0)])
+    await keys.erase(author)
+    rename = command_record(RenameAuthor(name="Ada K"), author, offset=1, partition=0)
+    _, outcomes = await run_batch(h, 0, [rename])
+    assert (outcomes[0].status, outcomes[0].code) == ("rejected", "subject_erased")
+    erase = command_record(EraseSubject(reason="asked"), author, offset=2, partition=0)
+    outputs, outcomes = await run_batch(h, 0, [erase])
+    assert outcomes[0].status == "accepted" and outcomes[0].version == 2
+    assert isinstance(decode_event(outputs[0].value).payload, SubjectErased)
+    again = command_record(RenameAuthor(name="Ada K"), author, offset=3, partition=0)
+    _, outcomes = await run_batch(h, 0, [again])
+    assert outcomes[0].code == "subject_erased"
+    twice = command_record(EraseSubject(), author, offset=4, partition=0)
+    _, outcomes = await run_batch(h, 0, [twice])
+    assert outcomes[0].code == "already_erased"

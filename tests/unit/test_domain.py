@@ -26,6 +26,7 @@ from shared.messages.blog import (
     CancelScheduledPublication,
     CreatePost,
     EditPost,
+    EraseSubject,
     PostApproved,
     PostArchived,
     PostCreated,
@@ -44,6 +45,7 @@ from shared.messages.blog import (
     ReviewReminderSent,
     SchedulePublication,
     SendReviewReminder,
+    SubjectErased,
     SubmitPostForReview,
     UnpublishPost,
 )
@@ -139,6 +141,33 @@ def test_renaming_to_the_same_name_is_rejected_with_nothing_to_change() -> None:
     """Given an author named Ada, when renamed to Ada, then nothing_to_change."""
     state = given(REGISTERED, aggregate_id=AUTHOR)
     rejected(when(RenameAuthor(name="Ada"), state, aggregate_id=AUTHOR), "nothing_to_change")
+
+
+def test_erasing_an_author_appends_subject_erased_and_empties_the_state() -> None:
+    """Given an author, when EraseSubject, then SubjectErased naming the erased fields; the
+    fold keeps the author (its id and version) without name and email."""
+    state = given(REGISTERED, aggregate_id=AUTHOR)
+    decision = when(EraseSubject(reason="asked"), state, aggregate_id=AUTHOR)
+    assert decision == [SubjectErased(fields=["name", "email"], reason="asked")]
+    after = given(REGISTERED, *decision, aggregate_id=AUTHOR)
+    assert isinstance(after, AuthorState)
+    assert (after.name, after.email, after.erased, after.version) == ("", "", True, 2)
+
+
+def test_an_erased_author_accepts_no_personal_data_and_is_erased_once() -> None:
+    """Given an erased author: RenameAuthor -> subject_erased, EraseSubject -> already_erased,
+    RegisterAuthor -> author_already_registered (its id is not free again)."""
+    state = given(REGISTERED, SubjectErased(fields=["name", "email"]), aggregate_id=AUTHOR)
+    rejected(when(RenameAuthor(name="Ada"), state, aggregate_id=AUTHOR), "subject_erased")
+    rejected(when(EraseSubject(), state, aggregate_id=AUTHOR), "already_erased")
+    again = RegisterAuthor(name="Ada", email="ada@example.org")
+    rejected(when(again, state, aggregate_id=AUTHOR), "author_already_registered")
+    rejected(when(EraseSubject(), None, aggregate_id=AUTHOR), "author_not_found")
+
+
+def test_posts_of_an_erased_author_stay_possible() -> None:
+    """Posts are not personal data: an erased author's id still names an author."""
+    assert when(create(), None, author_exists=True) == [CREATED]
 
 
 # -- creating posts ----------------------------------------------------------------------------

@@ -1,0 +1,232 @@
+"""Erasing a data subject (crypto-shredding), used by `esctl erase` and the command service's
+`POST /subjects/{id}/erase`.
+
+In this order, each step safe to repeat (run the erasure again after any failure):
+
+1. delete the subject's key in the key store (final; a tombstone stops a new key): from here on
+   every sealed copy of the subject's personal data, in the event log, snapshots, read stores,
+   archives and backups, is unreadable;
+2. send `EraseSubject`: the command service appends `SubjectErased` to the subject's stream and
+   the projector redacts the author's row;
+3. purge the plaintext that clients sent: commands on `posts.commands` are plaintext as their
+   senders wrote them, so the records the command service has processed are deleted
+   (`DeleteRecords` below its group's committed offset; commands are requests, the events are
+   the record); dead-letter topics keep what could not be processed, so their partitions are
+   rewritten without the subject's records (the others are appended again, then everything below
+   the old end is deleted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.admin import RecordsToDelete
+from aiokafka.errors import KafkaError
+
+from shared.errors import InfrastructureUnavailable
+from shared.kafka.clients import make_admin, make_consumer, make_producer, topic_partitions
+from shared.kafka.commands import CommandClient
+from shared.kafka.reader import read_partition_to_end
+from shared.kafka.records import InboundRecord
+from shared.kafka.topics import Topics
+from shared.keystore import KeyStore
+from shared.logging import get_logger
+from shared.messages.blog import EraseSubject
+from shared.messages.codec import encode_command, utcnow
+from shared.messages.results import CommandOutcome
+
+log = get_logger(__name__)
+
+#: rejections of EraseSubject that still mean "erased": nothing (more) to append
+SETTLED = {"already_erased", "author_not_found"}
+
+
+@dataclass
+class ErasureReport:
+    subject: str
+    key_deleted: bool
+    outcome: dict[str, Any] | None = None
+    commands_deleted_below: dict[int, int] = field(default_factory=dict)
+    commands_pending: dict[int, int] = field(default_factory=dict)  # partition -> unprocessed
+    dead_letters_removed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Everything this erasure must do is done (else: run it again)."""
+        settled = self.outcome is not None and (
+            self.outcome.get("status") == "accepted" or self.outcome.get("code") in SETTLED
+        )
+        return settled and not self.commands_pending
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "key_deleted": self.key_deleted,
+            "outcome": self.outcome,
+            "commands_deleted_below": {str(p): o for p, o in self.commands_deleted_below.items()},
+            "commands_pending": {str(p): n for p, n in self.commands_pending.items()},
+            "dead_letters_removed": self.dead_letters_removed,
+            "complete": self.complete,
+        }
+
+
+async def erase_subject(
+    subject: str,
+    *,
+    bootstrap: str,
+    topics: Topics,
+    keys: KeyStore,
+    client: CommandClient,
+    group_id: str,
+    reason: str | None = None,
+    wait_s: float = 30.0,
+    on_step: Callable[[str], None] = lambda step: None,
+) -> ErasureReport:
+    """Erase `subject` (see the module docstring); the report says what was done."""
+    on_step("deleting the key")
+    report = ErasureReport(subject, await keys.erase(subject))
+    on_step("appending SubjectErased")
+    command_id = uuid.uuid4()
+    message = encode_command(
+        EraseSubject(reason=reason),
+        command_id=command_id,
+        aggregate_id=subject,
+        occurred_at=utcnow(),
+        correlation_id=f"erase:{subject}",
+    )
+    outcome: CommandOutcome | None = await client.send(command_id, message, wait_s=wait_s)
+    if outcome is None:
+        raise InfrastructureUnavailable(
+            f"the key of {subject!r} is deleted (its data is unreadable), but SubjectErased was "
+            f"not confirmed within {wait_s:g}s: is the command service running? Run the erasure "
+            "again to finish it"
+        )
+    report.outcome = outcome.model_dump(mode="json", exclude_none=True)
+    on_step(f"purging processed commands from {topics.commands}")
+    await _purge_processed_commands(bootstrap, topics.commands, group_id, wait_s, report)
+    for dlq in (topics.commands_dlq, topics.events_dlq):
+        on_step(f"rewriting {dlq} without the subject's records")
+        removed = await _rewrite_without(bootstrap, dlq, subject)
+        if removed:
+            report.dead_letters_removed[dlq] = removed
+    log.info("subject_erased", **report.as_dict())
+    return report
+
+
+async def _purge_processed_commands(
+    bootstrap: str, topic: str, group_id: str, wait_s: float, report: ErasureReport
+) -> None:
+    """Delete the commands the group has processed, once it has processed everything sent up
+    to now (bounded wait); partitions it has not caught up on are reported as pending."""
+    consumer = make_consumer(bootstrap)
+    admin = make_admin(bootstrap)
+    try:
+        await consumer.start()
+        await admin.start()
+        tps = [TopicPartition(topic, p) for p in await topic_partitions(consumer, topic)]
+        starts = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + wait_s
+        while True:
+            offsets = await admin.list_consumer_group_offsets(group_id, partitions=tps)
+            committed = {tp: (offsets[tp].offset if tp in offsets else -1) for tp in tps}
+            behind = {tp: ends[tp] - committed[tp] for tp in tps if committed[tp] < ends[tp]}
+            behind = {tp: n for tp, n in behind.items() if ends[tp] > starts[tp]}
+            if not behind or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        deletions = {
+            tp: RecordsToDelete(min(committed[tp], ends[tp]))
+            for tp in tps
+            if min(committed[tp], ends[tp]) > starts[tp]
+        }
+        if deletions:
+            await admin.delete_records(deletions)
+        report.commands_deleted_below = {
+            tp.partition: d.before_offset for tp, d in deletions.items()
+        }
+        report.commands_pending = {tp.partition: n for tp, n in behind.items()}
+    except KafkaError as exc:
+        raise InfrastructureUnavailable(f"cannot purge {topic}: {exc}; run again") from exc
+    finally:
+        with contextlib.suppress(KafkaError):
+            await consumer.stop()
+        with contextlib.suppress(KafkaError):
+            await admin.close()
+
+
+def _belongs_to(record: InboundRecord, subject: str) -> bool:
+    if record.key == subject.encode():
+        return True
+    try:
+        obj = json.loads(record.value or b"")
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(obj, dict) and obj.get("aggregate_id") == subject
+
+
+async def _rewrite_without(bootstrap: str, topic: str, subject: str) -> int:
+    """Rewrite each partition of a dead-letter topic that holds records of `subject`: append
+    the other records again (same key, value and headers, plus where they came from), then
+    delete everything below the old end. Returns the number of records removed."""
+    consumer = make_consumer(bootstrap)
+    try:
+        await consumer.start()
+        partitions = await topic_partitions(consumer, topic)
+        tps = [TopicPartition(topic, p) for p in partitions]
+        starts = await consumer.beginning_offsets(tps)
+    except KafkaError as exc:
+        raise InfrastructureUnavailable(f"cannot read {topic}: {exc}") from exc
+    finally:
+        with contextlib.suppress(KafkaError):
+            await consumer.stop()
+    removed = 0
+    for tp in tps:
+        records: list[InboundRecord] = []
+
+        def keep(batch: Sequence[InboundRecord], out: list[InboundRecord] = records) -> None:
+            out.extend(batch)
+
+        end = await read_partition_to_end(
+            bootstrap, topic, tp.partition, keep, start_offset=starts[tp]
+        )
+        mine = [r for r in records if _belongs_to(r, subject)]
+        if not mine:
+            continue
+        others = [r for r in records if not _belongs_to(r, subject)]
+        producer = make_producer(bootstrap)
+        admin = make_admin(bootstrap)
+        try:
+            await producer.start()
+            for r in others:
+                headers = [h for h in r.headers if h[0] != "dlq.rewritten.from"]
+                headers.append(("dlq.rewritten.from", str(r.offset).encode()))
+                await producer.send(
+                    topic, r.value, key=r.key, partition=tp.partition, headers=headers
+                )
+            await producer.flush()
+            await admin.start()
+            await admin.delete_records({tp: RecordsToDelete(end)})
+        except KafkaError as exc:
+            raise InfrastructureUnavailable(
+                f"rewriting {topic}[{tp.partition}] failed ({exc}); run the erasure again"
+            ) from exc
+        finally:
+            with contextlib.suppress(KafkaError):
+                await producer.stop()
+            with contextlib.suppress(KafkaError):
+                await admin.close()
+        removed += len(mine)
+        log.info("dead_letters_rewritten", topic=topic, partition=tp.partition, removed=len(mine))
+    return removed
+
+
+__all__ = ["ErasureReport", "erase_subject"]
