@@ -91,6 +91,10 @@ class KeyStore:
             for attempt in (1, 2):
                 try:
                     async with self._engine.begin() as conn:
+                        if self.dialect == "postgresql":  # one creator at a time (see store.py)
+                            await conn.execute(
+                                sa.text("SELECT pg_advisory_xact_lock(hashtext('esctl.keys'))")
+                            )
                         await conn.run_sync(_md.create_all)
                     break
                 except DBAPIError as exc:

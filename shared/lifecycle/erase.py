@@ -121,6 +121,19 @@ async def erase_subject(
     return report
 
 
+async def _visible_records(bootstrap: str, topic: str, partition: int, start: int, end: int) -> int:
+    """How many committed records lie in [start, end) (transaction markers and aborted records
+    take offsets but are no commands: a caught-up group may sit just below such a marker)."""
+    count = 0
+
+    def tally(batch: Sequence[InboundRecord]) -> None:
+        nonlocal count
+        count += sum(1 for r in batch if r.offset < end)
+
+    await read_partition_to_end(bootstrap, topic, partition, tally, start_offset=start)
+    return count
+
+
 async def _purge_processed_commands(
     bootstrap: str, topic: str, group_id: str, wait_s: float, report: ErasureReport
 ) -> None:
@@ -137,17 +150,22 @@ async def _purge_processed_commands(
         deadline = time.monotonic() + wait_s
         while True:
             offsets = await admin.list_consumer_group_offsets(group_id, partitions=tps)
-            committed = {tp: (offsets[tp].offset if tp in offsets else -1) for tp in tps}
-            behind = {tp: ends[tp] - committed[tp] for tp in tps if committed[tp] < ends[tp]}
-            behind = {tp: n for tp, n in behind.items() if ends[tp] > starts[tp]}
+            committed = {
+                tp: max(offsets[tp].offset if tp in offsets else 0, starts[tp]) for tp in tps
+            }
+            behind: dict[TopicPartition, int] = {}
+            for tp in tps:
+                if committed[tp] < ends[tp]:
+                    n = await _visible_records(
+                        bootstrap, topic, tp.partition, committed[tp], ends[tp]
+                    )
+                    if n:
+                        behind[tp] = n
             if not behind or time.monotonic() > deadline:
                 break
-            await asyncio.sleep(0.2)
-        deletions = {
-            tp: RecordsToDelete(min(committed[tp], ends[tp]))
-            for tp in tps
-            if min(committed[tp], ends[tp]) > starts[tp]
-        }
+            await asyncio.sleep(0.5)
+        below = {tp: committed[tp] if tp in behind else ends[tp] for tp in tps}
+        deletions = {tp: RecordsToDelete(o) for tp, o in below.items() if o > starts[tp]}
         if deletions:
             await admin.delete_records(deletions)
         report.commands_deleted_below = {

@@ -254,6 +254,11 @@ class ReadStore:
         """Apply pending schema migrations (idempotent). Returns the active generation."""
 
         def body(conn: Connection) -> int:
+            if self.dialect == "postgresql":
+                # the projector and the query service both migrate at start: concurrent
+                # CREATE TABLEs of one new table collide in PostgreSQL's catalog (seen in the
+                # container tier), so migrations take turns
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('esctl.read_store'))"))
             _meta.create_all(conn)
             version = self._meta_value(conn, "schema_version")
             if version is None:

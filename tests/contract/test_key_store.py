@@ -123,3 +123,19 @@ async def test_erased_key_bytes_are_gone_from_the_store_files(durable: KeyStore)
         data = after.read_bytes()
     assert ada not in data
     assert bob in data
+
+
+async def test_processes_creating_the_table_at_once_all_succeed(postgres_url: str) -> None:
+    """The command service and the query service open a new key store at the same moment."""
+    admin = await asyncpg.connect(postgres_url, timeout=10)
+    name = f"keys_{uuid.uuid4().hex[:12]}"
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    stores = [KeyStore(postgres_url.rsplit("/", 1)[0] + f"/{name}") for _ in range(4)]
+    try:
+        keys = await asyncio.gather(*(s.key_for("ada") for s in stores))
+        assert len(set(keys)) == 1
+    finally:
+        for s in stores:
+            await s.close()
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -293,3 +294,23 @@ async def test_freshness_reports_position_and_times_per_partition(store: ReadSto
     assert fresh[1]["next_offset"] == 1
     assert fresh[1]["last_event_at"] == T0 + timedelta(minutes=7)
     assert fresh[1]["applied_at"].tzinfo is not None
+
+
+async def test_concurrent_first_migrations_on_postgresql_take_turns(postgres_url: str) -> None:
+    """The projector and the query service migrate a new database at the same moment: both
+    succeed (concurrent CREATE TABLEs once collided in PostgreSQL's catalog)."""
+    admin = await asyncpg.connect(postgres_url, timeout=10)
+    try:
+        for _ in range(3):
+            name = f"race_{uuid.uuid4().hex[:12]}"
+            await admin.execute(f'CREATE DATABASE "{name}"')
+            url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
+            stores = [ReadStore(url, writer=True) for _ in range(4)]
+            try:
+                assert await asyncio.gather(*(s.migrate() for s in stores)) == [1, 1, 1, 1]
+            finally:
+                for s in stores:
+                    await s.close()
+                await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
