@@ -479,8 +479,9 @@ def erase_command(
     """Erase a data subject's personal data for good (crypto-shredding): delete its key,
     append SubjectErased, purge the processed plaintext commands and its dead letters.
 
-    Prints the report as JSON. Exit code: 0 complete, 1 incomplete (run again), 2 refused.
-    Reads KEY_STORE_URL, KAFKA_BOOTSTRAP_SERVERS, TOPIC_PREFIX and GROUP_ID (the command
+    Prints the report as JSON. Exit code: 0 complete, 1 incomplete (run again), 2 error.
+    Reads KEY_STORE_URL (default: the one `esctl up` gives the services, under
+    ESCTL_STATE_DIR), KAFKA_BOOTSTRAP_SERVERS, TOPIC_PREFIX and GROUP_ID (the command
     service's group)."""
     from shared.kafka.commands import CommandClient
     from shared.kafka.topics import Topics
@@ -493,6 +494,9 @@ def erase_command(
     ):
         raise typer.Exit(2)
     settings = ErasureSettings()
+    if "KEY_STORE_URL" not in os.environ:  # the key store `esctl up` gives the services
+        default = f"sqlite:///{(STATE_DIR / 'keys.sqlite3').resolve()}"
+        settings = settings.model_copy(update={"key_store_url": default})
     topics = Topics.from_settings(settings)
 
     async def go() -> dict[str, object]:
@@ -526,6 +530,13 @@ def erase_command(
             "[yellow]incomplete[/yellow]: the key is deleted; run the erasure again to finish"
         )
         raise typer.Exit(1)
+    outcome = report.get("outcome")
+    if isinstance(outcome, dict) and outcome.get("code") == "author_not_found":
+        console.print(
+            f"[yellow]no author {subject}[/yellow]: nothing was stored; personal data for this "
+            "id is refused from now on"
+        )
+        return
     console.print(f"[green]erased[/green] {subject}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -9,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import pytest
 
 from shared.kafka.topics import TopicSpec, ensure_topics
+from shared.localstack.services import ServiceProcess
 from shared.logging import configure_logging
 from tests import infra
 from tests.kafka_helpers import delete_topics
@@ -28,6 +30,16 @@ def key_store_of_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterat
         os.environ.pop("KEY_STORE_URL", None)
     else:
         os.environ["KEY_STORE_URL"] = before
+
+
+@pytest.fixture(autouse=True)
+def no_service_outlives_its_test() -> Iterator[None]:
+    """A test that fails before stopping the services it started (a fixture whose setup fails
+    halfway, an assertion before the `finally`) must not leave them running into the next one."""
+    yield
+    leftovers = ServiceProcess.terminate_leftovers()
+    if leftovers:
+        logging.getLogger(__name__).warning("stopped leftover service processes %s", leftovers)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 
@@ -17,6 +18,9 @@ from shared.localstack.kafka import free_port
 
 class ServiceProcess:
     """One service process (`python -m <module>`) on a free port, logging to a file."""
+
+    #: every process started and not yet reaped, for `terminate_leftovers`
+    _started: ClassVar[set[subprocess.Popen[bytes]]] = set()
 
     def __init__(
         self, module: str, env: dict[str, str], log_dir: Path, name: str, cwd: Path | None = None
@@ -46,6 +50,24 @@ class ServiceProcess:
             stderr=subprocess.STDOUT,
         )
         log.close()  # the child has its own descriptor
+        ServiceProcess._started.add(self.proc)
+
+    @classmethod
+    def terminate_leftovers(cls) -> list[int]:
+        """Stop every process started here that is still running (a test that failed before
+        stopping its services, say); returns their pids. SIGTERM, SIGKILL after 10 s."""
+        alive = [p for p in cls._started if p.poll() is None]
+        for p in alive:
+            p.send_signal(signal.SIGCONT)
+            p.terminate()
+        for p in alive:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+        cls._started.clear()
+        return [p.pid for p in alive]
 
     async def wait_healthy(self, timeout_s: float = 60.0) -> None:
         async with httpx.AsyncClient() as client:

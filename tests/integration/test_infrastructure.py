@@ -16,6 +16,7 @@ from shared.errors import ConfigurationError
 from shared.kafka import make_producer
 from shared.kafka.topics import Topics, TopicSpec, bootstrap_system_topics, ensure_topics
 from shared.localstack.kafka import LocalKafkaCluster, free_port
+from shared.localstack.services import ServiceProcess
 from shared.settings import KafkaSettings
 from tests.conftest import unique
 from tests.kafka_helpers import delete_topics, read_all
@@ -189,3 +190,19 @@ async def test_each_service_entry_point_starts_and_reports_health(
         stderr = proc.stderr.read().decode() if proc.stderr else ""
     assert code == 0, stderr
     assert '"service_started"' in stderr or "service_started" in stderr
+
+
+async def test_services_a_test_forgot_are_stopped_after_it(tmp_path: Path) -> None:
+    """The safety net of tests/conftest.py: a service started and never stopped (a failing
+    fixture, an assertion before the cleanup) is terminated and reaped."""
+    svc = ServiceProcess(
+        "query_service",
+        {"READ_STORE_URL": f"sqlite:///{tmp_path / 'read.sqlite3'}"},
+        tmp_path,
+        "forgotten",
+    )
+    svc.start()
+    await svc.wait_healthy()
+    assert svc.proc is not None and svc.pid in ServiceProcess.terminate_leftovers()
+    assert svc.proc.returncode is not None  # reaped: no process left behind
+    assert ServiceProcess.terminate_leftovers() == []
