@@ -45,6 +45,9 @@ from shared.messages.results import CommandOutcome
 
 log = get_logger(__name__)
 
+#: header of a dead letter appended again by a rewrite: the offset it was copied from
+REWRITTEN_FROM = "dlq.rewritten.from"
+
 #: rejections of EraseSubject that still mean "erased": nothing (more) to append
 SETTLED = {"already_erased", "author_not_found"}
 
@@ -114,7 +117,7 @@ async def erase_subject(
     await _purge_processed_commands(bootstrap, topics.commands, group_id, wait_s, report)
     for dlq in (topics.commands_dlq, topics.events_dlq):
         on_step(f"rewriting {dlq} without the subject's records")
-        removed = await _rewrite_without(bootstrap, dlq, subject)
+        removed = await rewrite_without_subject(bootstrap, dlq, subject)
         if removed:
             report.dead_letters_removed[dlq] = removed
     log.info("subject_erased", **report.as_dict())
@@ -191,7 +194,7 @@ def _belongs_to(record: InboundRecord, subject: str) -> bool:
     return isinstance(obj, dict) and obj.get("aggregate_id") == subject
 
 
-async def _rewrite_without(bootstrap: str, topic: str, subject: str) -> int:
+async def rewrite_without_subject(bootstrap: str, topic: str, subject: str) -> int:
     """Rewrite each partition of a dead-letter topic that holds records of `subject`: append
     the other records again (same key, value and headers, plus where they came from), then
     delete everything below the old end. Returns the number of records removed."""
@@ -219,14 +222,17 @@ async def _rewrite_without(bootstrap: str, topic: str, subject: str) -> int:
         mine = [r for r in records if _belongs_to(r, subject)]
         if not mine:
             continue
-        others = [r for r in records if not _belongs_to(r, subject)]
+        # A rewrite interrupted between appending and deleting left copies beside their
+        # originals: keep one of each (the copy), so that running the erasure again is safe.
+        copied = {int(v) for r in records if (v := r.header(REWRITTEN_FROM)) and v.isdigit()}
+        others = [r for r in records if not _belongs_to(r, subject) and r.offset not in copied]
         producer = make_producer(bootstrap)
         admin = make_admin(bootstrap)
         try:
             await producer.start()
             for r in others:
-                headers = [h for h in r.headers if h[0] != "dlq.rewritten.from"]
-                headers.append(("dlq.rewritten.from", str(r.offset).encode()))
+                headers = [h for h in r.headers if h[0] != REWRITTEN_FROM]
+                headers.append((REWRITTEN_FROM, str(r.offset).encode()))
                 await producer.send(
                     topic, r.value, key=r.key, partition=tp.partition, headers=headers
                 )
@@ -247,4 +253,4 @@ async def _rewrite_without(bootstrap: str, topic: str, subject: str) -> int:
     return removed
 
 
-__all__ = ["ErasureReport", "erase_subject"]
+__all__ = ["REWRITTEN_FROM", "ErasureReport", "erase_subject", "rewrite_without_subject"]
