@@ -111,6 +111,11 @@ class WorkflowSettings(ServiceSettings):
     activity_backoff_max_ms: int = Field(default=60_000, ge=1)
     activity_timeout_ms: int = Field(default=5_000, ge=1)
     stuck_after_s: float = Field(default=600, gt=0, description="no progress for so long: stuck")
+    workflow_retention_s: float = Field(
+        default=7 * 86_400,
+        gt=0,
+        description="finished workflows are forgotten (tombstoned) so long after their end",
+    )
 
 
 class ErasureSettings(KafkaSettings):

@@ -59,6 +59,7 @@ async def main(settings: WorkflowSettings) -> None:
         config=config,
         activities=activities,
         clock=utcnow,
+        retention=timedelta(seconds=settings.workflow_retention_s),
     )
     processor = TransactionalPartitionProcessor(
         bootstrap_servers=bootstrap,

@@ -36,7 +36,7 @@ import heapq
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -80,6 +80,9 @@ ACTIVITY_RUNS = Counter(
     "Activity runs by activity and result",
     ["activity", "result"],
 )
+WORKFLOWS_FORGOTTEN = Counter(
+    "esctl_workflows_forgotten_total", "Finished workflows tombstoned after their retention"
+)
 WORKFLOWS_ACTIVE = Gauge("esctl_workflows_active", "Running workflows owned by this instance")
 STATUS_CHANGES = Counter(
     "esctl_workflow_status_total", "Workflows that reached a status", ["kind", "status"]
@@ -101,6 +104,9 @@ class PartitionWorkflows:
     catch_up_to: int = 0
     position: int = -1
     caught_up: bool = False
+    # finished workflows are forgotten (tombstoned) `retention` after their last transition
+    retention: timedelta = timedelta(days=7)
+    expiries: list[tuple[datetime, str]] = field(default_factory=list)  # heap
 
     def advance(self, position: int) -> None:
         self.position = max(self.position, position)
@@ -115,10 +121,25 @@ class PartitionWorkflows:
             ids.discard(state.workflow_id)
             if not ids:
                 del self.active_by_post[state.post_id]
+            heapq.heappush(self.expiries, (state.updated_at + self.retention, state.workflow_id))
         else:
             ids.add(state.workflow_id)
             for timer in state.timers:
                 heapq.heappush(self.timers, (timer.due_at, state.workflow_id, timer.id))
+
+    def expired(self, now: datetime) -> list[WorkflowState]:
+        """Pop the finished workflows whose retention ran out (stale heap entries dropped)."""
+        out = []
+        while self.expiries and self.expiries[0][0] <= now:
+            expire_at, wid = heapq.heappop(self.expiries)
+            state = self.workflows.get(wid)
+            if (
+                state is not None
+                and state.terminal
+                and state.updated_at + self.retention == expire_at
+            ):
+                out.append(state)
+        return out
 
     def meta(self) -> bytes:
         return json.dumps(
@@ -141,12 +162,14 @@ class WorkflowEngine:
         config: WorkflowConfig,
         activities: Activities,
         clock: Callable[[], datetime],
+        retention: timedelta = timedelta(days=7),
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topics = topics
         self.config = config
         self.activities = activities
         self.clock = clock
+        self.retention = retention
         self.processor: TransactionalPartitionProcessor | None = None
         self.partitions: dict[int, PartitionWorkflows] = {}
         self._inflight: set[tuple[str, str]] = set()
@@ -162,7 +185,7 @@ class WorkflowEngine:
     # -- PartitionHandler --------------------------------------------------------------------
 
     async def on_assigned(self, partition: int) -> None:
-        part = PartitionWorkflows()
+        part = PartitionWorkflows(retention=self.retention)
         latest = await read_latest_by_key(
             self.bootstrap_servers, self.topics.workflow_state, partition
         )
@@ -352,8 +375,35 @@ class WorkflowEngine:
             if timer is not None:
                 heapq.heappush(part.timers, (timer.due_at, wid, timer_id))
 
+    async def _forget(
+        self, partition: int, part: PartitionWorkflows, expired: list[WorkflowState]
+    ) -> None:
+        """Tombstone finished workflows on the changelog (in a transaction), then drop them
+        from memory; their steps stay on the history topic for its retention."""
+
+        async def tombstones() -> list[OutboundRecord]:
+            return [
+                OutboundRecord(
+                    self.topics.workflow_state, None, s.workflow_id.encode(), [], partition
+                )
+                for s in expired
+            ]
+
+        if not await self._transact(partition, tombstones):
+            for s in expired:  # retried on the next round
+                heapq.heappush(part.expiries, (s.updated_at + self.retention, s.workflow_id))
+            return
+        for s in expired:
+            # an operator action may have revived it meanwhile: then its new state was written
+            # after the tombstone and stays
+            if part.workflows.get(s.workflow_id) is s:
+                del part.workflows[s.workflow_id]
+        WORKFLOWS_FORGOTTEN.inc(len(expired))
+        log.info("workflows_forgotten", partition=partition, workflows=len(expired))
+
     def next_due(self) -> datetime | None:
         heads = [p.timers[0][0] for p in self.partitions.values() if p.timers]
+        heads += [p.expiries[0][0] for p in self.partitions.values() if p.expiries]
         return min(heads) if heads else None
 
     async def run_timers(self) -> None:
@@ -364,6 +414,9 @@ class WorkflowEngine:
             for partition, part in list(self.partitions.items()):
                 if partition not in owned or not part.caught_up:
                     continue  # not yet acquired, or still reading the backlog of events
+                expired = part.expired(now)
+                if expired:
+                    await self._forget(partition, part, expired)
                 due = self._due(part, now)
                 if not due:
                     continue

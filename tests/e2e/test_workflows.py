@@ -19,6 +19,7 @@ import httpx
 import pytest
 from aiohttp import web
 
+from shared.kafka.reader import read_latest_by_key
 from shared.kafka.topics import Topics
 from shared.localstack.kafka import free_port
 from shared.messages import decode_command, decode_event, encode_command
@@ -458,3 +459,54 @@ async def test_operator_skips_a_failing_step_with_esctl(make_stack: Any, webhook
     assert "finished" in again.stderr.lower() or "completed" in again.stderr
     unknown = esctl("show", "review:nope:v1")
     assert unknown.returncode == 1
+
+
+async def test_finished_workflows_are_forgotten_after_their_retention(make_stack: Any) -> None:
+    """WORKFLOW_RETENTION_S: finished workflows are tombstoned on workflows.state and leave the
+    operator's view; a running one stays; a restart brings neither back nor loses it."""
+    stack: Stack = await make_stack(WORKFLOW_RETENTION_S="3", PUBLICATION_STEPS="search_index")
+    done, running = f"ret-done-{uuid.uuid4().hex[:6]}", f"ret-run-{uuid.uuid4().hex[:6]}"
+    await stack.send(
+        [
+            (done, CreatePost(author_id="ed", title="A")),
+            (running, CreatePost(author_id="ed", title="B")),
+        ]
+    )
+    await stack.send([(done, SubmitPostForReview()), (running, SubmitPostForReview())])
+    await stack.send([(done, ApprovePost())])
+
+    async def of(post: str) -> list[dict[str, Any]]:
+        return [w for w in (await stack.workflows())["workflows"] if w["post_id"] == post]
+
+    async def both_finished() -> bool:
+        rows = await of(done)
+        return {w["kind"] for w in rows} == {"review", "publication"} and all(
+            w["status"] in TERMINAL for w in rows
+        )
+
+    await wait_until(both_finished, timeout_s=60, interval_s=0.3, what="review and publication")
+    finished = [w["workflow_id"] for w in await of(done)]
+
+    async def forgotten() -> bool:
+        return not await of(done)
+
+    await wait_until(forgotten, timeout_s=30, interval_s=0.3, what="retention elapsed")
+    latest: dict[bytes, bytes | None] = {}
+    for p in range(PARTITIONS):
+        latest |= await read_latest_by_key(stack.bootstrap, stack.topics.workflow_state, p)
+    assert all(latest[wid.encode()] is None for wid in finished)  # tombstones, not just memory
+    (review,) = await of(running)
+    assert review["status"] not in TERMINAL
+
+    await stack.workflow.stop()
+    stack.workflow.start()
+    await stack.workflow.wait_healthy()
+
+    async def restored() -> bool:
+        return len(await of(running)) == 1
+
+    await wait_until(restored, timeout_s=30, interval_s=0.3, what="restore after restart")
+    assert await of(done) == []
+    async with httpx.AsyncClient() as http:
+        r = await http.get(f"{stack.workflow.url}/workflows/{finished[0]}")
+        assert r.status_code == 404
