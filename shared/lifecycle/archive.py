@@ -14,7 +14,7 @@ import base64
 import gzip
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,18 +52,25 @@ def entries(directory: Path) -> list[ArchiveEntry]:
     return [ArchiveEntry(**e) for e in json.loads(path.read_text())["entries"]]
 
 
-def write(
-    directory: Path, topic: str, partition: int, records: Sequence[InboundRecord], end: int
-) -> ArchiveEntry:
-    """Write one archive file for `records` (offsets ascending, all below `end`); add it to the
-    manifest only once the file is complete (a crash leaves a file the manifest ignores)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    start = records[0].offset if records else end
-    rel = Path(topic) / str(partition) / f"{start}-{end}.jsonl.gz"
-    path = directory / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(path, "wt", encoding="utf-8") as out:
+class ArchiveWriter:
+    """Streams the records of one (topic, partition) range into an archive file: `add` batches
+    as they are read (memory stays flat whatever the range), then `finish(end)` names the file
+    after its offset range and adds it to the manifest — only then, so a crash leaves a partial
+    file that the manifest ignores."""
+
+    def __init__(self, directory: Path, topic: str, partition: int) -> None:
+        self.directory, self.topic, self.partition = directory, topic, partition
+        self._dir = directory / topic / str(partition)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._tmp = self._dir / "partial.jsonl.gz.tmp"
+        self._out = gzip.open(self._tmp, "wt", encoding="utf-8")  # noqa: SIM115
+        self.start: int | None = None
+        self.count = 0
+
+    def add(self, records: Iterable[InboundRecord]) -> None:
         for r in records:
+            if self.start is None:
+                self.start = r.offset
             line = {
                 "offset": r.offset,
                 "timestamp_ms": r.timestamp_ms,
@@ -71,22 +78,48 @@ def write(
                 "value": _b64(r.value),
                 "headers": [[k, _b64(v)] for k, v in r.headers],
             }
-            out.write(json.dumps(line, separators=(",", ":")) + "\n")
-    entry = ArchiveEntry(
-        topic=topic,
-        partition=partition,
-        start=start,
-        end=end,
-        count=len(records),
-        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-        file=str(rel),
-        created_at=datetime.now(UTC).isoformat(),
-    )
-    known = [e for e in entries(directory) if e.file != entry.file]
-    tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"entries": [asdict(e) for e in [*known, entry]]}, indent=2))
-    tmp.replace(directory / MANIFEST)
-    return entry
+            self._out.write(json.dumps(line, separators=(",", ":")) + "\n")
+            self.count += 1
+
+    def abort(self) -> None:
+        """Drop the partial file (reading failed): nothing enters the manifest."""
+        self._out.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def finish(self, end: int) -> ArchiveEntry:
+        """Close the file (all records added were below `end`) and record it in the manifest."""
+        self._out.close()
+        start = end if self.start is None else self.start
+        rel = Path(self.topic) / str(self.partition) / f"{start}-{end}.jsonl.gz"
+        self._tmp.replace(self.directory / rel)
+        digest = hashlib.sha256()
+        with (self.directory / rel).open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        entry = ArchiveEntry(
+            topic=self.topic,
+            partition=self.partition,
+            start=start,
+            end=end,
+            count=self.count,
+            sha256=digest.hexdigest(),
+            file=str(rel),
+            created_at=datetime.now(UTC).isoformat(),
+        )
+        known = [e for e in entries(self.directory) if e.file != entry.file]
+        tmp = self.directory / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps({"entries": [asdict(e) for e in [*known, entry]]}, indent=2))
+        tmp.replace(self.directory / MANIFEST)
+        return entry
+
+
+def write(
+    directory: Path, topic: str, partition: int, records: Iterable[InboundRecord], end: int
+) -> ArchiveEntry:
+    """Write one archive file for `records` (offsets ascending, all below `end`)."""
+    writer = ArchiveWriter(directory, topic, partition)
+    writer.add(records)
+    return writer.finish(end)
 
 
 def read(directory: Path, topic: str, partition: int) -> Iterator[InboundRecord]:

@@ -130,17 +130,27 @@ async def prune(
     for p in plans:
         if p.records <= 0:
             continue
-        records: list[InboundRecord] = []
+        # streamed: read batch by batch into the archive file, whatever the partition's size
+        writer = archive.ArchiveWriter(archive_dir, topics.events, p.partition)
 
         def keep(
-            batch: Sequence[InboundRecord], safe: int = p.safe, out: list[InboundRecord] = records
+            batch: Sequence[InboundRecord],
+            safe: int = p.safe,
+            w: archive.ArchiveWriter = writer,
+            base: int = done,
+            limit: int = p.records,
         ) -> None:
-            out.extend(r for r in batch if r.offset < safe)
+            w.add(r for r in batch if r.offset < safe)
+            on_progress(base + min(w.count, limit), total)
 
-        await read_partition_to_end(
-            bootstrap, topics.events, p.partition, keep, start_offset=p.log_start
-        )
-        entry = archive.write(archive_dir, topics.events, p.partition, records, p.safe)
+        try:
+            await read_partition_to_end(
+                bootstrap, topics.events, p.partition, keep, start_offset=p.log_start
+            )
+        except BaseException:
+            writer.abort()
+            raise
+        entry = writer.finish(p.safe)
         written.append(entry)
         admin = make_admin(bootstrap)
         try:
@@ -161,7 +171,7 @@ async def prune(
             "partition_pruned",
             partition=p.partition,
             below=p.safe,
-            archived=len(records),
+            archived=entry.count,
             file=entry.file,
         )
     return written
