@@ -27,9 +27,11 @@ async def read_partition_to_end(
     on_batch: BatchCallback,
     *,
     start_offset: int = 0,
+    until: int | None = None,
     timeout_s: float = 300.0,
 ) -> int:
-    """Read committed records of one partition from `start_offset` to the current end.
+    """Read committed records of one partition from `start_offset` to the current end (or to
+    `until`, if that comes first).
 
     The end is the last stable offset at the time of the call (`read_committed`): everything
     committed before is delivered, nothing of an open or aborted transaction. Returns the next
@@ -41,6 +43,8 @@ async def read_partition_to_end(
         await consumer.start()
         consumer.assign([tp])
         end: int = (await consumer.end_offsets([tp]))[tp]
+        if until is not None:
+            end = min(end, until)
         if start_offset >= end:
             return max(start_offset, end)
 

@@ -145,7 +145,12 @@ async def prune(
 
         try:
             await read_partition_to_end(
-                bootstrap, topics.events, p.partition, keep, start_offset=p.log_start
+                bootstrap,
+                topics.events,
+                p.partition,
+                keep,
+                start_offset=p.log_start,
+                until=p.safe,
             )
         except BaseException:
             writer.abort()
