@@ -29,7 +29,7 @@ from command_service.domain.rejections import http_status
 from shared.errors import EsError
 from shared.http import HealthCheck, problem, service_app
 from shared.kafka.commands import CommandClient
-from shared.lifecycle.erase import ErasureReport
+from shared.lifecycle.erase import ErasureRefused, ErasureReport
 from shared.messages.base import AGGREGATE_ID_PATTERN, Command
 from shared.messages.blog import (
     ApprovePost,
@@ -468,6 +468,7 @@ def _erasure_route(app: FastAPI, eraser: Eraser | None, erasure_token: str) -> N
         responses={
             401: {"description": "missing or wrong bearer token (problem+json)"},
             403: {"description": "erasure over HTTP is off: ERASURE_TOKEN is empty"},
+            409: {"description": "the id is no data subject (e.g. a post)"},
             503: {"description": "a step did not finish; the key is deleted, call again"},
         },
     )
@@ -502,6 +503,8 @@ def _erasure_route(app: FastAPI, eraser: Eraser | None, erasure_token: str) -> N
             return response
         try:
             report = await eraser(subject_id, body.reason if body else None)
+        except ErasureRefused as exc:
+            return problem(409, exc.code, "Not a data subject", exc.message)
         except EsError as exc:
             return problem(503, exc.code, "Erasure not finished", exc.message)
         return JSONResponse(report.as_dict(), status_code=200 if report.complete else 503)

@@ -31,7 +31,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import RecordsToDelete
 from aiokafka.errors import KafkaError
 
-from shared.errors import InfrastructureUnavailable
+from shared.errors import EsError, InfrastructureUnavailable
 from shared.kafka.clients import make_admin, make_consumer, make_producer, topic_partitions
 from shared.kafka.commands import CommandClient
 from shared.kafka.reader import read_partition_to_end
@@ -50,6 +50,13 @@ REWRITTEN_FROM = "dlq.rewritten.from"
 
 #: rejections of EraseSubject that still mean "erased": nothing (more) to append
 SETTLED = {"already_erased", "author_not_found"}
+
+
+class ErasureRefused(EsError):
+    """The command service refused EraseSubject for a reason other than "already erased" or
+    "no such author" (e.g. the id names a post): nothing to erase there."""
+
+    code = "erasure_refused"
 
 
 @dataclass
@@ -113,6 +120,8 @@ async def erase_subject(
             "again to finish it"
         )
     report.outcome = outcome.model_dump(mode="json", exclude_none=True)
+    if outcome.status == "rejected" and outcome.code not in SETTLED:
+        raise ErasureRefused(f"{subject}: {outcome.message}", code=outcome.code or "rejected")
     on_step(f"purging processed commands from {topics.commands}")
     await _purge_processed_commands(bootstrap, topics.commands, group_id, wait_s, report)
     for dlq in (topics.commands_dlq, topics.events_dlq):
@@ -253,4 +262,10 @@ async def rewrite_without_subject(bootstrap: str, topic: str, subject: str) -> i
     return removed
 
 
-__all__ = ["REWRITTEN_FROM", "ErasureReport", "erase_subject", "rewrite_without_subject"]
+__all__ = [
+    "REWRITTEN_FROM",
+    "ErasureRefused",
+    "ErasureReport",
+    "erase_subject",
+    "rewrite_without_subject",
+]

@@ -342,6 +342,11 @@ async def test_erased_subjects_leave_no_readable_trace_and_others_stay_whole(
             assert stream[0]["payload"] == {"name": None, "email": None}
             assert stream[0]["erased_fields"] == ["name", "email"]
             assert stream[1]["erased_fields"] == ["name"]
+            # a post is no data subject
+            r = await http.post(
+                f"{cmd.url}/subjects/post-{tag}/erase", headers={"Authorization": f"Bearer {TOKEN}"}
+            )
+            assert r.status_code == 409 and r.json()["code"] == "wrong_aggregate_type", r.text
             # the erased author accepts no personal data again; its posts are still there
             r = await http.patch(f"{cmd.url}/authors/{ada['id']}", json={"name": "Ada again"})
             assert r.status_code == 409 and r.json()["code"] == "subject_erased"
