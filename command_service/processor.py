@@ -62,6 +62,9 @@ RESTORE_SECONDS = Histogram(
     "esctl_partition_restore_seconds", "Time to restore one partition's state"
 )
 
+#: commands whose events carry personal fields (their subjects' keys are fetched per batch)
+_SEALING_COMMANDS = frozenset({"RegisterAuthor", "RenameAuthor"})
+
 # Deterministic event ids: a batch retried after an abort produces byte-identical events.
 EVENT_ID_NAMESPACE = uuid.UUID("5b0c2f5e-3a56-4a38-9f0c-7c3f3c7a2b11")
 
@@ -81,6 +84,10 @@ class SubjectKeys(Protocol):
 
     async def key_for(self, subject: str) -> bytes:
         """The subject's key, created on first use; SubjectErasedError once erased."""
+        ...
+
+    async def keys_for(self, subjects: Iterable[str]) -> dict[str, bytes]:
+        """key_for of many at once (one round trip); erased subjects are absent."""
         ...
 
     async def keys(self, subjects: Iterable[str]) -> dict[str, bytes]: ...
@@ -178,6 +185,9 @@ class CommandHandler:
         self._pending: dict[int, list[_Pending]] = {}
         #: partitions being restored now (for readiness: /health answers 503 meanwhile)
         self.restoring: set[int] = set()
+        # keys fetched for the batch being decided (see _prefetch_keys)
+        self._batch_keys: dict[str, bytes] = {}
+        self._batch_subjects: set[str] = set()
 
     # -- restore -----------------------------------------------------------------------------
 
@@ -293,6 +303,7 @@ class CommandHandler:
     ) -> Sequence[OutboundRecord]:
         book = self.books[partition]
         now = self.clock()
+        await self._prefetch_keys(records)
         outputs: list[OutboundRecord] = []
         pending: list[_Pending] = []
         in_batch: set[uuid.UUID] = set()
@@ -457,12 +468,38 @@ class CommandHandler:
             event_count=len(decision),
         )
 
+    async def _prefetch_keys(self, records: Sequence[InboundRecord]) -> None:
+        """One key-store round trip for all the subjects of a batch's author commands (found
+        by the `type` header: a hint only; records without it take the one-by-one path)."""
+        subjects = {
+            r.key.decode(errors="replace")
+            for r in records
+            if r.key and r.header("type") in _SEALING_COMMANDS
+        }
+        if len(subjects) < 2:  # nothing to gain
+            self._batch_keys, self._batch_subjects = {}, set()
+            return
+        self._batch_keys = await self.keys.keys_for(subjects)
+        self._batch_subjects = subjects
+
+    async def _key(self, subject: str) -> bytes:
+        """The subject's key: from the batch's prefetch, else from the key store."""
+        key = self._batch_keys.get(subject)
+        if key is not None:
+            return key
+        if subject in self._batch_subjects:  # prefetched and absent: erased
+            raise SubjectErasedError(
+                f"data subject {subject!r} was erased; no personal data is accepted for it"
+            )
+        return await self.keys.key_for(subject)
+
     async def _opened(self, state: AggregateState | None) -> AggregateState | None:
         """An author's state with its personal fields opened, for decisions that compare them
         (a rename to the same name); marked erased when its key is gone."""
         if not isinstance(state, AuthorState) or state.erased:
             return state
-        keys = await self.keys.keys([state.id])
+        key = self._batch_keys.get(state.id)
+        keys = {state.id: key} if key is not None else await self.keys.keys([state.id])
         name, email = open_value(state.name, keys), open_value(state.email, keys)
         if name is None or email is None:
             return replace(state, erased=True)  # key deleted, SubjectErased not here yet
@@ -473,7 +510,7 @@ class CommandHandler:
         if not any(personal_fields(type(e)) for e in events):
             return events
         try:
-            key = await self.keys.key_for(subject)
+            key = await self._key(subject)
         except SubjectErasedError as exc:
             return Rejection(exc.code, exc.message)
         return [seal_message(e, subject, key) for e in events]

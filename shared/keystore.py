@@ -134,6 +134,40 @@ class KeyStore:
             )
         return bytes(row.key)
 
+    async def keys_for(self, subjects: Iterable[str]) -> dict[str, bytes]:
+        """`key_for` of many subjects in one transaction (a batch of registrations): the keys,
+        created where missing; erased subjects are absent from the answer."""
+        wanted = sorted(set(subjects))
+        if not wanted:
+            return {}
+        await self._schema()
+        insert = sqlite_insert if self.dialect == "sqlite" else pg_insert
+        now = datetime.now(UTC)
+        try:
+            async with self._engine.begin() as conn:
+                for i in range(0, len(wanted), 500):
+                    chunk = wanted[i : i + 500]
+                    have = set(
+                        (
+                            await conn.execute(
+                                sa.select(KEYS.c.subject).where(KEYS.c.subject.in_(chunk))
+                            )
+                        ).scalars()
+                    )
+                    missing = [
+                        {"subject": s, "key": new_key(), "created_at": now}
+                        for s in chunk
+                        if s not in have
+                    ]
+                    if missing:
+                        await conn.execute(
+                            insert(KEYS).on_conflict_do_nothing(index_elements=["subject"]),
+                            missing,
+                        )
+        except (OperationalError, OSError) as exc:
+            raise InfrastructureUnavailable(f"key store {self._where()}: {exc}") from exc
+        return await self.keys(wanted)
+
     async def keys(self, subjects: Iterable[str]) -> dict[str, bytes]:
         """The keys of those subjects that have one (erased and unknown subjects are absent)."""
         wanted = sorted(set(subjects))
@@ -221,6 +255,12 @@ class InMemoryKeyStore:
         if key is None:
             key = self._keys[subject] = new_key()
         return key
+
+    async def keys_for(self, subjects: Iterable[str]) -> dict[str, bytes]:
+        for s in set(subjects) - set(self._erased):
+            if self._keys.get(s) is None:
+                self._keys[s] = new_key()
+        return await self.keys(subjects)
 
     async def keys(self, subjects: Iterable[str]) -> dict[str, bytes]:
         return {s: k for s in set(subjects) if (k := self._keys.get(s)) is not None}

@@ -76,6 +76,19 @@ async def test_erase_is_final_and_leaves_others_readable(store: KeyStore) -> Non
     assert await store.erased_at("bob") is None
 
 
+async def test_keys_for_many_creates_what_is_missing_in_one_go(store: KeyStore) -> None:
+    """A batch of registrations: existing keys are kept, missing ones created, erased subjects
+    get none; the answer agrees with key_for."""
+    ada = await store.key_for("ada")
+    await store.erase("gone")
+    subjects = ["ada", "gone", *(f"s{i}" for i in range(1200))]  # more than one chunk
+    got = await store.keys_for(subjects)
+    assert set(got) == set(subjects) - {"gone"}
+    assert got["ada"] == ada
+    assert got["s7"] == await store.key_for("s7")
+    assert await store.keys_for(subjects) == got  # idempotent
+
+
 async def test_erasing_an_unknown_subject_blocks_future_keys(store: KeyStore) -> None:
     assert await store.erase("ghost") is False
     with pytest.raises(SubjectErasedError):

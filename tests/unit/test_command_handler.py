@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -472,3 +473,45 @@ async def test_once_the_key_is_deleted_renames_are_refused_and_erasure_is_record
     twice = command_record(EraseSubject(), author, offset=4, partition=0)
     _, outcomes = await run_batch(h, 0, [twice])
     assert outcomes[0].code == "already_erased"
+
+
+class CountingKeys(InMemoryKeyStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    async def key_for(self, subject: str) -> bytes:
+        self.calls["key_for"] += 1
+        return await super().key_for(subject)
+
+    async def keys_for(self, subjects: Iterable[str]) -> dict[str, bytes]:
+        self.calls["keys_for"] += 1
+        return await super().keys_for(subjects)
+
+
+async def test_a_batch_of_registrations_fetches_its_keys_in_one_round_trip() -> None:
+    """50 registrations (and an erased subject among them) in one batch: one keys_for call,
+    no key_for per command; every event sealed with its own subject's key; the erased one is
+    refused."""
+    keys = CountingKeys()
+    h = handler(keys=keys)
+    await h.on_assigned(0)
+    candidates = (f"author-{i}" for i in range(400))
+    authors = [a for a in candidates if partition_for_key(a.encode(), PARTITIONS) == 0][:50]
+    await keys.erase(authors[0])
+    batch = [
+        command_record(RegisterAuthor(name=f"N {a}", email=f"{a}@x.org"), a, offset=i, partition=0)
+        for i, a in enumerate(authors)
+    ]
+    keys.calls.clear()
+    outputs, outcomes = await run_batch(h, 0, batch)
+    assert keys.calls == Counter({"keys_for": 1})
+    assert outcomes[0].code == "subject_erased"
+    assert [o.status for o in outcomes[1:]] == ["accepted"] * 49
+    opened = await keys.keys(authors)
+    for out in (o for o in outputs if o.topic == TOPICS.events):
+        decoded = decode_event(out.value)
+        payload = decoded.payload
+        assert isinstance(payload, AuthorRegistered)
+        subject = decoded.envelope.aggregate_id
+        assert open_value(payload.name, opened) == f"N {subject}"
