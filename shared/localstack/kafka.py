@@ -31,7 +31,9 @@ from typing import Any, TypeVar
 
 from shared.errors import ConfigurationError, InfrastructureUnavailable
 from shared.kafka.clients import wait_for_brokers
+from shared.logging import get_logger
 
+log = get_logger(__name__)
 T = TypeVar("T")
 
 POM = "kafka-pom.xml"
@@ -305,17 +307,29 @@ class LocalKafkaCluster:
         node = self.node(node_id)
         if self._alive(node):
             self._signal_and_wait(node, signal.SIGTERM, 30.0)
-        self._start_node(node)
-        self.save()
-        if wait:
-            # Ask the restarted node itself: the others may still list it as a broker.
-            _run_sync(
-                wait_for_brokers(
-                    f"127.0.0.1:{node.broker_port}",
-                    expected_brokers=len(self.state.nodes),
-                    timeout_s=timeout_s,
+        for attempt in (1, 2):
+            self._start_node(node)
+            self.save()
+            if not wait:
+                return
+            try:
+                # Ask the restarted node itself: the others may still list it as a broker.
+                _run_sync(
+                    wait_for_brokers(
+                        f"127.0.0.1:{node.broker_port}",
+                        expected_brokers=len(self.state.nodes),
+                        timeout_s=timeout_s,
+                    )
                 )
-            )
+                return
+            except InfrastructureUnavailable as exc:
+                logs = self._log_tail(node_id)
+                if attempt == 1 and not self._alive(node):
+                    # the JVM died while starting (seen once in CI, right after a kill -9):
+                    # start it once more, with what it said in the log
+                    log.warning("kafka_node_restart_failed_retrying", node=node_id, logs=logs)
+                    continue
+                raise InfrastructureUnavailable(f"{exc.message}\n{logs}") from None
 
     def status(self) -> dict[int, bool]:
         """Whether each node's process is alive (not whether it serves requests)."""
