@@ -185,9 +185,9 @@ class CommandHandler:
         self._pending: dict[int, list[_Pending]] = {}
         #: partitions being restored now (for readiness: /health answers 503 meanwhile)
         self.restoring: set[int] = set()
-        # keys fetched for the batch being decided (see _prefetch_keys)
-        self._batch_keys: dict[str, bytes] = {}
-        self._batch_subjects: set[str] = set()
+        # per partition: keys fetched for the batch being decided, and for which subjects
+        # (see _prefetch_keys; partitions are decided concurrently)
+        self._batch_keys: dict[int, tuple[dict[str, bytes], set[str]]] = {}
 
     # -- restore -----------------------------------------------------------------------------
 
@@ -245,6 +245,7 @@ class CommandHandler:
 
     async def on_revoked(self, partition: int) -> None:
         self.books.pop(partition, None)
+        self._batch_keys.pop(partition, None)
         self._pending.pop(partition, None)
 
     def _apply_events(self, book: PartitionBook, records: Sequence[InboundRecord]) -> None:
@@ -303,7 +304,7 @@ class CommandHandler:
     ) -> Sequence[OutboundRecord]:
         book = self.books[partition]
         now = self.clock()
-        await self._prefetch_keys(records)
+        await self._prefetch_keys(partition, records)
         outputs: list[OutboundRecord] = []
         pending: list[_Pending] = []
         in_batch: set[uuid.UUID] = set()
@@ -411,7 +412,7 @@ class CommandHandler:
             author_exists = await self._author_exists(book, payload.author_id)
         decision = decide(
             payload,
-            await self._opened(state) if isinstance(payload, RenameAuthor) else state,
+            await self._opened(partition, state) if isinstance(payload, RenameAuthor) else state,
             aggregate_id=env.aggregate_id,
             expected_version=env.expected_version,
             author_exists=author_exists,
@@ -424,7 +425,7 @@ class CommandHandler:
             "processed_at": now,
         }
         if not isinstance(decision, Rejection):
-            decision = await self._sealed(env.aggregate_id, decision)
+            decision = await self._sealed(partition, env.aggregate_id, decision)
         if isinstance(decision, Rejection):
             COMMANDS_TOTAL.labels("rejected", decision.code).inc()
             return _Pending(
@@ -468,7 +469,7 @@ class CommandHandler:
             event_count=len(decision),
         )
 
-    async def _prefetch_keys(self, records: Sequence[InboundRecord]) -> None:
+    async def _prefetch_keys(self, partition: int, records: Sequence[InboundRecord]) -> None:
         """One key-store round trip for all the subjects of a batch's author commands (found
         by the `type` header: a hint only; records without it take the one-by-one path)."""
         subjects = {
@@ -477,40 +478,42 @@ class CommandHandler:
             if r.key and r.header("type") in _SEALING_COMMANDS
         }
         if len(subjects) < 2:  # nothing to gain
-            self._batch_keys, self._batch_subjects = {}, set()
+            self._batch_keys.pop(partition, None)
             return
-        self._batch_keys = await self.keys.keys_for(subjects)
-        self._batch_subjects = subjects
+        self._batch_keys[partition] = (await self.keys.keys_for(subjects), subjects)
 
-    async def _key(self, subject: str) -> bytes:
+    async def _key(self, partition: int, subject: str) -> bytes:
         """The subject's key: from the batch's prefetch, else from the key store."""
-        key = self._batch_keys.get(subject)
+        keys, subjects = self._batch_keys.get(partition, ({}, set()))
+        key = keys.get(subject)
         if key is not None:
             return key
-        if subject in self._batch_subjects:  # prefetched and absent: erased
+        if subject in subjects:  # prefetched and absent: erased
             raise SubjectErasedError(
                 f"data subject {subject!r} was erased; no personal data is accepted for it"
             )
         return await self.keys.key_for(subject)
 
-    async def _opened(self, state: AggregateState | None) -> AggregateState | None:
+    async def _opened(self, partition: int, state: AggregateState | None) -> AggregateState | None:
         """An author's state with its personal fields opened, for decisions that compare them
         (a rename to the same name); marked erased when its key is gone."""
         if not isinstance(state, AuthorState) or state.erased:
             return state
-        key = self._batch_keys.get(state.id)
+        key = self._batch_keys.get(partition, ({}, set()))[0].get(state.id)
         keys = {state.id: key} if key is not None else await self.keys.keys([state.id])
         name, email = open_value(state.name, keys), open_value(state.email, keys)
         if name is None or email is None:
             return replace(state, erased=True)  # key deleted, SubjectErased not here yet
         return replace(state, name=name, email=email)
 
-    async def _sealed(self, subject: str, events: list[Event]) -> list[Event] | Rejection:
+    async def _sealed(
+        self, partition: int, subject: str, events: list[Event]
+    ) -> list[Event] | Rejection:
         """The events with their personal fields sealed with the subject's key."""
         if not any(personal_fields(type(e)) for e in events):
             return events
         try:
-            key = await self._key(subject)
+            key = await self._key(partition, subject)
         except SubjectErasedError as exc:
             return Rejection(exc.code, exc.message)
         return [seal_message(e, subject, key) for e in events]
