@@ -489,9 +489,7 @@ class CommandHandler:
         if key is not None:
             return key
         if subject in subjects:  # prefetched and absent: erased
-            raise SubjectErasedError(
-                f"data subject {subject!r} was erased; no personal data is accepted for it"
-            )
+            raise SubjectErasedError(subject)
         return await self.keys.key_for(subject)
 
     async def _opened(self, partition: int, state: AggregateState | None) -> AggregateState | None:

@@ -10,7 +10,7 @@ headers give, per partition, the next offset to apply and when the last batch wa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Annotated, Any, Protocol
 
@@ -223,6 +223,28 @@ def build_api(
         """An author's posts, newest first."""
         return await page(token, author_id=author_id, status=status, limit=limit, cursor=cursor)
 
+    async def view_at(
+        kind: str,
+        aggregate_id: str,
+        version: int | None,
+        at: datetime | None,
+        current: Callable[[str], Awaitable[View | None]],
+        apply: Callable[[View | None, EventEnvelope, Event], View],
+    ) -> View | Response:
+        """The view now, or folded from its events up to `version` / time `at`; 404 if none."""
+        if version is None and at is None:
+            view = await current(aggregate_id)
+        else:
+            view = await _as_of(store, aggregate_id, version, at, apply)
+        if view is None:
+            return problem(
+                404,
+                f"{kind}_not_found",
+                f"{kind.capitalize()} not found",
+                f"no {kind} {aggregate_id}" + (" at that version/time" if version or at else ""),
+            )
+        return view
+
     @app.get("/posts/{post_id}", tags=["posts"])
     async def get_post(
         post_id: Id,
@@ -232,18 +254,8 @@ def build_api(
     ) -> Response:
         """A post now, or as it was at `version` or at time `at` (folded from its events)."""
         fresh = await freshness_after(token)
-        if version is None and at is None:
-            view = await store.get_post(post_id)
-        else:
-            view = await _as_of(store, post_id, version, at, apply_post)
-        if view is None:
-            return problem(
-                404,
-                "post_not_found",
-                "Post not found",
-                f"no post {post_id}" + (" at that version/time" if version or at else ""),
-            )
-        return answer(dict(view), fresh)
+        view = await view_at("post", post_id, version, at, store.get_post, apply_post)
+        return view if isinstance(view, Response) else answer(dict(view), fresh)
 
     @app.get("/authors/{author_id}", tags=["authors"])
     async def get_author(
@@ -256,18 +268,11 @@ def build_api(
         opened with the author's key; once the author is erased they are null and listed in
         `erased_fields`, at every version."""
         fresh = await freshness_after(token)
-        if version is None and at is None:
-            view = await store.get_author(author_id)
-        else:
-            view = await _as_of(store, author_id, version, at, apply_author)
-        if view is None:
-            return problem(
-                404,
-                "author_not_found",
-                "Author not found",
-                f"no author {author_id}" + (" at that version/time" if version or at else ""),
-            )
-        return answer(open_author(view, await keys.keys([author_id])), fresh)
+        view = await view_at("author", author_id, version, at, store.get_author, apply_author)
+        if isinstance(view, Response):
+            return view
+        erased = view.get("erased_at") is not None  # then there is no key to look up
+        return answer(open_author(view, {} if erased else await keys.keys([author_id])), fresh)
 
     @app.get("/streams/{aggregate_id}/events", tags=["events"])
     async def stream(

@@ -469,6 +469,11 @@ def prune_command(
 # --------------------------------------------------------------------------------- erase
 
 
+def _local_key_store_url() -> str:
+    """The key store of the local stack (`esctl up`), under ESCTL_STATE_DIR."""
+    return f"sqlite:///{(STATE_DIR / 'keys.sqlite3').resolve()}"
+
+
 @app.command("erase")
 def erase_command(
     subject: Annotated[str, typer.Argument(help="the data subject: an author id")],
@@ -495,8 +500,7 @@ def erase_command(
         raise typer.Exit(2)
     settings = ErasureSettings()
     if "KEY_STORE_URL" not in os.environ:  # the key store `esctl up` gives the services
-        default = f"sqlite:///{(STATE_DIR / 'keys.sqlite3').resolve()}"
-        settings = settings.model_copy(update={"key_store_url": default})
+        settings = settings.model_copy(update={"key_store_url": _local_key_store_url()})
     topics = Topics.from_settings(settings)
 
     async def go() -> dict[str, object]:
@@ -770,7 +774,7 @@ def up(
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{port}", LOG_FORMAT="console")
     env.setdefault("READ_STORE_URL", f"sqlite:///{(STATE_DIR / 'read-store.sqlite3').resolve()}")
     env.setdefault("WORKFLOW_STORE_URL", f"sqlite:///{(STATE_DIR / 'workflows.sqlite3').resolve()}")
-    env.setdefault("KEY_STORE_URL", f"sqlite:///{(STATE_DIR / 'keys.sqlite3').resolve()}")
+    env.setdefault("KEY_STORE_URL", _local_key_store_url())
     procs: dict[str, subprocess.Popen[bytes]] = {}
     for module, http_port in SERVICES.items():
         procs[module] = subprocess.Popen(

@@ -59,6 +59,12 @@ class SubjectErasedError(EsError):
 
     code = "subject_erased"
 
+    def __init__(self, subject: str) -> None:
+        super().__init__(
+            f"data subject {subject!r} was erased; no personal data is accepted for it"
+        )
+        self.subject = subject
+
 
 class KeyStore:
     """Per-subject keys in SQLite or PostgreSQL (see the module docstring for the guarantee)."""
@@ -112,61 +118,35 @@ class KeyStore:
 
     async def key_for(self, subject: str) -> bytes:
         """The subject's key, created on first use; SubjectErasedError once it was erased."""
-        await self._schema()
-        select = sa.select(KEYS.c.key).where(KEYS.c.subject == subject)
-        try:
-            async with self._engine.connect() as conn:
-                row = (await conn.execute(select)).first()
-            if row is None:
-                insert = sqlite_insert if self.dialect == "sqlite" else pg_insert
-                async with self._engine.begin() as conn:
-                    await conn.execute(
-                        insert(KEYS)
-                        .values(subject=subject, key=new_key(), created_at=datetime.now(UTC))
-                        .on_conflict_do_nothing(index_elements=["subject"])
-                    )
-                    row = (await conn.execute(select)).one()  # ours, or a concurrent creator's
-        except (OperationalError, OSError) as exc:
-            raise InfrastructureUnavailable(f"key store {self._where()}: {exc}") from exc
-        if row.key is None:
-            raise SubjectErasedError(
-                f"data subject {subject!r} was erased; no personal data is accepted for it"
-            )
-        return bytes(row.key)
+        key = (await self.keys_for([subject])).get(subject)
+        if key is None:
+            raise SubjectErasedError(subject)
+        return key
 
     async def keys_for(self, subjects: Iterable[str]) -> dict[str, bytes]:
-        """`key_for` of many subjects in one transaction (a batch of registrations): the keys,
-        created where missing; erased subjects are absent from the answer."""
-        wanted = sorted(set(subjects))
-        if not wanted:
-            return {}
-        await self._schema()
+        """The keys of many subjects, those missing created in one transaction (a batch of
+        registrations); erased subjects are absent from the answer."""
+        wanted = set(subjects)
+        found = await self.keys(wanted)
+        missing = sorted(wanted - set(found))
+        if not missing:
+            return found
         insert = sqlite_insert if self.dialect == "sqlite" else pg_insert
         now = datetime.now(UTC)
         try:
             async with self._engine.begin() as conn:
-                for i in range(0, len(wanted), 500):
-                    chunk = wanted[i : i + 500]
-                    have = set(
-                        (
-                            await conn.execute(
-                                sa.select(KEYS.c.subject).where(KEYS.c.subject.in_(chunk))
-                            )
-                        ).scalars()
+                for i in range(0, len(missing), 500):
+                    # erased subjects keep their row: nothing is inserted for them
+                    await conn.execute(
+                        insert(KEYS).on_conflict_do_nothing(index_elements=["subject"]),
+                        [
+                            {"subject": s, "key": new_key(), "created_at": now}
+                            for s in missing[i : i + 500]
+                        ],
                     )
-                    missing = [
-                        {"subject": s, "key": new_key(), "created_at": now}
-                        for s in chunk
-                        if s not in have
-                    ]
-                    if missing:
-                        await conn.execute(
-                            insert(KEYS).on_conflict_do_nothing(index_elements=["subject"]),
-                            missing,
-                        )
         except (OperationalError, OSError) as exc:
             raise InfrastructureUnavailable(f"key store {self._where()}: {exc}") from exc
-        return await self.keys(wanted)
+        return found | await self.keys(missing)  # ours, or a concurrent creator's
 
     async def keys(self, subjects: Iterable[str]) -> dict[str, bytes]:
         """The keys of those subjects that have one (erased and unknown subjects are absent)."""
@@ -247,19 +227,14 @@ class InMemoryKeyStore:
         self.dialect = "memory"
 
     async def key_for(self, subject: str) -> bytes:
-        if subject in self._erased:
-            raise SubjectErasedError(
-                f"data subject {subject!r} was erased; no personal data is accepted for it"
-            )
-        key = self._keys.get(subject)
+        key = (await self.keys_for([subject])).get(subject)
         if key is None:
-            key = self._keys[subject] = new_key()
+            raise SubjectErasedError(subject)
         return key
 
     async def keys_for(self, subjects: Iterable[str]) -> dict[str, bytes]:
         for s in set(subjects) - set(self._erased):
-            if self._keys.get(s) is None:
-                self._keys[s] = new_key()
+            self._keys.setdefault(s, new_key())
         return await self.keys(subjects)
 
     async def keys(self, subjects: Iterable[str]) -> dict[str, bytes]:

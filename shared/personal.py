@@ -62,12 +62,18 @@ def is_sealed(value: object) -> bool:
     return isinstance(value, str) and value.startswith(PREFIX)
 
 
-def subject_of(value: str) -> str | None:
-    """The subject a sealed value belongs to (None: not a sealed value)."""
+def _parse(value: str) -> tuple[str, str] | None:
+    """(subject, base64 blob) of a sealed value; None if it is not one."""
     if not is_sealed(value):
         return None
-    subject, sep, _ = value.removeprefix(PREFIX).rpartition(":")
-    return subject if sep and subject else None
+    subject, sep, blob = value.removeprefix(PREFIX).rpartition(":")
+    return (subject, blob) if sep and subject else None
+
+
+def subject_of(value: str) -> str | None:
+    """The subject a sealed value belongs to (None: not a sealed value)."""
+    parsed = _parse(value)
+    return parsed[0] if parsed else None
 
 
 def open_value(value: str, keys: Mapping[str, bytes]) -> str | None:
@@ -75,10 +81,11 @@ def open_value(value: str, keys: Mapping[str, bytes]) -> str | None:
     value is damaged; a value that is not sealed is returned as it is."""
     if not is_sealed(value):
         return value
-    subject, _, blob = value.removeprefix(PREFIX).rpartition(":")
-    key = keys.get(subject)
-    if key is None:
+    parsed = _parse(value)
+    key = keys.get(parsed[0]) if parsed else None
+    if parsed is None or key is None:
         return None
+    subject, blob = parsed
     try:
         raw = base64.urlsafe_b64decode(blob.encode())
         plain = AESGCM(key).decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], subject.encode())

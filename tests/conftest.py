@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
+import asyncpg
 import pytest
 
 from shared.kafka.topics import TopicSpec, ensure_topics
@@ -53,6 +55,28 @@ def kafka_bootstrap() -> Iterator[str]:
 def postgres_url() -> Iterator[str]:
     """A real PostgreSQL for the session (env, container, or local launcher)."""
     with infra.postgres_server() as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(server_url: str, prefix: str = "db") -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database on the session's server, dropped afterwards: its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_url, timeout=10)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield server_url.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def pg_database(postgres_url: str) -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for one test."""
+    async with fresh_database(postgres_url, "test") as url:
         yield url
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 
 from shared.keystore import InMemoryKeyStore, KeyStore, SubjectErasedError
 from shared.personal import open_value, seal
+from tests.conftest import fresh_database
 
 
 @contextlib.asynccontextmanager
@@ -29,16 +29,12 @@ async def open_store(
         await ks.close()
         return
     server_url: str = request.getfixturevalue("postgres_url")
-    name = f"keys_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_url, timeout=10)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    ks = KeyStore(server_url.rsplit("/", 1)[0] + f"/{name}")
-    try:
-        yield ks
-    finally:
-        await ks.close()
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
+    async with fresh_database(server_url, "keys") as url:
+        ks = KeyStore(url)
+        try:
+            yield ks
+        finally:
+            await ks.close()
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgresql"])
@@ -140,15 +136,11 @@ async def test_erased_key_bytes_are_gone_from_the_store_files(durable: KeyStore)
 
 async def test_processes_creating_the_table_at_once_all_succeed(postgres_url: str) -> None:
     """The command service and the query service open a new key store at the same moment."""
-    admin = await asyncpg.connect(postgres_url, timeout=10)
-    name = f"keys_{uuid.uuid4().hex[:12]}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    stores = [KeyStore(postgres_url.rsplit("/", 1)[0] + f"/{name}") for _ in range(4)]
-    try:
-        keys = await asyncio.gather(*(s.key_for("ada") for s in stores))
-        assert len(set(keys)) == 1
-    finally:
-        for s in stores:
-            await s.close()
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
+    async with fresh_database(postgres_url, "keys") as url:
+        stores = [KeyStore(url) for _ in range(4)]
+        try:
+            keys = await asyncio.gather(*(s.key_for("ada") for s in stores))
+            assert len(set(keys)) == 1
+        finally:
+            for s in stores:
+                await s.close()

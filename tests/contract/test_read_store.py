@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 import sqlalchemy as sa
 
@@ -26,6 +25,7 @@ from shared.messages.blog import (
     SubjectErased,
 )
 from shared.readmodel.store import IndexedEvent, ReadStore, StaleBatch
+from tests.conftest import fresh_database
 
 T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
 
@@ -40,17 +40,13 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await s.close()
         return
     server_url: str = request.getfixturevalue("postgres_url")
-    name = f"contract_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_url, timeout=10)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    s = ReadStore(server_url.rsplit("/", 1)[0] + f"/{name}", writer=True)
-    try:
-        await s.migrate()
-        yield s
-    finally:
-        await s.close()
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
+    async with fresh_database(server_url, "contract") as url:
+        s = ReadStore(url, writer=True)
+        try:
+            await s.migrate()
+            yield s
+        finally:
+            await s.close()
 
 
 class Log:
@@ -299,18 +295,11 @@ async def test_freshness_reports_position_and_times_per_partition(store: ReadSto
 async def test_concurrent_first_migrations_on_postgresql_take_turns(postgres_url: str) -> None:
     """The projector and the query service migrate a new database at the same moment: both
     succeed (concurrent CREATE TABLEs once collided in PostgreSQL's catalog)."""
-    admin = await asyncpg.connect(postgres_url, timeout=10)
-    try:
-        for _ in range(3):
-            name = f"race_{uuid.uuid4().hex[:12]}"
-            await admin.execute(f'CREATE DATABASE "{name}"')
-            url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    for _ in range(3):
+        async with fresh_database(postgres_url, "race") as url:
             stores = [ReadStore(url, writer=True) for _ in range(4)]
             try:
                 assert await asyncio.gather(*(s.migrate() for s in stores)) == [1, 1, 1, 1]
             finally:
                 for s in stores:
                     await s.close()
-                await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()

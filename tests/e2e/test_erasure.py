@@ -123,7 +123,7 @@ def find(needles: list[str], haystacks: dict[str, bytes]) -> list[str]:
 
 
 async def test_erased_subjects_leave_no_readable_trace_and_others_stay_whole(
-    kafka_bootstrap: str, postgres_url: str, tmp_path: Path
+    kafka_bootstrap: str, pg_database: str, tmp_path: Path
 ) -> None:
     prefix = unique("erase") + "."
     topics = Topics.from_settings(KafkaSettings(topic_prefix=prefix))
@@ -136,10 +136,7 @@ async def test_erased_subjects_leave_no_readable_trace_and_others_stay_whole(
     sqlite_db = tmp_path / "read.sqlite3"
     keys_db = tmp_path / "keys.sqlite3"
     archive_dir = tmp_path / "archive"
-    pg_name = f"erase_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(postgres_url, timeout=10)
-    await admin.execute(f'CREATE DATABASE "{pg_name}"')
-    pg_url = postgres_url.rsplit("/", 1)[0] + f"/{pg_name}"
+    pg_url = pg_database
     common = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "TOPIC_PREFIX": prefix,
@@ -386,5 +383,3 @@ async def test_erased_subjects_leave_no_readable_trace_and_others_stay_whole(
     finally:
         for p in procs:
             await p.stop()
-        await admin.execute(f'DROP DATABASE "{pg_name}" WITH (FORCE)')
-        await admin.close()
