@@ -3,7 +3,7 @@
 #
 # With a Docker engine: the official images (apache/kafka, postgres, python) and `docker compose`.
 # Without one: podman from Debian (installed when missing and root), configured as in
-# shared/CONTAINERS.md, its Docker-compatible API on a socket for testcontainers, the local images
+# docs/containers.md, its Docker-compatible API on a socket for testcontainers, the local images
 # built (or reused) by containers/build-images.sh, and podman-compose. A podman service this script
 # started is stopped at the end; containers are removed by the tests themselves.
 set -euo pipefail
@@ -19,14 +19,19 @@ if docker info >/dev/null 2>&1; then
     exec "$@"
 fi
 
-if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null; then
+. "$HERE/packages.env"
+absent=()
+for pkg in $CONTAINER_PACKAGES; do dpkg -s "$pkg" >/dev/null 2>&1 || absent+=("$pkg"); done
+if ((${#absent[@]})); then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        log "installing podman, runc, debootstrap, netavark, aardvark-dns (Debian packages)"
+        log "installing ${absent[*]} (Debian packages, see containers/packages.env)"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap netavark aardvark-dns >/dev/null
-    else
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${absent[@]}" >/dev/null
+    elif ! command -v podman >/dev/null; then
         log "no Docker engine and no podman: install podman (or Docker) to run this tier"
         exit 2
+    else
+        log "missing Debian packages ${absent[*]} (run as root to install them): continuing with what is here"
     fi
 fi
 
