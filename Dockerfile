@@ -1,7 +1,7 @@
 # One image for every service; the service is chosen by the command:
 #   docker run IMAGE python -m command_service
 # The base image is a build argument so that machines without a registry can build on a
-# locally made Python image (see shared/CONTAINERS.md of the project's docs).
+# locally made Python image (see docs/containers.md).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE}
 

@@ -60,7 +60,8 @@ class Topics:
 
 
 def system_topic_specs(settings: KafkaSettings) -> list[TopicSpec]:
-    """The topics of DESIGN.md with their configs. Commands and events share a partition count."""
+    """The topics of the README's Topics table with their configs (commands and events share a
+    partition count)."""
     t = Topics.from_settings(settings)
     n, rf = settings.partitions, settings.replication_factor
     min_isr = str(min(2, rf))

@@ -105,7 +105,7 @@ def test_messages_are_frozen() -> None:
 
 
 def test_the_documented_minimal_command_record_from_another_client_decodes() -> None:
-    """The record format of DESIGN.md, with extra envelope fields, is accepted."""
+    """The command record format of the README, with extra envelope fields, is accepted."""
     value = record(expected_version=3, source="go-client", type="PublishPost")
     decoded = decode_command(value)
     assert isinstance(decoded.payload, PublishPost)

@@ -1,4 +1,4 @@
-"""Topic configs of DESIGN.md, the co-partitioning guard, and dead-letter records."""
+"""Topic configs of the README, the co-partitioning guard, and dead-letter records."""
 
 from __future__ import annotations
 
