@@ -29,7 +29,7 @@ from command_service.domain.rejections import http_status
 from shared.errors import EsError
 from shared.http import HealthCheck, problem, service_app
 from shared.kafka.commands import CommandClient
-from shared.lifecycle.erase import ErasureRefused, ErasureReport
+from shared.lifecycle.erase import ErasureRefused, ErasureReport, NotADataSubject
 from shared.messages.base import AGGREGATE_ID_PATTERN, Command
 from shared.messages.blog import (
     ApprovePost,
@@ -59,8 +59,9 @@ IdempotencyKey = Annotated[
 ]
 
 
-#: erase(subject, reason) -> report (shared.lifecycle.erase.erase_subject, bound by bootstrap)
-Eraser = Callable[[str, str | None], Awaitable[ErasureReport]]
+#: erase(subject, reason, force) -> report (shared.lifecycle.erase.erase_subject, bound by
+#: bootstrap to the service's own key store)
+Eraser = Callable[[str, str | None, bool], Awaitable[ErasureReport]]
 
 
 class _Request(BaseModel):
@@ -77,6 +78,11 @@ class RegisterAuthorRequest(_Request):
 
 class EraseRequest(_Request):
     reason: str | None = Field(default=None, max_length=2000)
+    force: bool = Field(
+        default=False,
+        description="erase an id that never had personal data stored (refused otherwise, as a "
+        "likely typo); personal data for it is refused from then on",
+    )
 
 
 class RenameAuthorRequest(_Request):
@@ -468,7 +474,11 @@ def _erasure_route(app: FastAPI, eraser: Eraser | None, erasure_token: str) -> N
         responses={
             401: {"description": "missing or wrong bearer token (problem+json)"},
             403: {"description": "erasure over HTTP is off: ERASURE_TOKEN is empty"},
-            409: {"description": "the id is no data subject (e.g. a post)"},
+            409: {
+                "description": "the id is no data subject: never had personal data stored "
+                "(`not_a_data_subject`, nothing changed; `force` erases it anyway), or a post "
+                "(`wrong_aggregate_type`, nothing deleted)"
+            },
             503: {"description": "a step did not finish; the key is deleted, call again"},
         },
     )
@@ -480,8 +490,9 @@ def _erasure_route(app: FastAPI, eraser: Eraser | None, erasure_token: str) -> N
         """Erase a data subject (an author) for good: its key is deleted, so its name and email
         are unreadable in every event, snapshot, read model and archive; `SubjectErased` is
         appended, the processed plaintext commands and its dead letters are purged.
-        Needs `Authorization: Bearer <ERASURE_TOKEN>`. 200 with the report when complete,
-        503 when a step is left (calling again finishes it)."""
+        Needs `Authorization: Bearer <ERASURE_TOKEN>`. 200 with the report when complete:
+        every step done and the key's deletion confirmed in this service's key store
+        (`key_check`); 503 when a step is left (calling again finishes it)."""
         if not erasure_token or eraser is None:
             return problem(
                 403,
@@ -502,8 +513,10 @@ def _erasure_route(app: FastAPI, eraser: Eraser | None, erasure_token: str) -> N
             response.headers["WWW-Authenticate"] = 'Bearer realm="erasure"'
             return response
         try:
-            report = await eraser(subject_id, body.reason if body else None)
-        except ErasureRefused as exc:
+            report = await eraser(
+                subject_id, body.reason if body else None, body.force if body else False
+            )
+        except (ErasureRefused, NotADataSubject) as exc:
             return problem(409, exc.code, "Not a data subject", exc.message)
         except EsError as exc:
             return problem(503, exc.code, "Erasure not finished", exc.message)

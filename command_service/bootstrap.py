@@ -56,7 +56,7 @@ def build_app(
     if keys is not None:
         store = keys
 
-        async def eraser(subject: str, reason: str | None) -> ErasureReport:
+        async def eraser(subject: str, reason: str | None, force: bool) -> ErasureReport:
             return await erase_subject(
                 subject,
                 bootstrap=settings.kafka_bootstrap_servers,
@@ -65,6 +65,7 @@ def build_app(
                 client=client,
                 group_id=settings.group_id,
                 reason=reason,
+                force=force,
                 wait_s=settings.command_timeout_ms / 1000,
             )
 

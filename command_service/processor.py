@@ -24,7 +24,14 @@ from typing import Any, Protocol
 
 from prometheus_client import Counter, Histogram
 
-from command_service.domain import AggregateState, AuthorState, Rejection, decide, evolve
+from command_service.domain import (
+    AggregateState,
+    AuthorState,
+    Decision,
+    Rejection,
+    decide,
+    evolve,
+)
 from command_service.snapshots import (
     CHECKPOINT_KEY,
     UnreadableSnapshot,
@@ -408,15 +415,19 @@ class CommandHandler:
             QUEUE_SECONDS.observe(max(0.0, (now - env.occurred_at).total_seconds()))
         state = book.aggregates.get(env.aggregate_id)
         author_exists = False
-        if isinstance(payload, CreatePost):
-            author_exists = await self._author_exists(book, payload.author_id)
-        decision = decide(
-            payload,
-            await self._opened(partition, state) if isinstance(payload, RenameAuthor) else state,
-            aggregate_id=env.aggregate_id,
-            expected_version=env.expected_version,
-            author_exists=author_exists,
-        )
+        decision: Decision | None = _issuer_refusal(payload, env.issued_by)
+        if decision is None:
+            if isinstance(payload, CreatePost):
+                author_exists = await self._author_exists(book, payload.author_id)
+            decision = decide(
+                payload,
+                await self._opened(partition, state)
+                if isinstance(payload, RenameAuthor)
+                else state,
+                aggregate_id=env.aggregate_id,
+                expected_version=env.expected_version,
+                author_exists=author_exists,
+            )
         current = state.version if state else 0
         base = {
             "command_id": env.command_id,
@@ -594,6 +605,18 @@ class CommandHandler:
             )
             book.since_checkpoint = 0
         return out
+
+
+def _issuer_refusal(command: Command, issued_by: str | None) -> Rejection | None:
+    """A command only the system may issue, sent by someone else: refused, with what to do
+    instead (alone it would do half a job: EraseSubject without deleting the key, say)."""
+    if not command.issuers or issued_by in command.issuers:
+        return None
+    return Rejection(
+        "system_command",
+        f"{command.message_type} is issued by the system itself "
+        f"({', '.join(sorted(command.issuers))}), not by clients: {command.instead}",
+    )
 
 
 def _placeholder(command_id: uuid.UUID) -> CommandOutcome:

@@ -7,14 +7,16 @@ Groups: `kafka`, `postgres`, `topics`, `schema`, `projections`, `workflows`; and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -470,78 +472,173 @@ def prune_command(
 
 
 def _local_key_store_url() -> str:
-    """The key store of the local stack (`esctl up`), under ESCTL_STATE_DIR."""
+    """The key store `esctl up` gives the services: under ESCTL_STATE_DIR, made absolute."""
     return f"sqlite:///{(STATE_DIR / 'keys.sqlite3').resolve()}"
+
+
+def local_erasure_token_file() -> Path:
+    """Where `esctl up` keeps the erasure token it gives the command service (an absolute
+    place, whatever the working directory: `esctl erase` reads it from anywhere)."""
+    return lk.cache_dir() / "local-stack" / "erasure-token"
+
+
+def _erasure_token() -> str:
+    token = os.environ.get("ERASURE_TOKEN", "")
+    if token:
+        return token
+    with contextlib.suppress(OSError):
+        return local_erasure_token_file().read_text().strip()
+    return ""
+
+
+CommandUrl = Annotated[
+    str,
+    typer.Option(envvar="COMMAND_SERVICE_URL", help="the command service (any instance)"),
+]
+QueryUrl = Annotated[
+    str,
+    typer.Option(
+        envvar="QUERY_SERVICE_URL",
+        help="the query service, asked afterwards whether anything of the subject still opens",
+    ),
+]
 
 
 @app.command("erase")
 def erase_command(
     subject: Annotated[str, typer.Argument(help="the data subject: an author id")],
     reason: Annotated[str | None, typer.Option(help="why (kept in SubjectErased)")] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="erase an id that never had personal data stored (else refused as a likely "
+            "typo): personal data for it is refused from then on",
+        ),
+    ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for each step")] = 30.0,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the erasure")] = 120.0,
+    url: CommandUrl = "http://127.0.0.1:8001",
+    query_url: QueryUrl = "http://127.0.0.1:8002",
 ) -> None:
-    """Erase a data subject's personal data for good (crypto-shredding): delete its key,
-    append SubjectErased, purge the processed plaintext commands and its dead letters.
+    """Erase a data subject's personal data for good (crypto-shredding), through the command
+    service, which owns the key store: it appends SubjectErased, deletes the key, confirms in
+    its key store that the key is gone, and purges the processed plaintext commands and the
+    subject's dead letters. The query service is then asked whether any of the subject's
+    personal fields still opens.
 
-    Prints the report as JSON. Exit code: 0 complete, 1 incomplete (run again), 2 error.
-    Reads KEY_STORE_URL (default: the one `esctl up` gives the services, under
-    ESCTL_STATE_DIR), KAFKA_BOOTSTRAP_SERVERS, TOPIC_PREFIX and GROUP_ID (the command
-    service's group)."""
-    from shared.kafka.commands import CommandClient
-    from shared.kafka.topics import Topics
-    from shared.keystore import KeyStore
-    from shared.lifecycle.erase import erase_subject
-    from shared.settings import ErasureSettings
+    Prints the report as JSON. Exit code: 0 complete (confirmed), 1 incomplete (run again),
+    2 refused or error (the reason on stderr). The bearer token is ERASURE_TOKEN, else the one
+    `esctl up` gave its command service."""
+    import httpx
 
     if not yes and not typer.confirm(
         f"Erase {subject}? Its name and email become unreadable everywhere, for good."
     ):
         raise typer.Exit(2)
-    settings = ErasureSettings()
-    if "KEY_STORE_URL" not in os.environ:  # the key store `esctl up` gives the services
-        settings = settings.model_copy(update={"key_store_url": _local_key_store_url()})
-    topics = Topics.from_settings(settings)
-
-    async def go() -> dict[str, object]:
-        keys = KeyStore(settings.key_store_url)
-        client = CommandClient(settings.kafka_bootstrap_servers, topics, recent_window_s=0)
-        await client.start()
-        try:
-            report = await erase_subject(
-                subject,
-                bootstrap=settings.kafka_bootstrap_servers,
-                topics=topics,
-                keys=keys,
-                client=client,
-                group_id=settings.group_id,
-                reason=reason,
-                wait_s=timeout,
-                on_step=lambda step: console.print(f"[dim]{step}...[/dim]"),
-            )
-            return report.as_dict()
-        finally:
-            await client.stop()
-            await keys.close()
-
+    token = _erasure_token()
+    if not token:
+        _say_and_exit(
+            "no erasure token: set ERASURE_TOKEN to the command service's (the local stack's "
+            f"is in {local_erasure_token_file()} while `esctl up` runs)"
+        )
+    endpoint = f"{url.rstrip('/')}/subjects/{subject}/erase"
+    console.print(f"[dim]erasing {subject} through {url}...[/dim]")
     try:
-        report = asyncio.run(go())
-    except EsError as exc:
-        _fail(exc)
+        response = httpx.post(
+            endpoint,
+            json={"reason": reason, "force": force},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+        )
+    except httpx.HTTPError as exc:
+        _say_and_exit(
+            f"the command service at {url} does not answer ({exc.__class__.__name__}): is it "
+            "running? (--url or COMMAND_SERVICE_URL names another)"
+        )
+    body = _json_or_none(response)
+    if not isinstance(body, dict) or "subject" not in body:  # a problem, not a report
+        problem = body if isinstance(body, dict) else {"detail": response.text[:300]}
+        code = problem.get("code", f"HTTP {response.status_code}")
+        _say_and_exit(f"erasure of {subject} refused ({code}): {problem.get('detail', '')}")
+    report: dict[str, Any] = body
+    if report.get("complete"):
+        leaks = _still_opening(query_url, subject)
+        report["query_service"] = leaks if leaks is not None else "not reachable"
+        if leaks:
+            report["complete"] = False
+            print(json.dumps(report))
+            _say_and_exit(
+                f"the key is gone from the command service's key store, yet the query service "
+                f"at {query_url} still opens {', '.join(leaks)} of {subject}: it reads another "
+                "key store (give it the command service's KEY_STORE_URL)"
+            )
+        if leaks is None:
+            console.print(
+                f"[yellow]note[/yellow]: the query service at {query_url} does not answer; "
+                "it was not asked whether anything still opens"
+            )
     print(json.dumps(report))
-    if not report["complete"]:
+    if not report.get("complete"):
         console.print(
-            "[yellow]incomplete[/yellow]: the key is deleted; run the erasure again to finish"
+            "[yellow]incomplete[/yellow]: a step is left (see the report); run the erasure "
+            "again to finish it"
         )
         raise typer.Exit(1)
     outcome = report.get("outcome")
     if isinstance(outcome, dict) and outcome.get("code") == "author_not_found":
         console.print(
-            f"[yellow]no author {subject}[/yellow]: nothing was stored; personal data for this "
-            "id is refused from now on"
+            f"[yellow]marked erased[/yellow] {subject} (--force): nothing was stored for it; "
+            "personal data for this id is refused from now on"
         )
         return
     console.print(f"[green]erased[/green] {subject}")
+
+
+def _json_or_none(response: Any) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _still_opening(query_url: str, subject: str) -> list[str] | None:
+    """The personal fields of `subject` the query service still returns opened (None: it does
+    not answer): `/streams/{id}/events` opens every event's fields with its key store."""
+    import httpx
+
+    from shared.personal import is_sealed
+
+    try:
+        response = httpx.get(f"{query_url.rstrip('/')}/streams/{subject}/events", timeout=10)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    opened: list[str] = []
+    for event in response.json().get("events", []):
+        payload = event.get("payload") or {}
+        for name in _personal_fields_of(event.get("type", "")):
+            value = payload.get(name)
+            if isinstance(value, str) and not is_sealed(value):
+                opened.append(f"{name} (version {event.get('aggregate_version')})")
+    return opened
+
+
+def _personal_fields_of(event_type: str) -> tuple[str, ...]:
+    from shared.errors import EsError as _EsError
+    from shared.messages import EVENTS
+    from shared.personal import personal_fields
+
+    try:
+        return personal_fields(EVENTS.get(event_type))
+    except _EsError:
+        return ()
+
+
+def _say_and_exit(message: str) -> NoReturn:
+    console.print(f"[red]error[/red] {message}")
+    raise typer.Exit(2)
 
 
 # ---------------------------------------------------------------------------------- send
@@ -570,6 +667,10 @@ def send(
 
     try:
         cls = COMMANDS.get(command_type)
+        if cls.issuers:
+            _say_and_exit(
+                f"{command_type} is issued by the system itself, not sent by people: {cls.instead}"
+            )
         command = cls.model_validate_json(payload)
         cid = uuid.UUID(command_id) if command_id else uuid.uuid4()
     except EsError as exc:
@@ -775,6 +876,12 @@ def up(
     env.setdefault("READ_STORE_URL", f"sqlite:///{(STATE_DIR / 'read-store.sqlite3').resolve()}")
     env.setdefault("WORKFLOW_STORE_URL", f"sqlite:///{(STATE_DIR / 'workflows.sqlite3').resolve()}")
     env.setdefault("KEY_STORE_URL", _local_key_store_url())
+    if not env.get("ERASURE_TOKEN"):  # `esctl erase` finds it there, from any directory
+        token_file = local_erasure_token_file()
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        token_file.touch(mode=0o600)
+        token_file.write_text(secrets.token_urlsafe(24))
+        env["ERASURE_TOKEN"] = token_file.read_text()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     for module, http_port in SERVICES.items():
         procs[module] = subprocess.Popen(

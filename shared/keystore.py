@@ -106,15 +106,15 @@ class KeyStore:
                 except DBAPIError as exc:
                     # another process created the table between the check and the CREATE
                     if attempt == 2 or "already exists" not in str(exc):
-                        raise InfrastructureUnavailable(
-                            f"key store {self._where()}: {exc}"
-                        ) from exc
+                        raise InfrastructureUnavailable(f"key store {self.where}: {exc}") from exc
                 except OSError as exc:
-                    raise InfrastructureUnavailable(f"key store {self._where()}: {exc}") from exc
+                    raise InfrastructureUnavailable(f"key store {self.where}: {exc}") from exc
             self._ready = True
 
-    def _where(self) -> str:
-        return self.url.split("@")[-1]  # no credentials in messages
+    @property
+    def where(self) -> str:
+        """The store's location for messages and reports: never its credentials."""
+        return self.url.split("@")[-1]
 
     async def key_for(self, subject: str) -> bytes:
         """The subject's key, created on first use; SubjectErasedError once it was erased."""
@@ -145,7 +145,7 @@ class KeyStore:
                         ],
                     )
         except (OperationalError, OSError) as exc:
-            raise InfrastructureUnavailable(f"key store {self._where()}: {exc}") from exc
+            raise InfrastructureUnavailable(f"key store {self.where}: {exc}") from exc
         return found | await self.keys(missing)  # ours, or a concurrent creator's
 
     async def keys(self, subjects: Iterable[str]) -> dict[str, bytes]:
@@ -165,7 +165,7 @@ class KeyStore:
                     )
                     found.update({r.subject: bytes(r.key) for r in rows})
         except (OperationalError, OSError) as exc:
-            raise InfrastructureUnavailable(f"key store {self._where()}: {exc}") from exc
+            raise InfrastructureUnavailable(f"key store {self.where}: {exc}") from exc
         return found
 
     async def erased_at(self, subject: str) -> datetime | None:
@@ -210,7 +210,7 @@ class KeyStore:
                     auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
                     await auto.execute(sa.text(f"VACUUM FULL {KEYS.name}"))
         except (OperationalError, OSError) as exc:
-            raise InfrastructureUnavailable(f"key store {self._where()}: {exc}") from exc
+            raise InfrastructureUnavailable(f"key store {self.where}: {exc}") from exc
         log.info("subject_key_erased", subject=subject, key_deleted=deleted)
         return deleted
 
@@ -225,6 +225,7 @@ class InMemoryKeyStore:
         self._keys: dict[str, bytes | None] = {}
         self._erased: dict[str, datetime] = {}
         self.dialect = "memory"
+        self.where = "memory"
 
     async def key_for(self, subject: str) -> bytes:
         key = (await self.keys_for([subject])).get(subject)

@@ -50,6 +50,7 @@ from shared.kafka.reader import end_offset, read_latest_by_key
 from shared.kafka.records import InboundRecord, OutboundRecord
 from shared.kafka.topics import Topics
 from shared.logging import get_logger, message_context
+from shared.messages.blog import WORKFLOW_ISSUER
 from shared.messages.codec import decode_event, encode_command
 from workflow_service.activities import Activities, ActivityCall, ActivityFailed
 from workflow_service.model import (
@@ -315,6 +316,7 @@ class WorkflowEngine:
                 occurred_at=self.clock(),
                 correlation_id=wid,
                 causation_id=f"workflow:{wid}/{cmd.step}",
+                issued_by=WORKFLOW_ISSUER,
             )
             out.append(OutboundRecord.of(self.topics.commands, message))
             log.info(

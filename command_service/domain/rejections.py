@@ -42,6 +42,7 @@ HTTP_STATUS: dict[str, int] = {
     "too_many_tags": 422,
     "invalid_tag": 422,
     "nothing_to_change": 422,
+    "system_command": 403,  # only the system issues it (the message says what to do instead)
     # Record-level problems (the command could not be read or routed):
     "malformed_record": 422,
     "unknown_message_type": 422,

@@ -1,14 +1,20 @@
-"""Erasing a data subject (crypto-shredding), used by `esctl erase` and the command service's
-`POST /subjects/{id}/erase`.
+"""Erasing a data subject (crypto-shredding), done by the command service, which owns the key
+store (`POST /subjects/{id}/erase`; `esctl erase` calls it, so no tool can erase in a key store
+other than the one the services seal with).
 
 In this order, each step safe to repeat (run the erasure again after any failure):
 
-1. delete the subject's key in the key store (final; a tombstone stops a new key): from here on
+0. refuse an id that never had personal data stored (no key, no tombstone): a typo or a post id
+   would otherwise be marked erased for good; `force` marks it anyway;
+1. send `EraseSubject`: the command service appends `SubjectErased` to the subject's stream and
+   the projector redacts the author's row; the domain refuses a post id here, before anything is
+   deleted;
+2. delete the subject's key in the key store (final; a tombstone stops a new key): from here on
    every sealed copy of the subject's personal data, in the event log, snapshots, read stores,
    archives and backups, is unreadable;
-2. send `EraseSubject`: the command service appends `SubjectErased` to the subject's stream and
-   the projector redacts the author's row;
-3. purge the plaintext that clients sent: commands on `posts.commands` are plaintext as their
+3. verify in the same store: no key is left for the subject, and a value sealed with its key
+   just before the deletion no longer opens; only then can the report say "complete";
+4. purge the plaintext that clients sent: commands on `posts.commands` are plaintext as their
    senders wrote them, so the records the command service has processed are deleted
    (`DeleteRecords` below its group's committed offset; commands are requests, the events are
    the record); dead-letter topics keep what could not be processed, so their partitions are
@@ -24,7 +30,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -39,9 +45,10 @@ from shared.kafka.records import InboundRecord
 from shared.kafka.topics import Topics
 from shared.keystore import KeyStore
 from shared.logging import get_logger
-from shared.messages.blog import EraseSubject
+from shared.messages.blog import ERASURE_ISSUER, EraseSubject
 from shared.messages.codec import encode_command, utcnow
 from shared.messages.results import CommandOutcome
+from shared.personal import open_value, seal
 
 log = get_logger(__name__)
 
@@ -51,35 +58,63 @@ REWRITTEN_FROM = "dlq.rewritten.from"
 #: rejections of EraseSubject that still mean "erased": nothing (more) to append
 SETTLED = {"already_erased", "author_not_found"}
 
+#: the plaintext sealed with the subject's key just before its deletion, to prove it gone
+PROBE = "erasure-probe"
+
 
 class ErasureRefused(EsError):
     """The command service refused EraseSubject for a reason other than "already erased" or
-    "no such author" (e.g. the id names a post): nothing to erase there."""
+    "no such author" (e.g. the id names a post): nothing was deleted."""
 
     code = "erasure_refused"
+
+
+class NotADataSubject(EsError):
+    """No personal data was ever stored for the id (no key, no tombstone): a typo, or a post
+    id. Nothing was changed; `force` erases it anyway."""
+
+    code = "not_a_data_subject"
+
+
+@dataclass
+class KeyCheck:
+    """What the key store the erasure used says after the deletion."""
+
+    key_store: str  # where it is, without credentials
+    key_left: bool  # the store still returns a key for the subject
+    tombstone: bool  # the subject is marked erased (no new key will be made)
+    probe_opens: bool  # a value sealed with the deleted key still opens
+
+    @property
+    def confirmed(self) -> bool:
+        return self.tombstone and not self.key_left and not self.probe_opens
 
 
 @dataclass
 class ErasureReport:
     subject: str
-    key_deleted: bool
+    key_deleted: bool = False
     outcome: dict[str, Any] | None = None
+    key_check: KeyCheck | None = None
     commands_deleted_below: dict[int, int] = field(default_factory=dict)
     commands_pending: dict[int, int] = field(default_factory=dict)  # partition -> unprocessed
     dead_letters_removed: dict[str, int] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
-        """Everything this erasure must do is done (else: run it again)."""
+        """Everything this erasure must do is done and the key's deletion is confirmed in the
+        store (else: run it again)."""
         settled = self.outcome is not None and (
             self.outcome.get("status") == "accepted" or self.outcome.get("code") in SETTLED
         )
-        return settled and not self.commands_pending
+        confirmed = self.key_check is not None and self.key_check.confirmed
+        return settled and confirmed and not self.commands_pending
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "subject": self.subject,
             "key_deleted": self.key_deleted,
+            "key_check": None if self.key_check is None else asdict(self.key_check),
             "outcome": self.outcome,
             "commands_deleted_below": {str(p): o for p, o in self.commands_deleted_below.items()},
             "commands_pending": {str(p): n for p, n in self.commands_pending.items()},
@@ -97,31 +132,29 @@ async def erase_subject(
     client: CommandClient,
     group_id: str,
     reason: str | None = None,
+    force: bool = False,
     wait_s: float = 30.0,
     on_step: Callable[[str], None] = lambda step: None,
 ) -> ErasureReport:
-    """Erase `subject` (see the module docstring); the report says what was done."""
-    on_step("deleting the key")
-    report = ErasureReport(subject, await keys.erase(subject))
-    on_step("appending SubjectErased")
-    command_id = uuid.uuid4()
-    message = encode_command(
-        EraseSubject(reason=reason),
-        command_id=command_id,
-        aggregate_id=subject,
-        occurred_at=utcnow(),
-        correlation_id=f"erase:{subject}",
-    )
-    outcome: CommandOutcome | None = await client.send(command_id, message, wait_s=wait_s)
-    if outcome is None:
-        raise InfrastructureUnavailable(
-            f"the key of {subject!r} is deleted (its data is unreadable), but SubjectErased was "
-            f"not confirmed within {wait_s:g}s: is the command service running? Run the erasure "
-            "again to finish it"
+    """Erase `subject` (see the module docstring); the report says what was done and what the
+    key store confirms."""
+    key = (await keys.keys([subject])).get(subject)
+    if key is None and not force and await keys.erased_at(subject) is None:
+        raise NotADataSubject(
+            f"{subject!r} never had personal data stored (the key store {keys.where} has no "
+            "key for it): a typo, or a post id? Nothing was changed. To mark it erased anyway, "
+            "so that personal data for it is refused from now on, use --force (HTTP: "
+            '{"force": true})'
         )
-    report.outcome = outcome.model_dump(mode="json", exclude_none=True)
-    if outcome.status == "rejected" and outcome.code not in SETTLED:
-        raise ErasureRefused(f"{subject}: {outcome.message}", code=outcome.code or "rejected")
+    report = ErasureReport(subject)
+    on_step("appending SubjectErased")
+    report.outcome = await _append_subject_erased(subject, client, reason, wait_s)
+    on_step("deleting the key")
+    probe = seal(PROBE, subject, key) if key is not None else None
+    report.key_deleted = await keys.erase(subject)
+    report.key_check = await check_key_gone(keys, subject, probe)
+    if not report.key_check.confirmed:
+        log.error("subject_key_still_there", subject=subject, **asdict(report.key_check))
     on_step(f"purging processed commands from {topics.commands}")
     await _purge_processed_commands(bootstrap, topics.commands, group_id, wait_s, report)
     for dlq in (topics.commands_dlq, topics.events_dlq):
@@ -131,6 +164,44 @@ async def erase_subject(
             report.dead_letters_removed[dlq] = removed
     log.info("subject_erased", **report.as_dict())
     return report
+
+
+async def _append_subject_erased(
+    subject: str, client: CommandClient, reason: str | None, wait_s: float
+) -> dict[str, Any]:
+    """EraseSubject through the command topic; its outcome. The domain refuses an id that is
+    no author (a post) here, before the erasure deletes anything."""
+    command_id = uuid.uuid4()
+    message = encode_command(
+        EraseSubject(reason=reason),
+        command_id=command_id,
+        aggregate_id=subject,
+        occurred_at=utcnow(),
+        correlation_id=f"erase:{subject}",
+        issued_by=ERASURE_ISSUER,
+    )
+    outcome: CommandOutcome | None = await client.send(command_id, message, wait_s=wait_s)
+    if outcome is None:
+        raise InfrastructureUnavailable(
+            f"SubjectErased for {subject!r} was not confirmed within {wait_s:g}s (the key is not "
+            "deleted yet): is the command service consuming? Run the erasure again"
+        )
+    if outcome.status == "rejected" and outcome.code not in SETTLED:
+        raise ErasureRefused(
+            f"{subject}: {outcome.message}; nothing was deleted", code=outcome.code or "rejected"
+        )
+    return outcome.model_dump(mode="json", exclude_none=True)
+
+
+async def check_key_gone(keys: KeyStore, subject: str, probe: str | None) -> KeyCheck:
+    """Ask the key store, after the deletion, whether anything of the subject's key is left."""
+    left = await keys.keys([subject])
+    return KeyCheck(
+        key_store=keys.where,
+        key_left=subject in left,
+        tombstone=await keys.erased_at(subject) is not None,
+        probe_opens=probe is not None and open_value(probe, left) is not None,
+    )
 
 
 async def _visible_records(bootstrap: str, topic: str, partition: int, start: int, end: int) -> int:
@@ -266,6 +337,9 @@ __all__ = [
     "REWRITTEN_FROM",
     "ErasureRefused",
     "ErasureReport",
+    "KeyCheck",
+    "NotADataSubject",
+    "check_key_gone",
     "erase_subject",
     "rewrite_without_subject",
 ]

@@ -30,7 +30,14 @@ class Message(BaseModel):
 
 
 class Command(Message):
-    """An intention, named in the imperative (`PublishPost`). May be rejected."""
+    """An intention, named in the imperative (`PublishPost`). May be rejected.
+
+    A command only the system itself may issue names its issuers (`issuers`, matched against
+    the envelope's `issued_by`) and what a person should do instead (`instead`); from anyone
+    else it is refused with the `system_command` rejection."""
+
+    issuers: ClassVar[frozenset[str]] = frozenset()
+    instead: ClassVar[str] = ""
 
 
 class Event(Message):
@@ -57,6 +64,9 @@ class CommandEnvelope(_Envelope):
 
     command_id: UUID
     expected_version: int | None = Field(default=None, ge=0)
+    #: which part of the system issued the command (`workflow-service`, `erasure`); set by the
+    #: system's own services, left out by everyone else
+    issued_by: str | None = Field(default=None, max_length=100)
 
 
 class EventEnvelope(_Envelope):

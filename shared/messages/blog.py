@@ -19,6 +19,10 @@ from shared.personal import PERSONAL
 _TEXT_CAP = 1_000_000
 Tag = Annotated[str, Field(min_length=1, max_length=100)]
 
+#: `issued_by` of the commands the system issues itself (see Command.issuers)
+WORKFLOW_ISSUER = "workflow-service"
+ERASURE_ISSUER = "erasure"
+
 # ---------------------------------------------------------------------------------------------
 # Commands (imperative)
 
@@ -46,8 +50,15 @@ class RenameAuthor(Command):
 
 @COMMANDS.register
 class EraseSubject(Command):
-    """Erase the personal data of a data subject (an author): sent by `esctl erase` and by the
-    erasure endpoint AFTER they deleted the subject's key. Accepted once per subject."""
+    """Erase the personal data of a data subject (an author): sent by the erasure (`esctl
+    erase`, `POST /subjects/{id}/erase`), which then deletes the subject's key. Accepted once
+    per subject; from anyone else refused, since alone it would erase nothing."""
+
+    issuers = frozenset({ERASURE_ISSUER})
+    instead = (
+        "erase a data subject with `esctl erase ID` or POST /subjects/{id}/erase on the command "
+        "service: they delete its key, then send this command"
+    )
 
     reason: str | None = Field(default=None, max_length=2000)
 
@@ -81,14 +92,27 @@ class SubmitPostForReview(Command):
 
 @COMMANDS.register
 class AssignReviewer(Command):
-    """Give a post in review its reviewer (sent by the editorial-review workflow)."""
+    """Give a post in review its reviewer (sent by the editorial-review workflow only)."""
+
+    issuers = frozenset({WORKFLOW_ISSUER})
+    instead = (
+        "reviewers are assigned by the review workflow when a post is submitted; see it with "
+        "`esctl workflows show review:POST_ID` and act on it with `esctl workflows retry|skip`"
+    )
 
     reviewer: str = Field(min_length=1, max_length=200)
 
 
 @COMMANDS.register
 class SendReviewReminder(Command):
-    """Remind the reviewer of a post in review that its deadline passed."""
+    """Remind the reviewer of a post in review that its deadline passed (sent by the
+    editorial-review workflow's timer only)."""
+
+    issuers = frozenset({WORKFLOW_ISSUER})
+    instead = (
+        "reminders are sent by the review workflow when a review is overdue; run its waiting "
+        "step now with `esctl workflows retry review:POST_ID`"
+    )
 
     reviewer: str | None = Field(default=None, max_length=200)
 

@@ -86,6 +86,7 @@ def encode_command(
     occurred_at: datetime | None = None,
     correlation_id: str | None = None,
     causation_id: str | None = None,
+    issued_by: str | None = None,
 ) -> EncodedMessage:
     """Encode a command as the documented command record (key = aggregate id)."""
     envelope = CommandEnvelope(
@@ -93,6 +94,7 @@ def encode_command(
         command_id=command_id,
         aggregate_id=aggregate_id,
         expected_version=expected_version,
+        issued_by=issued_by,
         schema_version=command.schema_version,
         occurred_at=occurred_at,
         correlation_id=correlation_id or str(command_id),
@@ -112,6 +114,7 @@ def encode_command(
                 "expected_version": expected_version,
                 "correlation_id": envelope.correlation_id,
                 "causation_id": causation_id,
+                "issued_by": issued_by,
             }
         ),
     )

@@ -25,6 +25,12 @@ def command_record_schema(message_type: str) -> dict[str, Any]:
     schema = record.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = f"urn:esctl:command:{message_type}:v{cls.schema_version}"
+    if cls.issuers:  # other clients need not produce it: it is refused from them
+        schema["x-issued-by"] = sorted(cls.issuers)
+        schema["description"] += (
+            f"\n\nIssued by the system itself ({', '.join(sorted(cls.issuers))}); from any "
+            f"other client refused with `system_command`: {cls.instead}."
+        )
     return schema
 
 

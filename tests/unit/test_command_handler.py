@@ -9,6 +9,8 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from command_service.adapters import InMemoryAuthorDirectory, InMemoryPartitionHistory
 from command_service.bootstrap import readiness
 from command_service.processor import CommandHandler
@@ -20,6 +22,9 @@ from shared.keystore import InMemoryKeyStore
 from shared.messages import decode_event, encode_command, encode_event
 from shared.messages.base import Command
 from shared.messages.blog import (
+    ERASURE_ISSUER,
+    WORKFLOW_ISSUER,
+    AssignReviewer,
     AuthorRegistered,
     CreatePost,
     EditPost,
@@ -28,7 +33,9 @@ from shared.messages.blog import (
     PublishPost,
     RegisterAuthor,
     RenameAuthor,
+    SendReviewReminder,
     SubjectErased,
+    SubmitPostForReview,
 )
 from shared.messages.results import CommandOutcome
 from shared.personal import open_value
@@ -55,12 +62,14 @@ def command_record(
     partition: int,
     command_id: uuid.UUID | None = None,
     expected_version: int | None = None,
+    issued_by: str | None = None,
 ) -> InboundRecord:
     message = encode_command(
         command,
         command_id=command_id or uuid.uuid4(),
         aggregate_id=aggregate,
         expected_version=expected_version,
+        issued_by=issued_by,
     )
     return InboundRecord(
         TOPICS.commands, partition, offset, message.key, message.value, message.headers
@@ -463,16 +472,63 @@ async def test_once_the_key_is_deleted_renames_are_refused_and_erasure_is_record
     rename = command_record(RenameAuthor(name="Ada K"), author, offset=1, partition=0)
     _, outcomes = await run_batch(h, 0, [rename])
     assert (outcomes[0].status, outcomes[0].code) == ("rejected", "subject_erased")
-    erase = command_record(EraseSubject(reason="asked"), author, offset=2, partition=0)
+    erase = command_record(
+        EraseSubject(reason="asked"), author, offset=2, partition=0, issued_by=ERASURE_ISSUER
+    )
     outputs, outcomes = await run_batch(h, 0, [erase])
     assert outcomes[0].status == "accepted" and outcomes[0].version == 2
     assert isinstance(decode_event(outputs[0].value).payload, SubjectErased)
     again = command_record(RenameAuthor(name="Ada K"), author, offset=3, partition=0)
     _, outcomes = await run_batch(h, 0, [again])
     assert outcomes[0].code == "subject_erased"
-    twice = command_record(EraseSubject(), author, offset=4, partition=0)
+    twice = command_record(EraseSubject(), author, offset=4, partition=0, issued_by=ERASURE_ISSUER)
     _, outcomes = await run_batch(h, 0, [twice])
     assert outcomes[0].code == "already_erased"
+
+
+@pytest.mark.parametrize(
+    ("command", "issued_by"),
+    [
+        (EraseSubject(reason="by hand"), None),
+        (EraseSubject(), WORKFLOW_ISSUER),  # another part of the system is no erasure either
+        (AssignReviewer(reviewer="mallory"), None),
+        (AssignReviewer(reviewer="mallory"), "someone"),
+        (SendReviewReminder(), None),
+    ],
+)
+async def test_commands_only_the_system_issues_are_refused_from_anyone_else(
+    command: Command, issued_by: str | None
+) -> None:
+    """EraseSubject, AssignReviewer and SendReviewReminder from a client (no or another
+    `issued_by`) are rejected with `system_command`, a sentence saying what to do instead, and
+    append nothing; the system's own issuers are served as before."""
+    keys = InMemoryKeyStore()
+    h = handler(keys=keys)
+    await h.on_assigned(0)
+    author, post = key_in(0, "author"), key_in(0, "post")
+    setup = [
+        command_record(
+            RegisterAuthor(name="Ada", email="ada@example.org"), author, offset=0, partition=0
+        ),
+        command_record(CreatePost(author_id=author, title="T"), post, offset=1, partition=0),
+        command_record(SubmitPostForReview(), post, offset=2, partition=0),
+    ]
+    if isinstance(command, SendReviewReminder):  # a reminder goes to an assigned reviewer
+        assign = AssignReviewer(reviewer="bob")
+        setup.append(command_record(assign, post, offset=3, partition=0, issued_by=WORKFLOW_ISSUER))
+    _, outcomes = await run_batch(h, 0, setup)
+    assert {o.status for o in outcomes} == {"accepted"}
+    target = author if isinstance(command, EraseSubject) else post
+    record = command_record(command, target, offset=5, partition=0, issued_by=issued_by)
+    outputs, outcomes = await run_batch(h, 0, [record])
+    assert (outcomes[0].status, outcomes[0].code) == ("rejected", "system_command")
+    assert "instead" not in outcomes[0].message  # the sentence itself, not the attribute name
+    assert type(command).instead in outcomes[0].message
+    assert [o for o in outputs if o.topic == TOPICS.events] == []
+    rightful = ERASURE_ISSUER if isinstance(command, EraseSubject) else WORKFLOW_ISSUER
+    again = command_record(command, target, offset=6, partition=0, issued_by=rightful)
+    _, outcomes = await run_batch(h, 0, [again])
+    assert outcomes[0].status == "accepted", outcomes[0]
 
 
 class CountingKeys(InMemoryKeyStore):

@@ -398,7 +398,7 @@ def test_every_rejection_code_used_by_the_domain_has_an_http_status() -> None:
     assert http_status("version_conflict") == 409
     assert http_status("title_too_long") == 422
     assert http_status("something_new") == 422
-    assert set(HTTP_STATUS.values()) <= {404, 409, 413, 422}
+    assert set(HTTP_STATUS.values()) <= {403, 404, 409, 413, 422}
 
 
 # -- workflow commands (review and scheduling) ---------------------------------------------
