@@ -18,7 +18,7 @@ from shared.keystore import KeyStore
 from shared.lifecycle.erase import ErasureReport, erase_subject
 from shared.logging import get_logger
 from shared.messages.codec import utcnow
-from shared.service import kafka_health, serve
+from shared.service import kafka_health, serve, wait_for_kafka_at_start
 from shared.settings import CommandServiceSettings
 
 log = get_logger(__name__)
@@ -85,6 +85,7 @@ async def main(settings: CommandServiceSettings) -> None:
     bootstrap = settings.kafka_bootstrap_servers
     topics = Topics.from_settings(settings)
     # Idempotent; refuses to start when commands and events differ in partition count.
+    await wait_for_kafka_at_start(settings)
     counts = await bootstrap_system_topics(settings)
     log.info("topics_ready", partitions=counts)
     authors = KafkaAuthorDirectory(bootstrap, topics)

@@ -13,7 +13,7 @@ from shared.kafka.clients import group_timing, wait_for_brokers
 from shared.kafka.lag import report_lag_forever
 from shared.kafka.topics import Topics, bootstrap_system_topics
 from shared.readmodel.store import ReadStore
-from shared.service import serve
+from shared.service import serve, wait_for_kafka_at_start
 from shared.settings import ProjectorSettings
 
 #: The settings class this service reads (environment variables: `env_var_names(SETTINGS)`).
@@ -54,6 +54,7 @@ async def main(settings: ProjectorSettings) -> None:
 
     async def startup() -> None:
         # Idempotent: whichever service starts first creates the topics.
+        await wait_for_kafka_at_start(settings)
         await bootstrap_system_topics(settings)
         await projector.start()
 

@@ -23,6 +23,37 @@ _LEVELS = {
 }
 
 
+#: what aiokafka logs at ERROR and then retries by itself (a broker coming up, a leader or a
+#: group coordinator moving, new topics whose leaders are not elected yet); if the retries run
+#: out, the caller gets the exception and our own code logs the error that matters
+_RETRIED_BY_AIOKAFKA = (
+    "Unable connect to",
+    "NotLeaderForPartitionError",
+    "LeaderNotAvailableError",
+    "CoordinatorNotAvailableError",
+    "NotCoordinatorError",
+    "CoordinatorLoadInProgressError",
+    "UnknownTopicOrPartitionError",
+    "NodeNotReadyError",
+    "KafkaConnectionError",
+    "RequestTimedOutError",
+)
+
+
+class _RetriedIsNoError(logging.Filter):
+    """Demote aiokafka's errors that it retries by itself to warnings: a normal start (broker
+    still coming up, topics just created) shows no error lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.levelno >= logging.ERROR
+            and record.name.startswith("aiokafka")
+            and any(s in record.getMessage() for s in _RETRIED_BY_AIOKAFKA)
+        ):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def configure_logging(
     fmt: Literal["json", "console"] = "json",
     level: Literal["debug", "info", "warning", "error"] = "info",
@@ -47,6 +78,7 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_RetriedIsNoError())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(processor=renderer, foreign_pre_chain=shared_processors)
     )

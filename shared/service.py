@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -70,6 +72,31 @@ async def serve(
         log.info("service_stopped")
     if failure is not None:
         raise SystemExit(1)
+
+
+async def wait_for_kafka_at_start(settings: ServiceSettings) -> None:
+    """Wait (up to KAFKA_STARTUP_WAIT_S) for Kafka before a service's first client starts, so
+    that a service started with or before its broker (compose, `esctl up`) neither crash-loops
+    nor logs an error per failed connection: aiokafka's own connection errors are silenced
+    while waiting, and one line says how long it took."""
+    bootstrap = settings.kafka_bootstrap_servers
+    started = time.monotonic()
+    aiokafka_log = logging.getLogger("aiokafka")
+    level = aiokafka_log.level
+    aiokafka_log.setLevel(logging.CRITICAL)
+    try:
+        try:
+            await wait_for_brokers(bootstrap, timeout_s=2.0)
+        except InfrastructureUnavailable as exc:
+            log.info("waiting_for_kafka", kafka=bootstrap, reason=exc.message)
+            try:
+                await wait_for_brokers(bootstrap, timeout_s=settings.kafka_startup_wait_s)
+            except InfrastructureUnavailable as final:
+                log.error("kafka_unreachable", kafka=bootstrap, error=final.message)
+                raise SystemExit(1) from None
+    finally:
+        aiokafka_log.setLevel(level)
+    log.info("kafka_reachable", kafka=bootstrap, waited_s=round(time.monotonic() - started, 1))
 
 
 def run(

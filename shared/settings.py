@@ -37,6 +37,11 @@ class ServiceSettings(KafkaSettings):
     http_port: int = Field(default=8000, ge=0, le=65535)
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    kafka_startup_wait_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="how long a starting service waits for Kafka to answer before it gives up",
+    )
 
 
 class CommandServiceSettings(ServiceSettings):

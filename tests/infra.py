@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -22,6 +23,33 @@ from shared.localstack.postgres import LocalPostgres
 
 KAFKA_IMAGE = os.environ.get("KAFKA_IMAGE", "apache/kafka:4.1.1")
 POSTGRES_IMAGE = os.environ.get("POSTGRES_IMAGE", "postgres:16")
+
+
+def container_limits() -> dict[str, object]:
+    """Explicit rlimits for test containers, within this process's own: an engine's defaults
+    (podman's compat API: nofile 1048576 unless containers.conf lowers them for the service
+    that answers) can exceed a sandbox's hard limits, and then every container fails to start
+    with "error setting rlimits ... operation not permitted"."""
+    from docker.types import Ulimit  # noqa: PLC0415  # only when testcontainers is used
+
+    def capped(kind: int, cap: int) -> int:
+        hard = resource.getrlimit(kind)[1]
+        return cap if hard == resource.RLIM_INFINITY else min(hard, cap)
+
+    return {
+        "ulimits": [
+            Ulimit(
+                name="nofile",
+                soft=capped(resource.RLIMIT_NOFILE, 65536),
+                hard=capped(resource.RLIMIT_NOFILE, 65536),
+            ),
+            Ulimit(
+                name="nproc",
+                soft=capped(resource.RLIMIT_NPROC, 4096),
+                hard=capped(resource.RLIMIT_NPROC, 4096),
+            ),
+        ]
+    }
 
 
 def container_engine_reachable() -> bool:
@@ -71,7 +99,7 @@ def kafka_container(image: str = KAFKA_IMAGE) -> Iterator[str]:
         "KAFKA_AUTO_CREATE_TOPICS_ENABLE": "false",
         "KAFKA_HEAP_OPTS": "-Xmx512m -Xms128m",
     }
-    container = DockerContainer(image).with_bind_ports(port, port)
+    container = DockerContainer(image, **container_limits()).with_bind_ports(port, port)
     for name, value in env.items():
         container = container.with_env(name, value)
     with container:
@@ -88,7 +116,7 @@ def postgres_container(image: str = POSTGRES_IMAGE) -> Iterator[str]:
 
     port = free_port()
     container = (
-        DockerContainer(image)
+        DockerContainer(image, **container_limits())
         .with_bind_ports(5432, port)
         .with_env("POSTGRES_USER", "esctl")
         .with_env("POSTGRES_PASSWORD", "esctl")

@@ -10,7 +10,7 @@ from shared.kafka.processor import TransactionalPartitionProcessor
 from shared.kafka.topics import Topics, bootstrap_system_topics
 from shared.logging import get_logger
 from shared.messages.codec import utcnow
-from shared.service import kafka_health, serve
+from shared.service import kafka_health, serve, wait_for_kafka_at_start
 from shared.settings import WorkflowSettings
 from workflow_service.activities import Activities
 from workflow_service.api import WorkflowView, build_api
@@ -45,6 +45,7 @@ def workflow_config(settings: WorkflowSettings) -> WorkflowConfig:
 async def main(settings: WorkflowSettings) -> None:
     bootstrap = settings.kafka_bootstrap_servers
     topics = Topics.from_settings(settings)
+    await wait_for_kafka_at_start(settings)
     counts = await bootstrap_system_topics(settings)
     log.info("topics_ready", partitions=counts)
     config = workflow_config(settings)

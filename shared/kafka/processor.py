@@ -373,6 +373,8 @@ class TransactionalPartitionProcessor:
         self.stats.transactions += 1
         self.stats.records_in += len(records)
         self.stats.records_out += len(outputs)
+        # the handler's own dead letters (records it could not read) count with the processor's
+        self.stats.dead_letters += sum(1 for o in outputs if o.topic == self.dlq_topic)
 
     @staticmethod
     async def _send_all(producer: Any, outputs: Sequence[OutboundRecord]) -> list[Delivered]:

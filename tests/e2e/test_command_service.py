@@ -450,6 +450,12 @@ async def test_malformed_records_are_dead_lettered_with_reasons_and_later_comman
         await wait_until(good_done, timeout_s=60, what="the valid command's outcome")
     finally:
         await svc.stop()
+    stopped = [
+        json.loads(line)
+        for line in svc.logs().splitlines()
+        if line.startswith("{") and '"processor_stopped"' in line
+    ]
+    assert [s["stats"]["dead_letters"] for s in stopped] == [6], stopped
     dead = await read_all(kafka_bootstrap, topics.commands_dlq, 1)
     assert [r.header("dlq.error.code") for r in dead] == [
         "malformed_record",
