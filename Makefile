@@ -4,15 +4,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install check lint typecheck format test test-local test-containers test-unit images up kafka postgres schemas bench clean
+.PHONY: system install check lint typecheck format test test-local test-containers test-unit images up kafka postgres schemas bench clean
 
-$(STAMP): pyproject.toml
+system:  ## the Debian packages (Java, Maven, PostgreSQL, kcat, venv), installed when missing (root)
+	bash scripts/system-packages.sh
+
+$(STAMP): pyproject.toml | system
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-install: $(STAMP)  ## Python packages into .venv, Kafka jars into the cache
+install: system $(STAMP)  ## Python packages into .venv, Kafka jars into the cache
 	$(BIN)/esctl kafka install
 
 check: $(STAMP)  ## ruff (lint + format) and mypy --strict

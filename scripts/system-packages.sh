@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The Debian packages this project needs, installed when missing (as root; otherwise the missing
+# ones are named and the script fails). Called by `make` before anything else (`make up`,
+# `make test`, `make check` on a new machine) and by `.ci/run`; idempotent and quick when all
+# are there. With --containers, also the container tier's packages (containers/packages.env;
+# containers/tier.sh installs them on its own too).
+#
+#   make, python3-venv     the build and the project's virtual environment
+#   openjdk-17-jre-headless, maven   the Kafka broker (its jars resolved by Maven) for `esctl up`
+#                          and the tests
+#   postgresql             the PostgreSQL tests (a local server started by the fixtures)
+#   kcat                   the non-Python Kafka client of the end-to-end tests
+# Installed with --no-install-recommends: every package used is named, none comes by accident.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v make >/dev/null 2>&1 || missing+=(make)
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+if [[ "${1:-}" == "--containers" ]] && ! { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }; then
+  . containers/packages.env
+  for pkg in $CONTAINER_PACKAGES; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+fi
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "missing system packages: ${missing[*]} (install them, or run as root on Debian)" >&2
+    exit 1
+  fi
+  echo "installing system packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+  echo "Python >= 3.11 is required (python3 is $(python3 -V 2>&1))" >&2
+  exit 1
+}
