@@ -465,10 +465,12 @@ def build_api(
         endpoint.__doc__ = doc
         extra: dict[str, Any] = {}
         if model is not None:
+            schema = model.model_json_schema()
             extra["openapi_extra"] = {
                 "requestBody": {
-                    "content": {"application/json": {"schema": model.model_json_schema()}},
-                    "required": False,
+                    "content": {"application/json": {"schema": schema}},
+                    # optional unless a field is required (schedule's publish_at, say)
+                    "required": bool(schema.get("required")),
                 }
             }
         app.post(
@@ -592,15 +594,17 @@ def _erasure_route(app: FastAPI, eraser: Eraser | None, erasure_token: str) -> N
         appended, the processed plaintext commands and its dead letters are purged.
         Needs `Authorization: Bearer <ERASURE_TOKEN>`. 200 with the report when complete,
         503 when a step is left (calling again finishes it)."""
-        if not erasure_token or eraser is None:
+        # No credentials: 401 (authenticate first). Credentials while erasure over HTTP is
+        # off: 403, whatever they are. Wrong credentials: 401.
+        token = credentials.credentials.strip() if credentials else ""
+        if token and (not erasure_token or eraser is None):
             return problem(
                 403,
                 "erasure_disabled",
                 "Erasure over HTTP is disabled",
                 "set ERASURE_TOKEN on the command service to enable it (or use `esctl erase`)",
             )
-        token = credentials.credentials if credentials else ""
-        if not hmac.compare_digest(token.strip().encode(), erasure_token.encode()):
+        if not token or not hmac.compare_digest(token.encode(), erasure_token.encode()):
             response = problem(
                 401,
                 "unauthorized",
@@ -609,6 +613,8 @@ def _erasure_route(app: FastAPI, eraser: Eraser | None, erasure_token: str) -> N
             )
             response.headers["WWW-Authenticate"] = 'Bearer realm="erasure"'
             return response
+        if eraser is None:  # a token without a key store: erasure is off (see above)
+            return problem(403, "erasure_disabled", "Erasure over HTTP is disabled", "")
         try:
             done = await eraser(subject_id, body.reason if body else None)
         except ErasureRefused as exc:

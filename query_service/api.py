@@ -37,12 +37,14 @@ from shared.readmodel.views import View, apply_author, apply_post
 
 Id = Annotated[str, Path(pattern=AGGREGATE_ID_PATTERN)]
 Limit = Annotated[int, Query(ge=1, le=200, description="page size (max 200)")]
-Cursor = Annotated[str | None, Query(max_length=500, description="next_cursor of a page")]
+Cursor = Annotated[
+    str | None,
+    Query(max_length=500, pattern="^[A-Za-z0-9_-]*$", description="next_cursor of a page"),
+]
 Token = Annotated[
     str | None,
     Header(
         alias="X-Consistency-Token",
-        max_length=2000,
         pattern=CONSISTENCY_TOKEN,
         description="`<partition>:<offset>[,...]` from a command response: the answer waits "
         "until the read model has applied those positions (503 if it has not in time)",

@@ -3,6 +3,7 @@ body limit on every service, and OpenAPI documents that say what the services an
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -16,7 +17,7 @@ from starlette.types import Message
 
 from command_service.api import build_api as command_api
 from query_service.api import build_api as query_api
-from shared.http import PROBLEM_JSON, service_app
+from shared.http import CONSISTENCY_TOKEN, PROBLEM_JSON, service_app
 from shared.kafka.topics import Topics
 from shared.messages.results import CommandOutcome, EventPosition
 from shared.settings import KafkaSettings
@@ -248,5 +249,35 @@ async def test_every_error_every_route_documents_is_problem_json() -> None:
         for p in apps["query"].openapi()["paths"]["/stats"]["get"]["parameters"]
         if p["name"] == "X-Consistency-Token"
     )
-    assert token["in"] == "header"
-    assert token["schema"]["anyOf"][0]["pattern"] == "^[0-9]+:[0-9]+(,[0-9]+:[0-9]+)*$"
+    assert (token["in"], token["required"]) == ("header", False)
+    assert token["schema"]["type"] == "string"  # never the text "null"
+    assert token["schema"]["pattern"] == CONSISTENCY_TOKEN
+    assert re.fullmatch(CONSISTENCY_TOKEN, "2:41,0:7") and not re.fullmatch(CONSISTENCY_TOKEN, "0")
+
+
+async def test_a_body_that_is_not_utf8_json_is_a_422_naming_the_body(http: Any) -> None:
+    """Bytes that are not UTF-8 as a JSON body: 422 `invalid_request` on `body` (was 400)."""
+    r = await http(command_app()).post(
+        "/posts", content=b"\xff", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == PROBLEM_JSON
+    assert [e["field"] for e in r.json()["errors"]] == ["body"]
+
+
+async def test_erasure_asks_for_credentials_before_it_says_it_is_off(http: Any) -> None:
+    """Erasure without credentials: 401 with WWW-Authenticate, also while it is off; with a
+    bearer token while it is off: 403 `erasure_disabled`."""
+    client = http(command_app())
+    r = await client.post("/subjects/ada/erase")
+    assert (r.status_code, r.json()["code"]) == (401, "unauthorized")
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    r = await client.post("/subjects/ada/erase", headers={"Authorization": "Bearer x"})
+    assert (r.status_code, r.json()["code"]) == (403, "erasure_disabled")
+
+
+async def test_a_transition_whose_body_has_required_fields_documents_it_as_required() -> None:
+    """`schedule` needs `publish_at`: its body is required in the document; `submit`'s is not."""
+    paths = command_app().openapi()["paths"]
+    assert paths["/posts/{post_id}/schedule"]["post"]["requestBody"]["required"] is True
+    assert paths["/posts/{post_id}/submit"]["post"]["requestBody"]["required"] is False
