@@ -17,17 +17,37 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Header, HTTPException, Path, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.config import JsonDict
 
-from command_service.domain.rejections import http_status
+from command_service.domain.decide import (
+    BODY_MAX_BYTES,
+    TAG_MAX,
+    TAGS_MAX,
+    TITLE_MAX,
+    content_rejection,
+)
+from command_service.domain.rejections import Rejection, http_status
 from shared.errors import EsError
-from shared.http import HealthCheck, problem, service_app
+from shared.http import (
+    CONSISTENCY_TOKEN,
+    EMAIL,
+    MAX_VERSION,
+    NOT_BLANK,
+    BodyLimit,
+    DateTime,
+    HealthCheck,
+    header_doc,
+    invalid_request,
+    problem,
+    problem_doc,
+    service_app,
+)
 from shared.kafka.commands import CommandClient
 from shared.lifecycle.erase import ErasureRefused, ErasureReport, NotADataSubject
 from shared.messages.base import AGGREGATE_ID_PATTERN, Command
@@ -52,10 +72,19 @@ IDEMPOTENCY_NAMESPACE = uuid.UUID("d9b2d0a4-73c1-4bb5-b1f4-3b3a8f0c5e77")
 AggregateId = Annotated[str, Path(pattern=AGGREGATE_ID_PATTERN, description="aggregate id")]
 ExpectedVersion = Annotated[
     int | None,
-    Query(ge=0, description="reject with version_conflict unless the aggregate is at it"),
+    Query(
+        ge=0,
+        le=MAX_VERSION,
+        description="reject with version_conflict unless the aggregate is at it",
+    ),
 ]
 IdempotencyKey = Annotated[
-    str | None, Header(max_length=200, description="same key -> same command id")
+    str | None,
+    Header(
+        max_length=200,
+        description="any text: the same key maps to the same command id, so a retried request "
+        "gets the first outcome and appends nothing",
+    ),
 ]
 
 
@@ -64,16 +93,59 @@ IdempotencyKey = Annotated[
 Eraser = Callable[[str, str | None, bool], Awaitable[ErasureReport]]
 
 
+def _documented(**rules: Any) -> Callable[[JsonDict], None]:
+    """Rules the schema states and the domain enforces with its own rejection codes (the route
+    checks the request with `content_rejection` as sent, so the two agree). A field that may be
+    left out but not sent as null is documented without `null` and without a default."""
+
+    def extra(schema: JsonDict) -> None:
+        variants = schema.pop("anyOf", None)
+        if isinstance(variants, list):  # `X | None`: null is refused, leaving the field out is not
+            for variant in variants:
+                if isinstance(variant, dict) and variant != {"type": "null"}:
+                    schema.update(variant)
+            schema.pop("default", None)
+        schema.update(rules)
+
+    return extra
+
+
+TITLE_RULES = {"minLength": 1, "maxLength": TITLE_MAX, "pattern": NOT_BLANK}
+BODY_RULES = {
+    "maxLength": BODY_MAX_BYTES,
+    "description": f"at most {BODY_MAX_BYTES} bytes as UTF-8 (body_too_large)",
+}
+TAGS_RULES = {
+    "maxItems": TAGS_MAX,
+    "uniqueItems": True,
+    "items": {"type": "string", "minLength": 1, "maxLength": TAG_MAX, "pattern": NOT_BLANK},
+    "description": "unique, also case-insensitively (invalid_tag)",
+}
+NAME = Field(min_length=1, max_length=200, pattern=NOT_BLANK)
+
+
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    """A request body. Fields are checked as sent (the command built from them strips
+    whitespace): what the schema states is what is accepted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Edit(_Request):
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("must not be null: leave the field out to keep it as it is")
+        return value
 
 
 class RegisterAuthorRequest(_Request):
     author_id: str | None = Field(
         default=None, pattern=AGGREGATE_ID_PATTERN, description="chosen id; generated when absent"
     )
-    name: str = Field(min_length=1, max_length=200)
-    email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    name: str = NAME
+    email: str = Field(min_length=3, max_length=320, pattern=EMAIL)
 
 
 class EraseRequest(_Request):
@@ -86,44 +158,48 @@ class EraseRequest(_Request):
 
 
 class RenameAuthorRequest(_Request):
-    name: str = Field(min_length=1, max_length=200)
+    name: str = NAME
 
 
 class CreatePostRequest(_Request):
-    post_id: str | None = Field(default=None, pattern=AGGREGATE_ID_PATTERN)
+    post_id: str | None = Field(
+        default=None, pattern=AGGREGATE_ID_PATTERN, description="chosen id; generated when absent"
+    )
     author_id: str = Field(pattern=AGGREGATE_ID_PATTERN)
-    title: str
-    body: str = ""
-    tags: list[str] = Field(default_factory=list)
+    title: str = Field(json_schema_extra=_documented(**TITLE_RULES))
+    body: str = Field(default="", json_schema_extra=_documented(**BODY_RULES))
+    tags: list[str] = Field(default_factory=list, json_schema_extra=_documented(**TAGS_RULES))
 
 
-class EditPostRequest(_Request):
-    title: str | None = None
-    body: str | None = None
-    tags: list[str] | None = None
+class EditPostRequest(_Edit):
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    title: str | None = Field(default=None, json_schema_extra=_documented(**TITLE_RULES))
+    body: str | None = Field(default=None, json_schema_extra=_documented(**BODY_RULES))
+    tags: list[str] | None = Field(default=None, json_schema_extra=_documented(**TAGS_RULES))
 
 
 class ApproveRequest(_Request):
-    reviewer: str | None = None
+    reviewer: str | None = Field(default=None, max_length=200)
 
 
 class RejectRequest(_Request):
-    reason: str = Field(min_length=1, max_length=2000)
-    reviewer: str | None = None
+    reason: str = Field(min_length=1, max_length=2000, pattern=NOT_BLANK)
+    reviewer: str | None = Field(default=None, max_length=200)
 
 
 class SubmitRequest(_Request):
-    publish_at: AwareDatetime | None = Field(
-        default=None, description="publish at this time once approved (ISO 8601 with offset)"
+    publish_at: DateTime | None = Field(
+        default=None, description="publish at this time once approved (RFC 3339 with offset)"
     )
 
 
 class ScheduleRequest(_Request):
-    publish_at: AwareDatetime = Field(description="ISO 8601 with offset")
+    publish_at: DateTime = Field(description="RFC 3339 with offset")
 
 
 class UnpublishRequest(_Request):
-    reason: str | None = None
+    reason: str | None = Field(default=None, max_length=2000)
 
 
 class CommandAccepted(BaseModel):
@@ -138,63 +214,63 @@ class CommandAccepted(BaseModel):
     duplicate: bool = False
 
 
-class _TooLarge(HTTPException):
-    """Raised while the body streams in. An HTTPException, because FastAPI turns any other
-    exception raised while it reads a body into a 400 "error parsing the body"."""
+class Pending(BaseModel):
+    """The command is on the topic; its outcome did not arrive within the wait."""
 
-    code = "request_too_large"
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"the body exceeds {limit} bytes")
+    command_id: uuid.UUID
+    status: Literal["pending"]
+    detail: str
 
 
-class BodyLimit:
-    """Refuse request bodies above `limit` bytes with 413, counting chunked bodies as they
-    stream in (Content-Length alone cannot be trusted: it may be absent)."""
+class CommandStatus(CommandOutcome):
+    """The outcome of a recent command, and its consistency token."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
+    token: str | None = Field(
+        default=None,
+        alias="consistency_token",
+        pattern=CONSISTENCY_TOKEN,
+        description="position of the last event (accepted commands)",
+    )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(scope, receive, send)
-            return
-        received = 0
-        started = False
 
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise _TooLarge(self.limit)
-            return message
+CONSISTENCY_HEADER = {
+    "X-Consistency-Token": header_doc(
+        "`<partition>:<offset>` of the last event: send it to the query service to read this "
+        "write (absent when the command appended nothing)",
+        {"type": "string", "pattern": CONSISTENCY_TOKEN},
+    )
+}
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._refuse(scope, receive, send)
+def command_responses(success: int) -> dict[int | str, dict[str, Any]]:
+    """What a command endpoint answers besides 422 (and 413, for a body): see the module doc."""
+    return {
+        success: {"description": "accepted", "headers": CONSISTENCY_HEADER},
+        202: {
+            "description": "enqueued; the outcome did not arrive within the wait (see Location)",
+            "model": Pending,
+            "headers": {
+                "Location": header_doc(
+                    "`/commands/{command_id}`: poll it for the outcome", {"type": "string"}, True
+                )
+            },
+        },
+        404: problem_doc("the aggregate (or a post's author) does not exist"),
+        409: problem_doc("conflict with the aggregate's state or version"),
+        422: problem_doc("invalid request, or invalid content (the domain's rejection code)"),
+        503: problem_doc("Kafka did not answer; retrying later can succeed"),
+    }
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem(
-            413,
-            "request_too_large",
-            "Request body too large",
-            f"the body exceeds {self.limit} bytes",
-        )
-        await response(scope, receive, send)
+
+def _rejected(rejection: Rejection) -> Response:
+    """A rejection decided at the edge, as the command service would answer it."""
+    return problem(
+        http_status(rejection.code),
+        rejection.code,
+        "Command rejected",
+        rejection.message,
+        details=rejection.details,
+    )
 
 
 def _outcome_response(outcome: CommandOutcome, created: bool) -> Response:
@@ -242,30 +318,27 @@ def build_api(
     app = service_app(
         service,
         health=health,
+        body_limit=body_limit,
         description="Commands for the blog: every endpoint enqueues a "
         "command on Kafka and waits for its outcome.",
         version="1",
     )
-    app.add_middleware(BodyLimit, limit=body_limit)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
-        errors = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        return problem(422, "invalid_request", "Invalid request", "; ".join(errors))
 
     async def submit(
-        command: Command,
+        command: Callable[[], Command],
         aggregate_id: str,
         *,
         expected_version: int | None,
         idempotency_key: str | None,
         created: bool = False,
     ) -> Response:
+        """Build the command (a request whose values the command refuses is answered 422 by
+        the app's ValidationError handler, naming the fields), send it, await the outcome."""
         command_id = (
             uuid.uuid5(IDEMPOTENCY_NAMESPACE, idempotency_key) if idempotency_key else new_id()
         )
         message = encode_command(
-            command,
+            command(),
             command_id=command_id,
             aggregate_id=aggregate_id,
             expected_version=expected_version,
@@ -284,19 +357,11 @@ def build_api(
             )
         return _outcome_response(outcome, created)
 
-    documented: dict[int | str, dict[str, Any]] = {
-        202: {"description": "enqueued; outcome not yet known (see Location)"},
-        404: {"description": "aggregate not found (problem+json)"},
-        409: {"description": "conflict with the aggregate's state or version (problem+json)"},
-        413: {"description": "body too large"},
-        422: {"description": "invalid command (problem+json)"},
-    }
-
     @app.post(
         "/authors",
         status_code=201,
         response_model=CommandAccepted,
-        responses=documented,
+        responses=command_responses(201),
         tags=["authors"],
     )
     async def register_author(
@@ -305,7 +370,7 @@ def build_api(
         """Register an author (name and email are personal data)."""
         author_id = body.author_id or f"author-{new_id().hex[:16]}"
         return await submit(
-            RegisterAuthor(name=body.name, email=body.email),
+            lambda: RegisterAuthor(name=body.name, email=body.email),
             author_id,
             expected_version=None,
             idempotency_key=idempotency_key,
@@ -315,7 +380,7 @@ def build_api(
     @app.patch(
         "/authors/{author_id}",
         response_model=CommandAccepted,
-        responses=documented,
+        responses=command_responses(200),
         tags=["authors"],
     )
     async def rename_author(
@@ -326,7 +391,7 @@ def build_api(
     ) -> Response:
         """Rename an author."""
         return await submit(
-            RenameAuthor(name=body.name),
+            lambda: RenameAuthor(name=body.name),
             author_id,
             expected_version=expected_version,
             idempotency_key=idempotency_key,
@@ -336,23 +401,32 @@ def build_api(
         "/posts",
         status_code=201,
         response_model=CommandAccepted,
-        responses=documented,
+        responses=command_responses(201),
         tags=["posts"],
     )
     async def create_post(
         body: CreatePostRequest, idempotency_key: IdempotencyKey = None
     ) -> Response:
         """Create a draft post by an existing author."""
+        invalid = content_rejection(title=body.title, body=body.body, tags=body.tags)
+        if invalid:
+            return _rejected(invalid)
         post_id = body.post_id or f"post-{new_id().hex[:16]}"
-        command = CreatePost(
-            author_id=body.author_id, title=body.title, body=body.body, tags=body.tags
-        )
         return await submit(
-            command, post_id, expected_version=None, idempotency_key=idempotency_key, created=True
+            lambda: CreatePost(
+                author_id=body.author_id, title=body.title, body=body.body, tags=body.tags
+            ),
+            post_id,
+            expected_version=None,
+            idempotency_key=idempotency_key,
+            created=True,
         )
 
     @app.patch(
-        "/posts/{post_id}", response_model=CommandAccepted, responses=documented, tags=["posts"]
+        "/posts/{post_id}",
+        response_model=CommandAccepted,
+        responses=command_responses(200),
+        tags=["posts"],
     )
     async def edit_post(
         post_id: AggregateId,
@@ -361,9 +435,14 @@ def build_api(
         idempotency_key: IdempotencyKey = None,
     ) -> Response:
         """Edit title, body or tags (not while under review, never after archive)."""
-        command = EditPost(title=body.title, body=body.body, tags=body.tags)
+        invalid = content_rejection(title=body.title, body=body.body, tags=body.tags, edit=True)
+        if invalid:
+            return _rejected(invalid)
         return await submit(
-            command, post_id, expected_version=expected_version, idempotency_key=idempotency_key
+            lambda: EditPost(title=body.title, body=body.body, tags=body.tags),
+            post_id,
+            expected_version=expected_version,
+            idempotency_key=idempotency_key,
         )
 
     def transition(
@@ -380,10 +459,10 @@ def build_api(
                 raw = await request.body()
                 try:
                     body = model.model_validate_json(raw or b"{}")
-                except ValueError as exc:
-                    return problem(422, "invalid_request", "Invalid request", str(exc))
+                except ValidationError as exc:
+                    return invalid_request(exc.errors(include_url=False), prefix=("body",))
             return await submit(
-                make(body),
+                lambda: make(body),
                 post_id,
                 expected_version=expected_version,
                 idempotency_key=idempotency_key,
@@ -392,16 +471,18 @@ def build_api(
         endpoint.__doc__ = doc
         extra: dict[str, Any] = {}
         if model is not None:
+            schema = model.model_json_schema()
             extra["openapi_extra"] = {
                 "requestBody": {
-                    "content": {"application/json": {"schema": model.model_json_schema()}},
-                    "required": False,
+                    "content": {"application/json": {"schema": schema}},
+                    # optional unless a field is required (schedule's publish_at, say)
+                    "required": bool(schema.get("required")),
                 }
             }
         app.post(
             f"/posts/{{post_id}}/{path}",
             response_model=CommandAccepted,
-            responses=documented,
+            responses=command_responses(200),
             tags=["posts"],
             name=f"{path}_post",
             **extra,
@@ -448,7 +529,14 @@ def build_api(
 
     _erasure_route(app, eraser, erasure_token)
 
-    @app.get("/commands/{command_id}", tags=["commands"])
+    @app.get(
+        "/commands/{command_id}",
+        tags=["commands"],
+        responses={
+            200: {"description": "the outcome", "model": CommandStatus},
+            404: problem_doc("no outcome yet, or older than this instance's window"),
+        },
+    )
     async def command_status(command_id: uuid.UUID) -> Response:
         """The outcome of a recent command (accepted or rejected), as seen by this instance."""
         outcome = client.lookup(command_id)
@@ -467,25 +555,61 @@ def build_api(
     return app
 
 
+class KeyCheckBody(BaseModel):
+    """What the key store says after the deletion (all must hold for `complete`)."""
+
+    key_store: str = Field(description="where the store is, without credentials")
+    key_left: bool = Field(description="the store still returns a key for the subject")
+    tombstone: bool = Field(description="the subject is marked erased (no new key is made)")
+    probe_opens: bool = Field(description="a value sealed with the deleted key still opens")
+
+
+class ErasureReportBody(BaseModel):
+    """What an erasure did (POST /subjects/{id}/erase)."""
+
+    subject: str
+    key_deleted: bool
+    key_check: KeyCheckBody | None = Field(
+        description="the key store's confirmation; null when the erasure stopped before it"
+    )
+    outcome: dict[str, Any] | None = Field(description="the EraseSubject outcome")
+    commands_deleted_below: dict[str, int]
+    commands_pending: dict[str, int]
+    dead_letters_removed: dict[str, int]
+    complete: bool
+
+
+_bearer = HTTPBearer(auto_error=False, description="`Bearer <ERASURE_TOKEN>`")
+
+
 def _erasure_route(app: FastAPI, eraser: Eraser | None, erasure_token: str) -> None:
     @app.post(
         "/subjects/{subject_id}/erase",
         tags=["erasure"],
         responses={
-            401: {"description": "missing or wrong bearer token (problem+json)"},
-            403: {"description": "erasure over HTTP is off: ERASURE_TOKEN is empty"},
-            409: {
-                "description": "the id is no data subject: never had personal data stored "
+            200: {"description": "erased: the report", "model": ErasureReportBody},
+            401: problem_doc(
+                "missing or wrong bearer token",
+                **{"WWW-Authenticate": header_doc("`Bearer`", {"type": "string"}, True)},
+            ),
+            403: problem_doc("erasure over HTTP is off: ERASURE_TOKEN is empty"),
+            409: problem_doc(
+                "the id is no data subject: never had personal data stored "
                 "(`not_a_data_subject`, nothing changed; `force` erases it anyway), or a post "
                 "(`wrong_aggregate_type`, nothing deleted)"
+            ),
+            503: {
+                "description": "a step did not finish (the report, or a problem); the key is "
+                "deleted, call again",
+                "model": ErasureReportBody,
+                "content": problem_doc("")["content"],
             },
-            503: {"description": "a step did not finish; the key is deleted, call again"},
         },
     )
     async def erase_subject(
         subject_id: AggregateId,
         body: EraseRequest | None = None,
-        authorization: Annotated[str | None, Header(max_length=500)] = None,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
     ) -> Response:
         """Erase a data subject (an author) for good: its key is deleted, so its name and email
         are unreadable in every event, snapshot, read model and archive; `SubjectErased` is
@@ -493,17 +617,17 @@ def _erasure_route(app: FastAPI, eraser: Eraser | None, erasure_token: str) -> N
         Needs `Authorization: Bearer <ERASURE_TOKEN>`. 200 with the report when complete:
         every step done and the key's deletion confirmed in this service's key store
         (`key_check`); 503 when a step is left (calling again finishes it)."""
-        if not erasure_token or eraser is None:
+        # No credentials: 401 (authenticate first). Credentials while erasure over HTTP is
+        # off: 403, whatever they are. Wrong credentials: 401.
+        token = credentials.credentials.strip() if credentials else ""
+        if token and (not erasure_token or eraser is None):
             return problem(
                 403,
                 "erasure_disabled",
                 "Erasure over HTTP is disabled",
                 "set ERASURE_TOKEN on the command service to enable it (or use `esctl erase`)",
             )
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), erasure_token.encode()
-        ):
+        if not token or not hmac.compare_digest(token.encode(), erasure_token.encode()):
             response = problem(
                 401,
                 "unauthorized",
@@ -512,15 +636,17 @@ def _erasure_route(app: FastAPI, eraser: Eraser | None, erasure_token: str) -> N
             )
             response.headers["WWW-Authenticate"] = 'Bearer realm="erasure"'
             return response
+        if eraser is None:  # a token without a key store: erasure is off (see above)
+            return problem(403, "erasure_disabled", "Erasure over HTTP is disabled", "")
         try:
-            report = await eraser(
+            done = await eraser(
                 subject_id, body.reason if body else None, body.force if body else False
             )
         except (ErasureRefused, NotADataSubject) as exc:
             return problem(409, exc.code, "Not a data subject", exc.message)
         except EsError as exc:
             return problem(503, exc.code, "Erasure not finished", exc.message)
-        return JSONResponse(report.as_dict(), status_code=200 if report.complete else 503)
+        return JSONResponse(done.as_dict(), status_code=200 if done.complete else 503)
 
 
 __all__ = ["BodyLimit", "build_api"]

@@ -97,9 +97,10 @@ build_python() {
 }
 
 build_service() {
-    # The tag carries a hash of what the image is built from: a changed source, a new image.
+    # The tag carries a hash of what the image is built from (its base image, the Dockerfile and
+    # every file it copies, tracked by git or not): a changed or added source, a new image.
     local sum
-    sum="$(cd "$ROOT" && { "${PODMAN[@]}" image inspect --format '{{.Id}}' "$PYTHON"; cat Dockerfile pyproject.toml $(git ls-files shared command_service projector_service query_service workflow_service); } | sha256sum | cut -c1-12)"
+    sum="$({ "${PODMAN[@]}" image inspect --format '{{.Id}}' "$PYTHON"; bash "$HERE/source-hash.sh" "$ROOT"; } | sha256sum | cut -c1-12)"
     local tagged="localhost/kafka-es-blog:src-$sum"
     if exists "$tagged"; then
         log "$tagged exists"

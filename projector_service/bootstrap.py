@@ -36,7 +36,9 @@ def build_app(settings: ProjectorSettings, store: ReadStore) -> FastAPI:
             report |= {"status": "unavailable", "read_store": repr(exc)}
         return report
 
-    return service_app(settings.service_name, health=health)
+    return service_app(
+        settings.service_name, health=health, body_limit=settings.http_body_limit_bytes
+    )
 
 
 async def main(settings: ProjectorSettings) -> None:

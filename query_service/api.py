@@ -12,14 +12,24 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import FastAPI, Header, Path, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from shared.http import HealthCheck, problem, service_app
+from shared.http import (
+    CONSISTENCY_TOKEN,
+    DEFAULT_BODY_LIMIT,
+    MAX_VERSION,
+    RETRY_AFTER,
+    DateTime,
+    HealthCheck,
+    header_doc,
+    problem,
+    problem_doc,
+    service_app,
+)
 from shared.messages.base import AGGREGATE_ID_PATTERN, EVENTS, Event, EventEnvelope
 from shared.personal import open_tree, subjects_in
 from shared.readmodel.store import ReadStore
@@ -27,16 +37,49 @@ from shared.readmodel.views import View, apply_author, apply_post
 
 Id = Annotated[str, Path(pattern=AGGREGATE_ID_PATTERN)]
 Limit = Annotated[int, Query(ge=1, le=200, description="page size (max 200)")]
-Cursor = Annotated[str | None, Query(max_length=500, description="next_cursor of a page")]
+Cursor = Annotated[
+    str | None,
+    Query(max_length=500, pattern="^[A-Za-z0-9_-]*$", description="next_cursor of a page"),
+]
 Token = Annotated[
     str | None,
     Header(
         alias="X-Consistency-Token",
-        max_length=2000,
-        description="`<partition>:<offset>[,...]` from a command response",
+        pattern=CONSISTENCY_TOKEN,
+        description="`<partition>:<offset>[,...]` from a command response: the answer waits "
+        "until the read model has applied those positions (503 if it has not in time)",
     ),
 ]
-STATUSES = {"draft", "in_review", "approved", "published", "unpublished", "archived"}
+Status = Literal["draft", "in_review", "approved", "published", "unpublished", "archived"]
+Version = Annotated[int | None, Query(ge=1, le=MAX_VERSION, description="aggregate version")]
+At = Annotated[DateTime | None, Query(description="RFC 3339 time with offset")]
+
+#: The headers of every answer based on the read model: how fresh it is.
+FRESHNESS_HEADERS = {
+    "X-Read-Model-Positions": header_doc(
+        "per partition, the next offset the read model will apply (`<partition>:<offset>,...`)",
+        {"type": "string", "pattern": f"^$|{CONSISTENCY_TOKEN}"},
+        required=True,
+    ),
+    "X-Read-Model-Applied-At": header_doc(
+        "when the read model last applied a batch (absent before the first)",
+        {"type": "string", "format": "date-time"},
+    ),
+}
+
+
+def answers(not_found: str = "") -> dict[int | str, dict[str, Any]]:
+    """The documented responses of a query: 200 with its freshness headers, 503 when the
+    consistency token was not reached in time, and 404 `not_found` when given."""
+    return {
+        200: {"description": "the answer, with its freshness", "headers": FRESHNESS_HEADERS},
+        503: problem_doc(
+            "`not_consistent_yet`: the read model did not reach the consistency token's "
+            "positions in time (`missing` lists them); retry after Retry-After seconds",
+            **{"Retry-After": RETRY_AFTER},
+        ),
+        **({404: problem_doc(not_found)} if not_found else {}),
+    }
 
 
 class NotConsistentYet(Exception):
@@ -121,11 +164,6 @@ def open_author(view: View, keys: dict[str, bytes]) -> dict[str, Any]:
 
 
 def _error_handlers(app: FastAPI, consistency_wait_s: float) -> None:
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
-        errors = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        return problem(422, "invalid_request", "Invalid request", "; ".join(errors))
-
     @app.exception_handler(NotConsistentYet)
     async def not_yet(_: Request, exc: NotConsistentYet) -> Response:
         response = problem(
@@ -147,10 +185,12 @@ def build_api(
     keys: KeyReader,
     health: HealthCheck,
     consistency_wait_s: float,
+    body_limit: int = DEFAULT_BODY_LIMIT,
 ) -> FastAPI:
     app = service_app(
         service,
         health=health,
+        body_limit=body_limit,
         version="1",
         description="Queries over the blog's read model. Send the "
         "X-Consistency-Token of a command response to read your own writes.",
@@ -185,22 +225,15 @@ def build_api(
 
     async def page(token: str | None, **filters: Any) -> Response:
         fresh = await freshness_after(token)
-        if filters.get("status") and filters["status"] not in STATUSES:
-            return problem(
-                422,
-                "invalid_request",
-                "Invalid status",
-                f"status must be one of {sorted(STATUSES)}",
-            )
         try:
             items, next_cursor = await store.list_posts(**filters)
         except ValueError as exc:
             return problem(422, "invalid_cursor", "Invalid cursor", str(exc))
         return answer({"items": [dict(v) for v in items], "next_cursor": next_cursor}, fresh)
 
-    @app.get("/posts", tags=["posts"])
+    @app.get("/posts", tags=["posts"], responses=answers())
     async def list_posts(
-        status: str | None = None,
+        status: Status | None = None,
         author: str | None = None,
         tag: str | None = None,
         limit: Limit = 50,
@@ -212,10 +245,10 @@ def build_api(
             token, status=status, author_id=author, tag=tag, limit=limit, cursor=cursor
         )
 
-    @app.get("/authors/{author_id}/posts", tags=["posts"])
+    @app.get("/authors/{author_id}/posts", tags=["posts"], responses=answers())
     async def author_posts(
         author_id: Id,
-        status: str | None = None,
+        status: Status | None = None,
         limit: Limit = 50,
         cursor: Cursor = None,
         token: Token = None,
@@ -245,24 +278,32 @@ def build_api(
             )
         return view
 
-    @app.get("/posts/{post_id}", tags=["posts"])
+    @app.get(
+        "/posts/{post_id}",
+        tags=["posts"],
+        responses=answers(not_found="`post_not_found` (at that version or time)"),
+    )
     async def get_post(
         post_id: Id,
         token: Token = None,
-        version: Annotated[int | None, Query(ge=1)] = None,
-        at: Annotated[datetime | None, Query(description="ISO time")] = None,
+        version: Version = None,
+        at: At = None,
     ) -> Response:
         """A post now, or as it was at `version` or at time `at` (folded from its events)."""
         fresh = await freshness_after(token)
         view = await view_at("post", post_id, version, at, store.get_post, apply_post)
         return view if isinstance(view, Response) else answer(dict(view), fresh)
 
-    @app.get("/authors/{author_id}", tags=["authors"])
+    @app.get(
+        "/authors/{author_id}",
+        tags=["authors"],
+        responses=answers(not_found="`author_not_found` (at that version or time)"),
+    )
     async def get_author(
         author_id: Id,
         token: Token = None,
-        version: Annotated[int | None, Query(ge=1)] = None,
-        at: Annotated[datetime | None, Query(description="ISO time")] = None,
+        version: Version = None,
+        at: At = None,
     ) -> Response:
         """An author now, or as at `version` / time `at`. Personal fields (name, email) are
         opened with the author's key; once the author is erased they are null and listed in
@@ -274,12 +315,12 @@ def build_api(
         erased = view.get("erased_at") is not None  # then there is no key to look up
         return answer(open_author(view, {} if erased else await keys.keys([author_id])), fresh)
 
-    @app.get("/streams/{aggregate_id}/events", tags=["events"])
+    @app.get("/streams/{aggregate_id}/events", tags=["events"], responses=answers())
     async def stream(
         aggregate_id: Id,
         token: Token = None,
-        from_version: Annotated[int, Query(ge=1)] = 1,
-        to_version: Annotated[int | None, Query(ge=1)] = None,
+        from_version: Annotated[int, Query(ge=1, le=MAX_VERSION)] = 1,
+        to_version: Version = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
     ) -> Response:
         """The events of one aggregate in version order, with their log positions."""
@@ -293,7 +334,7 @@ def build_api(
             e["payload"], e["erased_fields"] = open_tree(e["payload"], found)
         return answer({"aggregate_id": aggregate_id, "events": events}, fresh)
 
-    @app.get("/stats", tags=["stats"])
+    @app.get("/stats", tags=["stats"], responses=answers())
     async def stats(token: Token = None) -> Response:
         """Posts per status, tag counts, publications per day, authors, events."""
         fresh = await freshness_after(token)

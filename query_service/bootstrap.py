@@ -30,6 +30,7 @@ def build_app(settings: QueryServiceSettings, store: ReadStore, keys: KeyReader)
         keys=keys,
         health=health,
         consistency_wait_s=settings.consistency_wait_ms / 1000,
+        body_limit=settings.http_body_limit_bytes,
     )
 
 

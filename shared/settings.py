@@ -30,11 +30,14 @@ class KafkaSettings(BaseSettings):
 
 
 class ServiceSettings(KafkaSettings):
-    """Common to every service: identity, HTTP port, logging."""
+    """Common to every service: identity, HTTP port and body limit, logging."""
 
     service_name: str = "service"
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=0, le=65535)
+    http_body_limit_bytes: int = Field(
+        default=256 * 1024, ge=1024, description="larger HTTP request bodies get 413"
+    )
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     kafka_startup_wait_s: float = Field(
@@ -55,7 +58,6 @@ class CommandServiceSettings(ServiceSettings):
     batch_max_wait_ms: int = Field(default=20, ge=0)
     session_timeout_ms: int = Field(default=10_000, ge=6_000)
     max_command_bytes: int = Field(default=512 * 1024, ge=1024)
-    http_body_limit_bytes: int = Field(default=256 * 1024, ge=1024)
     author_wait_ms: int = Field(default=2_000, ge=0)
     snapshot_every_events: int = Field(
         default=10_000, ge=0, description="checkpoint a partition after so many events (0: off)"

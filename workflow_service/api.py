@@ -20,7 +20,7 @@ from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from shared.http import problem, service_app
+from shared.http import DEFAULT_BODY_LIMIT, problem, problem_doc, service_app
 from shared.kafka.clients import make_producer
 from shared.kafka.reader import TopicFollower
 from shared.kafka.records import InboundRecord
@@ -103,6 +103,19 @@ class ActionRequest(BaseModel):
     reason: str | None = Field(default=None, max_length=2000)
 
 
+class ActionAccepted(BaseModel):
+    """The action is on `workflows.control`; the workflow's owner applies it (or records in the
+    history why it does not apply)."""
+
+    accepted: bool
+    workflow_id: str
+    action: Literal["retry", "skip", "compensate"]
+    request_id: uuid.UUID
+
+
+UNKNOWN = problem_doc("`workflow_not_found`: no such workflow (or it was forgotten)")
+
+
 def build_api(
     *,
     service: str,
@@ -112,11 +125,13 @@ def build_api(
     health: Callable[[], Awaitable[dict[str, object]]],
     clock: Callable[[], datetime],
     stuck_after: timedelta,
+    body_limit: int = DEFAULT_BODY_LIMIT,
 ) -> tuple[FastAPI, Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]:
     """The FastAPI app, and start/stop of its Kafka producer for operator actions."""
     app = service_app(
         service,
         health=health,
+        body_limit=body_limit,
         version="1",
         description="Workflows (sagas) of the blog: list, inspect and drive them.",
     )
@@ -154,7 +169,7 @@ def build_api(
             counts[state.status] = counts.get(state.status, 0) + 1
         return JSONResponse(encode({"workflows": rows, "counts": counts}))
 
-    @app.get("/workflows/{workflow_id}", tags=["workflows"])
+    @app.get("/workflows/{workflow_id}", tags=["workflows"], responses={404: UNKNOWN})
     async def show_workflow(workflow_id: str) -> Response:
         """State, pending timers, current step, failures and (recent) history of one workflow."""
         state = view.workflows.get(workflow_id)
@@ -202,9 +217,17 @@ def build_api(
             )
 
         endpoint.__doc__ = doc
-        app.post(f"/workflows/{{workflow_id}}/{name}", status_code=202, tags=["workflows"])(
-            endpoint
-        )
+        app.post(
+            f"/workflows/{{workflow_id}}/{name}",
+            status_code=202,
+            tags=["workflows"],
+            response_model=ActionAccepted,
+            responses={
+                404: UNKNOWN,
+                409: problem_doc("`workflow_finished`: the action applies to running workflows"),
+                503: problem_doc("`kafka_unavailable`: the action could not be sent; retry"),
+            },
+        )(endpoint)
 
     action("retry", "Run the waiting step (or re-send the current command) now.")
     action("skip", "Skip the waiting step of a publication workflow and go on.")

@@ -81,6 +81,7 @@ async def main(settings: WorkflowSettings) -> None:
         health=kafka_health(bootstrap),
         clock=utcnow,
         stuck_after=timedelta(seconds=settings.stuck_after_s),
+        body_limit=settings.http_body_limit_bytes,
     )
     log.info(
         "workflow_config",

@@ -169,15 +169,32 @@ def _first(*checks: Rejection | None) -> Rejection | None:
     return next((c for c in checks if c is not None), None)
 
 
+def content_rejection(
+    *,
+    title: str | None = None,
+    body: str | None = None,
+    tags: list[str] | None = None,
+    edit: bool = False,
+) -> Rejection | None:
+    """The rules on a post's content whatever its state (an edit must change something), on the
+    values as given. The HTTP edge checks a request with them as it was sent, before the command
+    (which strips whitespace) is built."""
+    if edit and title is None and body is None and tags is None:
+        return Rejection("nothing_to_change", "an edit needs a title, body or tags")
+    return _first(
+        _check_title(title) if title is not None else None,
+        _check_body(body) if body is not None else None,
+        _check_tags(tags) if tags is not None else None,
+    )
+
+
 def _decide_post(
     command: Command, post: PostState | None, aggregate_id: str, author_exists: bool
 ) -> Decision:
     if isinstance(command, CreatePost):
         if post is not None:
             return Rejection("post_already_exists", f"post {aggregate_id} already exists")
-        invalid = _first(
-            _check_title(command.title), _check_body(command.body), _check_tags(command.tags)
-        )
+        invalid = content_rejection(title=command.title, body=command.body, tags=command.tags)
         if invalid:
             return invalid
         if not author_exists:
@@ -219,12 +236,8 @@ def _transition(command: Command, post: PostState, aggregate_id: str) -> Decisio
             return _wrong_state(
                 "post_in_review", post, "edit", "draft, published or unpublished (not under review)"
             )
-        if command.title is None and command.body is None and command.tags is None:
-            return Rejection("nothing_to_change", "an edit needs a title, body or tags")
-        invalid = _first(
-            _check_title(command.title) if command.title is not None else None,
-            _check_body(command.body) if command.body is not None else None,
-            _check_tags(command.tags) if command.tags is not None else None,
+        invalid = content_rejection(
+            title=command.title, body=command.body, tags=command.tags, edit=True
         )
         if invalid:
             return invalid

@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from shared.errors import ConfigurationError
 from shared.kafka.records import InboundRecord
@@ -46,10 +46,34 @@ def _unb64(text: str | None) -> bytes | None:
 
 
 def entries(directory: Path) -> list[ArchiveEntry]:
+    """The manifest's entries; ConfigurationError if one names a file outside the archive."""
     path = directory / MANIFEST
     if not path.exists():
         return []
-    return [ArchiveEntry(**e) for e in json.loads(path.read_text())["entries"]]
+    found = [ArchiveEntry(**e) for e in json.loads(path.read_text())["entries"]]
+    for entry in found:
+        entry_path(directory, entry)
+    return found
+
+
+def entry_path(directory: Path, entry: ArchiveEntry) -> Path:
+    """Where the file of `entry` is: always inside `directory`. A manifest is data, possibly
+    edited or copied from elsewhere; a file named by an absolute path, with `..`, or through a
+    symbolic link that leads out of the archive is refused, never followed."""
+    rel = PurePosixPath(entry.file)
+    if not entry.file or rel.is_absolute() or ".." in rel.parts or "\\" in entry.file:
+        raise ConfigurationError(
+            f"archive manifest {directory / MANIFEST} names the file {entry.file!r}: files must "
+            "be relative paths inside the archive directory (no absolute path, no '..')"
+        )
+    path = directory / rel
+    root = directory.resolve()
+    if not path.resolve().is_relative_to(root):
+        raise ConfigurationError(
+            f"archive manifest {directory / MANIFEST} names the file {entry.file!r}, which "
+            f"leads out of the archive directory {root} (a symbolic link)"
+        )
+    return path
 
 
 class ArchiveWriter:
@@ -128,7 +152,7 @@ def read(directory: Path, topic: str, partition: int) -> Iterator[InboundRecord]
         (e for e in entries(directory) if e.topic == topic and e.partition == partition),
         key=lambda e: e.start,
     ):
-        path = directory / entry.file
+        path = entry_path(directory, entry)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if digest != entry.sha256:
             raise ConfigurationError(
