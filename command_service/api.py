@@ -44,6 +44,7 @@ from shared.http import (
     HealthCheck,
     header_doc,
     invalid_request,
+    not_json,
     problem,
     problem_doc,
     service_app,
@@ -319,6 +320,9 @@ def build_api(
         service,
         health=health,
         body_limit=body_limit,
+        reads_elsewhere="this is the command service, which takes commands; reads (posts, "
+        "authors, streams, stats) are served by the query service (port 8002 by default, "
+        "e.g. GET /posts/{id} there)",
         description="Commands for the blog: every endpoint enqueues a "
         "command on Kafka and waits for its outcome.",
         version="1",
@@ -457,6 +461,9 @@ def build_api(
             body: Any = None
             if model is not None:
                 raw = await request.body()
+                wrong_type = not_json(request.headers.get("content-type", "")) if raw else None
+                if wrong_type:
+                    return invalid_request([{"loc": ("body",), "msg": wrong_type}])
                 try:
                     body = model.model_validate_json(raw or b"{}")
                 except ValidationError as exc:

@@ -231,12 +231,15 @@ def service_app(
     health: HealthCheck,
     registry: CollectorRegistry = REGISTRY,
     body_limit: int = DEFAULT_BODY_LIMIT,
+    reads_elsewhere: str | None = None,
     **fastapi_kwargs: Any,
 ) -> FastAPI:
     """A FastAPI app with /health (200 ready / 503 not) and /metrics (Prometheus text); errors
     answered as problem+json (validation errors as 422 `invalid_request` naming the fields, also
-    when a command or model built in a route does not validate); bodies above `body_limit` bytes
-    refused with 413; and an OpenAPI document that says all of that."""
+    when a command or model built in a route does not validate; a body that is not JSON says
+    where it breaks, or that JSON is expected); bodies above `body_limit` bytes refused with 413;
+    and an OpenAPI document that says all of that. `reads_elsewhere` is added to the answer to a
+    GET this service does not serve (the command service's pointer to the query service)."""
     app = FastAPI(title=service, **fastapi_kwargs)
     app.add_middleware(BodyLimit, limit=body_limit)
 
@@ -273,19 +276,22 @@ def service_app(
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
             # FastAPI's "error parsing the body" (400) for a JSON body that is not UTF-8; a body
             # that is not JSON is a 422 already: the same, for the same kind of fault
             return invalid_request([{"loc": ("body",), "msg": "the body is not UTF-8 JSON text"}])
         code = getattr(exc, "code", None) or f"http_{exc.status_code}"
-        response = problem(exc.status_code, code, str(exc.detail), str(exc.detail))
+        detail = str(exc.detail)
+        if reads_elsewhere and request.method == "GET" and exc.status_code in (404, 405):
+            detail = f"{detail}: {reads_elsewhere}"
+        response = problem(exc.status_code, code, str(exc.detail), detail)
         response.headers.update(exc.headers or {})  # e.g. Allow of a 405
         return response
 
     @app.exception_handler(RequestValidationError)
-    async def request_invalid(_: Request, exc: RequestValidationError) -> Response:
-        return invalid_request(exc.errors())
+    async def request_invalid(request: Request, exc: RequestValidationError) -> Response:
+        return invalid_request(_pointing(exc, request.headers.get("content-type", "")))
 
     @app.exception_handler(ValidationError)
     async def model_invalid(_: Request, exc: ValidationError) -> Response:
@@ -305,6 +311,39 @@ def service_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def not_json(content_type: str) -> str | None:
+    """What is wrong with a request body's media type, if it is not JSON (a form, say)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if not media or media == "application/json" or media.endswith("+json"):
+        return None
+    return f"the body must be JSON, sent with Content-Type: application/json (this one is {media})"
+
+
+def _pointing(exc: RequestValidationError, content_type: str) -> list[Mapping[str, Any]]:
+    """Validation errors that point the way: a body sent as a form (or anything but JSON) says
+    JSON is expected; a JSON syntax error says at which line and column, and what is wrong
+    there (FastAPI's own says "body.14: JSON decode error")."""
+    errors = list(exc.errors())
+    about_body = any(tuple(e.get("loc", ()))[:1] == ("body",) for e in errors)
+    wrong_type = not_json(content_type)
+    if about_body and wrong_type:
+        return [{"loc": ("body",), "msg": wrong_type}]
+    out: list[Mapping[str, Any]] = []
+    for e in errors:
+        if e.get("type") != "json_invalid":
+            out.append(e)
+            continue
+        loc = tuple(e.get("loc", ()))
+        pos = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else 0
+        text = exc.body if isinstance(exc.body, str) else ""
+        line = text.count("\n", 0, pos) + 1
+        column = pos - text.rfind("\n", 0, pos)
+        what = (e.get("ctx") or {}).get("error", "not JSON")
+        where = f"line {line}, column {column}"
+        out.append({"loc": ("body",), "msg": f"invalid JSON at {where}: {what}"})
+    return out
 
 
 def _no_null(schema: dict[str, Any]) -> None:

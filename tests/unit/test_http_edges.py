@@ -281,3 +281,44 @@ async def test_a_transition_whose_body_has_required_fields_documents_it_as_requi
     paths = command_app().openapi()["paths"]
     assert paths["/posts/{post_id}/schedule"]["post"]["requestBody"]["required"] is True
     assert paths["/posts/{post_id}/submit"]["post"]["requestBody"]["required"] is False
+
+
+@pytest.mark.parametrize("path", ["/posts", "/posts/p1/reject"])
+async def test_a_json_syntax_error_says_at_which_line_and_column(http: Any, path: str) -> None:
+    """A body that breaks JSON: 422 naming the line and column where, and what is wrong."""
+    r = await http(command_app()).post(
+        path,
+        content=b'{"post_id": "p1",\n "reason": }',
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == PROBLEM_JSON
+    [error] = r.json()["errors"]
+    assert error["field"] == "body"
+    assert re.search(r"line 2,? column 12", error["message"]), error
+
+
+@pytest.mark.parametrize("path", ["/posts", "/posts/p1/reject", "/authors"])
+async def test_a_form_encoded_body_is_told_that_json_is_expected(http: Any, path: str) -> None:
+    """A form post (what `curl -d a=b` sends): 422 saying the body must be JSON, with its
+    content type, and nothing is sent to Kafka."""
+    client = AcceptingClient()
+    r = await http(command_app(client)).post(path, data={"title": "x", "reason": "y"})
+    assert r.status_code == 422, r.text
+    [error] = r.json()["errors"]
+    assert error["field"] == "body"
+    assert "must be JSON" in error["message"]
+    assert "application/x-www-form-urlencoded" in error["message"]
+    assert client.sent == []
+
+
+@pytest.mark.parametrize("path", ["/posts/p1", "/posts", "/authors/ada", "/"])
+async def test_a_read_on_the_command_service_points_to_the_query_service(
+    http: Any, path: str
+) -> None:
+    """GET of a read path (or of nothing) on the command service: the 404/405 problem says
+    that reads are served by the query service and where."""
+    r = await http(command_app()).get(path)
+    assert r.status_code in (404, 405), r.text
+    assert r.headers["content-type"] == PROBLEM_JSON
+    assert "query service" in r.json()["detail"] and "8002" in r.json()["detail"]
