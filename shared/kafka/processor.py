@@ -268,7 +268,12 @@ class TransactionalPartitionProcessor:
             await self.handler.on_revoked(owned.tp.partition)
         with contextlib.suppress(Exception):
             await owned.producer.stop()
-        log.warning("partition_fenced", partition=owned.tp.partition, error=str(exc))
+        log.warning(
+            "partition_fenced",
+            partition=owned.tp.partition,
+            transactional_id=transactional_id_for(self.service, owned.tp.topic, owned.tp.partition),
+            error=str(exc),
+        )
         await self._notify()
 
     async def _notify(self) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from bench.run import Sizes
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = [
@@ -37,7 +40,8 @@ def test_bench_smoke_runs_every_scenario_and_writes_the_report(
     kafka_bootstrap: str, postgres_url: str, tmp_path: Path
 ) -> None:
     """`python -m bench.run --smoke` measures every scenario against the real broker and
-    database and writes results.json and a Markdown table."""
+    database (figures measured, counts as sent; never a speed) and writes results.json and a
+    Markdown table."""
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, TEST_POSTGRES_URL=postgres_url)
     run = subprocess.run(
         [sys.executable, "-m", "bench.run", "--smoke", "--out", str(tmp_path)],
@@ -52,10 +56,45 @@ def test_bench_smoke_runs_every_scenario_and_writes_the_report(
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     missing = [s for s in SCENARIOS if s not in rows]
     assert not missing, missing
-    for name in SCENARIOS:
+    for name in SCENARIOS:  # measured: no NaN (an empty sample) and no infinity
         numbers = [v for v in rows[name].values() if isinstance(v, int | float)]
-        assert numbers and all(v >= 0 for v in numbers), (name, rows[name])
-    assert rows["workflow_timers"]["fired"] == rows["workflow_timers"]["timers"]
-    assert rows["workflow_timers"]["early"] == 0  # a timer never fires before it is due
+        assert numbers and all(math.isfinite(v) for v in numbers), (name, rows[name])
+    sizes = Sizes.smoke()  # what the smoke run sends
+    # throughputs: measured, so positive; over the count that was sent
+    for name, row in rows.items():
+        for field in ("records_per_s", "commands_per_s", "events_per_s"):
+            if field in row and name != "e2e_highest_sustained":
+                assert row[field] > 0, (name, row)
+    for batch in sizes.pipeline_batches:
+        assert rows[f"pipeline_batch{batch}"]["commands"] == sizes.pipeline
+    for store in ("sqlite", "postgresql"):
+        projected = rows[f"projector_{store}"]
+        assert projected["events"] == sizes.projector, projected
+        assert projected["seconds"] > 0, projected  # an interval, not a guard against 0
+    # latencies: every sequential request answered; percentiles of real samples, in order
+    sequential = rows["e2e_sequential"]
+    assert sequential["requests"] == sizes.e2e_sequential
+    assert 0 < sequential["p50_ms"] <= sequential["p99_ms"], sequential
+    for rate in sizes.e2e_rates:
+        row = rows[f"e2e_{rate}_per_s"]
+        assert row["offered"] == rate and row["achieved"] > 0, row
+        assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"], row
+    sustained = [rate for rate in sizes.e2e_rates if rows[f"e2e_{rate}_per_s"]["sustained"]]
+    assert rows["e2e_highest_sustained"]["commands_per_s"] == max(sustained, default=0)
+    recovered = rows[f"recovery_{sizes.recovery[0]}_events"]
+    assert recovered["ready_s"] > 0 and recovered["rss_mb"] > 0, recovered
+    # every timer fired once; lateness from the timers' own records, in order
+    timers = rows["workflow_timers"]
+    assert timers["timers"] == timers["fired"] == sizes.timers, timers
+    assert 0 <= timers["p50_ms"] <= timers["p99_ms"] <= timers["max_ms"], timers
+    # the restore (the service's own metric, so it was exported) is part of the time to ready
+    snapshot = rows["snapshot_recovery"]
+    assert (snapshot["events"], snapshot["aggregates"]) == (
+        sizes.snapshot_events,
+        sizes.snapshot_aggregates,
+    )
+    for start in ("full_replay", "with_snapshots"):
+        assert 0 <= snapshot[f"{start}_restore_s"] <= snapshot[f"{start}_ready_s"], snapshot
+    assert rows["peak_rss"] and all(v > 0 for v in rows["peak_rss"].values()), rows["peak_rss"]
     report = (tmp_path / "RESULTS.smoke.md").read_text()
     assert "## A peer, side by side" in report and "| sqlite |" in report

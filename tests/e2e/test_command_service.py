@@ -4,6 +4,7 @@ rebalances, zombies, other clients and bad input."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -13,8 +14,10 @@ import subprocess
 import uuid
 import zlib
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from shared.kafka.clients import partition_for_key
@@ -286,11 +289,34 @@ async def test_two_instances_in_one_group_with_one_joining_and_leaving_mid_run(
     assert all(check.outcomes[cid].status == want for cid, want in expected.items())
 
 
+def log_events(text: str) -> list[dict[str, Any]]:
+    """The structured (JSON) lines of a service log, in order (not one being written)."""
+    events = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                events.append(json.loads(line))
+    return events
+
+
+def fenced_before_acquiring(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The `partition_fenced` lines before the first `partition_acquired` among `events`: the
+    producers the instance had before were refused (a later acquisition has a new one)."""
+    fenced = []
+    for e in events:
+        if e["event"] == "partition_acquired":
+            break
+        if e["event"] == "partition_fenced":
+            fenced.append(e)
+    return fenced
+
+
 async def test_a_paused_old_owner_resumed_after_its_partitions_moved_cannot_append(
     kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
-    """SIGSTOP the owner mid-stream, let another instance take its partitions, SIGCONT it:
-    its late writes are fenced, so the log still has each event once and versions 1..n."""
+    """SIGSTOP the owner mid-stream, let another instance take its partitions, SIGCONT it: it
+    tries to write with its stale producer and is fenced, so the log still has each event once
+    and versions 1..n."""
     partitions = 2
     env = command_service_env(kafka_bootstrap, prefix, partitions, BATCH_MAX_RECORDS="20")
     old = ServiceProcess("command_service", env, tmp_path, "old")
@@ -302,9 +328,26 @@ async def test_a_paused_old_owner_resumed_after_its_partitions_moved_cannot_appe
     producing = asyncio.create_task(
         produce_planned(kafka_bootstrap, topics_for(prefix).commands, planned, rate_per_s=300)
     )
+    group, commands = f"{prefix}command-service", topics_for(prefix).commands
     try:
-        await asyncio.sleep(1.5)
+
+        async def old_at_work() -> bool:
+            done = await committed_offsets(kafka_bootstrap, group, commands, partitions)
+            return all((done[p] or 0) > 0 for p in range(partitions))
+
+        await wait_until(
+            old_at_work, timeout_s=60, what="the old owner to commit on each partition"
+        )
+        # Paused while commands flow: its fetch in flight is answered meanwhile, so it resumes
+        # with commands of partitions it still believes it owns.
+        assert not producing.done(), "the pause must land while commands still flow"
         old.signal(signal.SIGSTOP)
+
+        async def stopped() -> bool:
+            return psutil.Process(old.pid).status() == psutil.STATUS_STOPPED
+
+        await wait_until(stopped, timeout_s=10, what="the old owner to stop")
+        paused_at = len(old.logs())  # a stopped process writes nothing more
         new.start()
 
         async def new_owns_all() -> bool:
@@ -312,6 +355,11 @@ async def test_a_paused_old_owner_resumed_after_its_partitions_moved_cannot_appe
 
         await wait_until(new_owns_all, timeout_s=60, what="new instance to own every partition")
         old.signal(signal.SIGCONT)
+
+        async def old_fenced() -> bool:
+            return bool(fenced_before_acquiring(log_events(old.logs()[paused_at:])))
+
+        await wait_until(old_fenced, timeout_s=60, what="the resumed old owner to be fenced")
         await producing
         await wait_all_consumed(kafka_bootstrap, prefix, partitions)
     finally:
@@ -319,6 +367,19 @@ async def test_a_paused_old_owner_resumed_after_its_partitions_moved_cannot_appe
         old.signal(signal.SIGCONT)
         await old.stop()
         await new.stop()
+    # Resumed, the old owner went on with the producers of its partitions and the broker refused
+    # them (ProducerFenced): it logged the fence before it acquired anything anew (its group
+    # membership had expired; it rejoins and may get a partition back, with a new producer).
+    before = log_events(old.logs()[:paused_at])
+    owned = {e["partition"] for e in before if e["event"] == "partition_acquired"}
+    assert owned == set(range(partitions)), before
+    fenced = fenced_before_acquiring(log_events(old.logs()[paused_at:]))
+    for e in fenced:
+        assert e["partition"] in owned and e["error"].startswith("ProducerFenced"), e
+        assert e["transactional_id"] == f"command-service.{commands}.{e['partition']}", e
+    # Nothing it wrote after resuming was committed: the new owner decided every command from
+    # the committed offsets on, so a committed zombie batch would show as a second outcome or
+    # a repeated event here.
     check = await check_log_invariants(
         kafka_bootstrap, prefix, partitions, [p.command_id for p in planned]
     )

@@ -16,6 +16,8 @@ import pytest
 from aiokafka import TopicPartition
 
 from shared.kafka import make_consumer
+from shared.kafka.clients import partition_for_key
+from shared.kafka.reader import read_latest_by_key
 from shared.kafka.topics import Topics
 from shared.lifecycle import archive
 from shared.messages import encode_command
@@ -53,6 +55,8 @@ async def log_starts(bootstrap: str, topic: str) -> dict[int, int]:
 async def test_prune_archive_rebuild_and_restart_on_old_aggregates(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
+    """Pruned down to the snapshot checkpoints: the rebuild from archive and topic equals the
+    projection before, and each partition of a restart restores from its snapshots."""
     prefix = unique("prune") + "."
     topics = Topics.from_settings(KafkaSettings(topic_prefix=prefix))
     db = tmp_path / "read.sqlite3"
@@ -85,7 +89,14 @@ async def test_prune_archive_rebuild_and_restart_on_old_aggregates(
                 json={"author_id": "pr-ada", "name": "Ada", "email": "ada@example.org"},
             )
             assert r.status_code == 201, r.text
-        posts = [f"pr-{i}-{uuid.uuid4().hex[:4]}" for i in range(40)]
+        # 14 posts on each partition: each one reaches SNAPSHOT_EVERY_EVENTS (20) by the
+        # second wave, so each one has snapshots and a checkpoint to be pruned down to
+        posts: list[str] = []
+        while len(posts) < 14 * PARTITIONS:
+            post = f"pr-{len(posts)}-{uuid.uuid4().hex[:4]}"
+            on = partition_for_key(post.encode(), PARTITIONS)
+            if sum(partition_for_key(p.encode(), PARTITIONS) == on for p in posts) < 14:
+                posts.append(post)
         sent: list[uuid.UUID] = []
         commands: list[tuple[str, Command]] = [
             (p, CreatePost(author_id="pr-ada", title="v1")) for p in posts
@@ -98,10 +109,11 @@ async def test_prune_archive_rebuild_and_restart_on_old_aggregates(
             sent.append(cid)
             m = encode_command(command, command_id=cid, aggregate_id=post)
             records.append((m.key, m.value))
-        for chunk in range(0, len(records), 40):  # three waves: several transactions
-            await produce(kafka_bootstrap, topics.commands, records[chunk : chunk + 40])
+        wave = len(posts)
+        for chunk in range(0, len(records), wave):  # three waves: several transactions
+            await produce(kafka_bootstrap, topics.commands, records[chunk : chunk + wave])
 
-            async def decided(upto: int = chunk + 40) -> bool:
+            async def decided(upto: int = chunk + wave) -> bool:
                 try:
                     await check_log_invariants(kafka_bootstrap, prefix, PARTITIONS, sent[:upto])
                 except AssertionError:
@@ -149,8 +161,26 @@ async def test_prune_archive_rebuild_and_restart_on_old_aggregates(
 
         # the command service restarts from its snapshots and goes on with the right versions
         await cmd.kill()
+        logged_before = len(cmd.logs())
+        checkpoints: dict[int, int | None] = {}  # what the restart finds (it may write more)
+        for p in range(PARTITIONS):
+            latest = await read_latest_by_key(kafka_bootstrap, topics.snapshots, p)
+            checkpoint = latest.get(b"__checkpoint__")
+            checkpoints[p] = json.loads(checkpoint)["next_offset"] if checkpoint else None
         cmd.start()
         await cmd.wait_healthy()
+
+        def restores() -> list[dict[str, Any]]:
+            return [
+                json.loads(line)
+                for line in cmd.logs()[logged_before:].splitlines()
+                if line.startswith("{") and '"partition_restored"' in line
+            ]
+
+        async def all_restored() -> bool:
+            return {r["partition"] for r in restores()} == set(range(PARTITIONS))
+
+        await wait_until(all_restored, timeout_s=60, what="every partition restored")
         async with httpx.AsyncClient(timeout=30) as http:
             for post in posts[:5]:
                 r = await http.patch(
@@ -165,13 +195,17 @@ async def test_prune_archive_rebuild_and_restart_on_old_aggregates(
             )
             assert stale.status_code == 409
             assert stale.json()["current_version"] == 3
-        restored = [
-            json.loads(line)
-            for line in cmd.logs().splitlines()
-            if line.startswith("{") and '"partition_restored"' in line
-        ]
-        # the restart restored the pruned partitions from snapshots + the tail of the log
-        assert any(r["from_snapshots"] > 0 and r["events_from"] > 0 for r in restored[-3:])
+        # every restore of the restart read all its aggregates from the snapshots and replayed
+        # the log from its checkpoint, at or above the pruned log start
+        author_on = partition_for_key(b"pr-ada", PARTITIONS)
+        for restored in restores():
+            p = restored["partition"]
+            aggregates = 14 + (p == author_on)
+            assert (restored["from_snapshots"], restored["events_from"]) == (
+                aggregates,
+                checkpoints[p],
+            ), restored
+            assert 0 < starts[p] <= (checkpoints[p] or 0), (restored, starts)
     finally:
         for svc in (cmd, proj):
             await svc.stop()

@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +19,7 @@ import httpx
 import pytest
 from aiokafka import TopicPartition
 
-from shared.kafka import make_consumer, make_transactional_producer
+from shared.kafka import make_consumer, make_producer, make_transactional_producer
 from shared.kafka.clients import partition_for_key
 from shared.kafka.topics import Topics, bootstrap_system_topics
 from shared.localstack.kafka import java_executable, libs_dir
@@ -155,11 +156,33 @@ async def write_events(
         await producer.stop()
 
 
+def first_positions(proc: ServiceProcess) -> dict[int, int]:
+    """Where a projector process first sought each partition (its `projector_positioned` log
+    lines, oldest first): partition -> offset."""
+    first: dict[int, int] = {}
+    for line in proc.logs().splitlines():
+        if '"projector_positioned"' not in line:
+            continue
+        with contextlib.suppress(ValueError):  # the line being written right now
+            for partition, offset in json.loads(line)["positions"].items():
+                first.setdefault(int(partition), int(offset))
+    return first
+
+
+async def stored_positions(store_url: str) -> dict[int, int]:
+    store = ReadStore(store_url)
+    try:
+        return await store.positions(await store.active_generation())
+    finally:
+        await store.close()
+
+
 async def test_projector_killed_at_random_moments_during_20000_events_applies_each_once(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    """SIGKILL the projector three times while 20,000 events flow: the read model equals the
-    fold of the whole log, and the event index holds each event exactly once."""
+    """SIGKILL the projector three times while 20,000 events flow: each successor resumes at
+    the positions stored with the read model, which ends equal to the fold of the whole log,
+    with each event in the event index exactly once."""
     prefix = unique("proj") + "."
     settings = KafkaSettings(
         kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=prefix, partitions=4
@@ -174,18 +197,29 @@ async def test_projector_killed_at_random_moments_during_20000_events_applies_ea
         write_events(kafka_bootstrap, topics.events, 4, 20_000, rate_per_s=2000)
     )
     rng = random.Random(9)
+    instances = [proj]
+    stored: dict[int, int] = {}  # the read store's positions when `proj` started
     try:
-        for n in range(3):
+        for n in range(4):
             current = proj
 
             async def positioned(p: ServiceProcess = current) -> bool:
-                return "projector_positioned" in p.logs() and "projector_events" not in p.logs()
+                return set(first_positions(p)) == {0, 1, 2, 3}
 
-            await wait_until(positioned, timeout_s=60, what=f"projector {n} to start")
+            await wait_until(positioned, timeout_s=60, what=f"projector {n} to own every partition")
+            # The read store is the truth, not Kafka's committed offsets: the successor of a
+            # killed projector seeks exactly where the last committed batch of each partition
+            # ended (nothing ran in between: the killed one was reaped first).
+            assert first_positions(proj) == {p: stored.get(p, 0) for p in range(4)}, n
+            if n == 3:
+                break
             await asyncio.sleep(rng.uniform(0.5, 2.0))
             await proj.kill()
+            stored = await stored_positions(store_url)
             proj = ServiceProcess("projector_service", env, tmp_path, f"proj-{n + 1}")
+            instances.append(proj)
             proj.start()
+        assert sum(stored.values()) > 0, "the projectors were killed before applying anything"
         await writing
         log = await read_all(kafka_bootstrap, topics.events, 4, timeout_s=120)
         assert len(log) == 20_000
@@ -202,6 +236,8 @@ async def test_projector_killed_at_random_moments_during_20000_events_applies_ea
     finally:
         writing.cancel()
         await proj.stop()
+    # One writer at a time: no instance found its stored positions moved under it.
+    assert not [p.log_path.name for p in instances if "projector_repositioning" in p.logs()]
     stats = await store.stats()
     assert stats["events"] == 20_000, "an event was applied twice or lost"
     assert await all_rows(store) == independent_fold(log)
@@ -368,9 +404,27 @@ async def test_esctl_lag_agrees_with_kafkas_consumer_groups_tool(
     kafka_bootstrap: str, make_topic: Any
 ) -> None:
     """For the same group at the same moment, `esctl lag --json` and kafka-consumer-groups
-    (run from the same broker jars) report the same committed offsets, log ends and lags."""
+    (run from the same broker jars) report the same committed offsets, log ends and lags; the
+    lag in seconds is the age of the first record not consumed (0 when none waits)."""
     topic = await make_topic("lag", partitions=2)
-    await produce(kafka_bootstrap, topic, [(b"a", b"x")] * 30, partition=0)
+    # Partition 0: the group will have consumed offsets 0-11 (an hour old); 12, the first
+    # waiting record, is ten minutes old, 13-29 five minutes (the record times are given).
+    now_ms = int(time.time() * 1000)
+    first_waiting_ms = now_ms - 600_000
+    producer = make_producer(kafka_bootstrap)
+    await producer.start()
+    try:
+        for offset in range(30):
+            at = now_ms - 3_600_000 if offset < 12 else now_ms - 300_000
+            await producer.send_and_wait(
+                topic,
+                b"x",
+                key=b"a",
+                partition=0,
+                timestamp_ms=first_waiting_ms if offset == 12 else at,
+            )
+    finally:
+        await producer.stop()
     await produce(kafka_bootstrap, topic, [(b"b", b"y")] * 20, partition=1)
     group = unique("lag-group")
     consumer = make_consumer(kafka_bootstrap, group_id=group)
@@ -379,6 +433,7 @@ async def test_esctl_lag_agrees_with_kafkas_consumer_groups_tool(
     await consumer.commit({TopicPartition(topic, 0): 12, TopicPartition(topic, 1): 20})
     await consumer.stop()
 
+    asked = time.time()
     ours = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -408,6 +463,7 @@ async def test_esctl_lag_agrees_with_kafkas_consumer_groups_tool(
     (our_out, our_err), (tool_out, tool_err) = await asyncio.gather(
         ours.communicate(), tool.communicate()
     )
+    answered = time.time()
     assert ours.returncode == 0, our_err.decode()
     assert tool.returncode == 0, tool_err.decode()
     mine = {
@@ -422,7 +478,9 @@ async def test_esctl_lag_agrees_with_kafkas_consumer_groups_tool(
     assert theirs == {(topic, 0): (12, 30, 18), (topic, 1): (20, 20, 0)}
     assert mine == theirs
     seconds = {r["partition"]: r["lag_seconds"] for r in json.loads(our_out)}
-    assert seconds[1] == 0.0 and seconds[0] >= 0.0
+    assert seconds[1] == 0.0
+    # the age of offset 12 at the moment esctl looked, which was between `asked` and `answered`
+    assert asked - first_waiting_ms / 1000 <= seconds[0] <= answered - first_waiting_ms / 1000
 
 
 async def test_an_interrupted_rebuild_resumes_where_it_stopped(

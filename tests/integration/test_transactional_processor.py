@@ -64,12 +64,17 @@ async def test_kill_between_produce_and_commit_then_restart_yields_each_output_e
     kafka_bootstrap: str, make_topic: TopicFactory
 ) -> None:
     """SIGKILL inside a transaction (outputs sent, not committed), restart: read_committed
-    readers see every output exactly once, although the raw log holds the aborted copies."""
+    readers see every output exactly once, on its input's partition, although the raw log
+    holds the aborted copies."""
     inp = await make_topic("in", partitions=2)
     out = await make_topic("out", partitions=2)
     group = unique("g")
     n = 300
-    await produce(kafka_bootstrap, inp, [(f"k{i}".encode(), f"v{i}".encode()) for i in range(n)])
+    # Record i on partition i % 2 whatever its key hashes to: the output partition must follow
+    # the input's partition, which for about half the keys differs from the key's hash.
+    for partition in (0, 1):
+        records = [(f"k{i}".encode(), f"v{i}".encode()) for i in range(partition, n, 2)]
+        await produce(kafka_bootstrap, inp, records, partition=partition)
 
     crashed = start_doubler(kafka_bootstrap, inp, out, group, "--kill-at-txn", "3")
     try:
@@ -94,8 +99,9 @@ async def test_kill_between_produce_and_commit_then_restart_yields_each_output_e
     values = Counter(r.value for r in committed)
     assert len(committed) == n
     assert values == Counter(f"v{i}:out".encode() for i in range(n))
-    for record in committed:  # same key -> same partition number as its input
-        assert record.key is not None
+    # each output has its input's key, on its input's partition number
+    placed = sorted((r.key or b"", r.value or b"", r.partition) for r in committed)
+    assert placed == sorted((f"k{i}".encode(), f"v{i}:out".encode(), i % 2) for i in range(n))
     raw = await read_all(kafka_bootstrap, out, 2, isolation_level="read_uncommitted")
     assert len(raw) > n, "the killed transaction's outputs should be in the log, aborted"
 
