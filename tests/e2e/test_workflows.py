@@ -155,7 +155,9 @@ async def test_500_review_workflows_survive_sigkill_each_ends_once_no_command_tw
     n = 500
     posts = [f"rv-{i}-{uuid.uuid4().hex[:6]}" for i in range(n)]
     group = {post: i % 4 for i, post in enumerate(posts)}  # 0 approve 1 reject 2 lapse 3 later
-    publish_at = datetime.now(UTC) + timedelta(seconds=25)
+    # far enough ahead that most approvals reach the workflow before it, even on a loaded
+    # machine (at 25 s, a load average of 17 left only 41 of 125 scheduled)
+    publish_at = datetime.now(UTC) + timedelta(seconds=40)
     await stack.send([(p, CreatePost(author_id="ed", title=f"T {p}")) for p in posts])
     await stack.send(
         [(p, SubmitPostForReview(publish_at=publish_at if group[p] == 3 else None)) for p in posts]
