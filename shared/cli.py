@@ -281,7 +281,8 @@ def lag(
         except EsError as exc:
             _fail(exc)
         if as_json:
-            print(json.dumps([r.as_dict() for r in rows]))
+            # flushed: with --watch, a pipe reader (`| jq`) gets each refresh when it is made
+            print(json.dumps([r.as_dict() for r in rows]), flush=True)
             return
         table = Table(
             "group",
