@@ -37,6 +37,9 @@ class ServiceSettings(KafkaSettings):
     http_port: int = Field(default=8000, ge=0, le=65535)
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    lag_report_interval_s: float = Field(
+        default=10.0, gt=0, description="refresh of the esctl_consumer_lag_* gauges, seconds"
+    )
 
 
 class CommandServiceSettings(ServiceSettings):
