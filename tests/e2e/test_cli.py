@@ -135,11 +135,17 @@ async def test_esctl_up_serves_the_system_and_ctrl_c_stops_everything_it_started
         "workflow_service": free_port(),
     }
     # its own state dir, broker and stores: nothing of the test session's
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"KAFKA_BOOTSTRAP_SERVERS", "TOPIC_PREFIX", "KEY_STORE_URL", "READ_STORE_URL"}
-    } | {"ESCTL_STATE_DIR": str(state)}
+    session = {
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "TOPIC_PREFIX",
+        "PARTITIONS",
+        "GROUP_ID",
+        "KEY_STORE_URL",
+        "READ_STORE_URL",
+        "WORKFLOW_STORE_URL",
+    }
+    env = {k: v for k, v in os.environ.items() if k not in session}
+    env["ESCTL_STATE_DIR"] = str(state)
     log_path = tmp_path / "up.log"
     args = ["up", "--port", str(kafka_port), "--data-dir", str(data_dir)]
     for module, port in ports.items():
