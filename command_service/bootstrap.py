@@ -126,7 +126,7 @@ async def main(settings: CommandServiceSettings) -> None:
         await keys.close()
 
     async def lag_gauges() -> None:
-        await report_lag_forever(bootstrap, settings.group_id)
+        await report_lag_forever(bootstrap, settings.group_id, settings.lag_report_interval_s)
 
     health = readiness(
         kafka_health(bootstrap),

@@ -65,7 +65,9 @@ async def main(settings: ProjectorSettings) -> None:
         await store.close()
 
     async def lag_gauges() -> None:
-        await report_lag_forever(settings.kafka_bootstrap_servers, settings.group_id)
+        await report_lag_forever(
+            settings.kafka_bootstrap_servers, settings.group_id, settings.lag_report_interval_s
+        )
 
     await serve(
         settings,

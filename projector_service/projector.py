@@ -4,7 +4,8 @@ Kafka offsets are NOT the source of truth here; the read store is. Each batch's 
 partition's next offset are committed in one database transaction (compare-and-set on the stored
 offset). On assignment the projector seeks to the offsets stored in the database. After each
 database commit it also commits the offset to Kafka, only so that standard tooling
-(kafka-consumer-groups, `esctl lag`) shows the projector's lag.
+(kafka-consumer-groups, `esctl lag`) shows the projector's lag; and when the consumer passed a
+transaction marker after the last event, its position, so that a caught-up projector shows 0.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 
 from shared.errors import MessageError
@@ -65,6 +66,7 @@ class Projector:
         self._dlq = make_producer(bootstrap_servers)
         self._generation = 0
         self._next: dict[int, int] = {}
+        self._committed: dict[int, int] = {}  # offsets committed to Kafka (for tooling)
         self._stopping = asyncio.Event()
         self.applied = 0
 
@@ -98,6 +100,7 @@ class Projector:
     def forget(self, partitions: list[int]) -> None:
         for p in partitions:
             self._next.pop(p, None)
+            self._committed.pop(p, None)
 
     async def run(self) -> None:
         while not self._stopping.is_set():
@@ -107,14 +110,42 @@ class Projector:
                 for tp, messages in batches.items()
                 if tp.partition in self._next and messages
             }
-            if not owned:
-                continue
+            if owned:
+                try:
+                    await self._apply(owned)
+                except StaleBatch as exc:
+                    # A rebuild swapped generations, or another instance took a partition.
+                    log.info("projector_repositioning", reason=str(exc))
+                    await self.seek_to_stored(sorted(self._next))
+                    continue
+            applied = {tp.partition for tp in owned}
+            await self._commit_skipped([p for p in list(self._next) if p not in applied])
+
+    async def _commit_skipped(self, partitions: list[int]) -> None:
+        """Commit to Kafka the consumer's position where it passed offsets that hold no event:
+        the commit marker that ends each transaction of the command service (or an aborted
+        transaction). The offset stored with a batch stops after its last event, so without
+        this a caught-up projector would show a lag of 1 in `esctl lag` and
+        kafka-consumer-groups forever. Only Kafka's offset moves: the read store's position
+        stays where its events end (the next batch starts there)."""
+        offsets = {}
+        for p in partitions:
+            tp = TopicPartition(self.topic, p)
             try:
-                await self._apply(owned)
-            except StaleBatch as exc:
-                # A rebuild swapped generations, or another instance took a partition.
-                log.info("projector_repositioning", reason=str(exc))
-                await self.seek_to_stored(sorted(self._next))
+                position: int = await self._consumer.position(tp)
+            except IllegalStateError:
+                continue  # no longer assigned: a rebalance is under way
+            if p in self._next and position > max(self._next[p], self._committed.get(p, 0)):
+                offsets[tp] = position
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            log.warning("kafka_offset_commit_failed", error=repr(exc))
+            return
+        for tp, offset in offsets.items():
+            self._committed[tp.partition] = offset
 
     async def _decode(self, records: list[InboundRecord]) -> list[IndexedEvent]:
         events: list[IndexedEvent] = []
@@ -169,6 +200,9 @@ class Projector:
         except (CommitFailedError, KafkaError) as exc:
             # Only tooling reads these offsets; the database already holds the truth.
             log.warning("kafka_offset_commit_failed", error=repr(exc))
+            return
+        for tp, offset in offsets.items():
+            self._committed[tp.partition] = offset
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base class

@@ -283,7 +283,8 @@ def lag(
         except EsError as exc:
             _fail(exc)
         if as_json:
-            print(json.dumps([r.as_dict() for r in rows]))
+            # flushed: with --watch, a pipe reader (`| jq`) gets each refresh when it is made
+            print(json.dumps([r.as_dict() for r in rows]), flush=True)
             return
         table = Table(
             "group",
@@ -868,28 +869,56 @@ for _name in ("retry", "skip", "compensate"):
 def up(
     port: Annotated[int, typer.Option(help="Kafka broker port")] = 9092,
     data_dir: DataDir = STATE_DIR / "kafka",
+    command_port: Annotated[int, typer.Option(help="command service HTTP port")] = SERVICES[
+        "command_service"
+    ],
+    query_port: Annotated[int, typer.Option(help="query service HTTP port")] = SERVICES[
+        "query_service"
+    ],
+    projector_port: Annotated[int, typer.Option(help="projector HTTP port")] = SERVICES[
+        "projector_service"
+    ],
+    workflow_port: Annotated[int, typer.Option(help="workflow service HTTP port")] = SERVICES[
+        "workflow_service"
+    ],
 ) -> None:
-    """Run the whole system locally: Kafka, topics, the four services. Ctrl-C stops all."""
-    kafka_start(port=port, nodes=1, heap_mb=512, data_dir=data_dir)
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{port}", LOG_FORMAT="console")
-    env.setdefault("READ_STORE_URL", f"sqlite:///{(STATE_DIR / 'read-store.sqlite3').resolve()}")
-    env.setdefault("WORKFLOW_STORE_URL", f"sqlite:///{(STATE_DIR / 'workflows.sqlite3').resolve()}")
-    env.setdefault("KEY_STORE_URL", _local_key_store_url())
-    if not env.get("ERASURE_TOKEN"):  # `esctl erase` finds it there, from any directory
-        token_file = local_erasure_token_file()
-        token_file.parent.mkdir(parents=True, exist_ok=True)
-        token_file.touch(mode=0o600)
-        token_file.write_text(secrets.token_urlsafe(24))
-        env["ERASURE_TOKEN"] = token_file.read_text()
+    """Run the whole system locally: Kafka, topics, the four services. Ctrl-C stops everything
+    it started (a broker that was already running is left running)."""
+    ports = {
+        "command_service": command_port,
+        "query_service": query_port,
+        "projector_service": projector_port,
+        "workflow_service": workflow_port,
+    }
+    existing = lk.LocalKafkaCluster.load(data_dir)
+    broker_was_running = existing is not None and any(existing.status().values())
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    for module, http_port in SERVICES.items():
-        procs[module] = subprocess.Popen(
-            [sys.executable, "-m", module], env=env | {"HTTP_PORT": str(http_port)}
-        )
-    console.print("services: " + ", ".join(f"{m} :{p}" for m, p in SERVICES.items()))
-    console.print("Ctrl-C to stop the services; `esctl kafka stop` stops the broker")
+    dead: list[str] = []
     try:
+        kafka_start(port=port, nodes=1, heap_mb=512, data_dir=data_dir)
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{port}", LOG_FORMAT="console")
+        env.setdefault(
+            "READ_STORE_URL", f"sqlite:///{(STATE_DIR / 'read-store.sqlite3').resolve()}"
+        )
+        env.setdefault(
+            "WORKFLOW_STORE_URL", f"sqlite:///{(STATE_DIR / 'workflows.sqlite3').resolve()}"
+        )
+        env.setdefault("KEY_STORE_URL", _local_key_store_url())
+        if not env.get("ERASURE_TOKEN"):  # `esctl erase` finds it there, from any directory
+            token_file = local_erasure_token_file()
+            token_file.parent.mkdir(parents=True, exist_ok=True)
+            token_file.touch(mode=0o600)
+            token_file.write_text(secrets.token_urlsafe(24))
+            env["ERASURE_TOKEN"] = token_file.read_text()
+        for module, http_port in ports.items():
+            procs[module] = subprocess.Popen(
+                [sys.executable, "-m", module], env=env | {"HTTP_PORT": str(http_port)}
+            )
+        console.print("services: " + ", ".join(f"{m} :{p}" for m, p in ports.items()))
+        console.print(
+            "Ctrl-C stops the services" + ("" if broker_was_running else " and the broker")
+        )
         while all(p.poll() is None for p in procs.values()):
             time.sleep(0.5)
         dead = [m for m, p in procs.items() if p.poll() is not None]
@@ -905,6 +934,13 @@ def up(
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
+        started = lk.LocalKafkaCluster.load(data_dir)
+        if not broker_was_running and started is not None:
+            started.stop()  # only the node processes this data dir's cluster started
+            console.print("Kafka stopped")
+    if dead:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -45,6 +45,9 @@ class ServiceSettings(KafkaSettings):
         gt=0,
         description="how long a starting service waits for Kafka to answer before it gives up",
     )
+    lag_report_interval_s: float = Field(
+        default=10.0, gt=0, description="refresh of the esctl_consumer_lag_* gauges, seconds"
+    )
 
 
 class CommandServiceSettings(ServiceSettings):

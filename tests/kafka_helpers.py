@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 
 from aiokafka import TopicPartition
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from shared.kafka import InboundRecord, make_admin, make_consumer, make_producer
+from shared.localstack.kafka import java_executable, libs_dir
 
 
 async def produce(
@@ -107,3 +110,54 @@ async def delete_topics(bootstrap: str, names: list[str]) -> None:
         await admin.delete_topics(names)
     finally:
         await admin.close()
+
+
+async def topic_configs(bootstrap: str, names: list[str]) -> dict[str, dict[str, str]]:
+    """The configs of each topic as the broker describes them (defaults included)."""
+    admin = make_admin(bootstrap)
+    await admin.start()
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+        )
+    finally:
+        await admin.close()
+    out: dict[str, dict[str, str]] = {}
+    for response in responses:
+        for error_code, error, _type, name, entries in response.resources:
+            assert error_code == 0, f"describe_configs {name}: {error}"
+            out[name] = {entry[0]: entry[1] for entry in entries}
+    return out
+
+
+def kafka_consumer_groups_describe(
+    bootstrap: str, group: str
+) -> dict[tuple[str, int], tuple[int | str, ...]]:
+    """Kafka's own `kafka-consumer-groups.sh --describe --group G`, run from the broker's jars:
+    (topic, partition) -> (CURRENT-OFFSET, LOG-END-OFFSET, LAG), numbers where it prints them."""
+    run = subprocess.run(
+        [
+            java_executable(),
+            "-cp",
+            f"{libs_dir()}/*",
+            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+            "--bootstrap-server",
+            bootstrap,
+            "--describe",
+            "--group",
+            group,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    rows = {}
+    for line in run.stdout.splitlines():
+        cols = line.split()
+        if len(cols) >= 6 and cols[0] == group:
+            rows[(cols[1], int(cols[2]))] = tuple(
+                int(c) if c.lstrip("-").isdigit() else c for c in cols[3:6]
+            )
+    return rows

@@ -105,7 +105,7 @@ async def main(settings: WorkflowSettings) -> None:
         await activities.close()
 
     async def lag_gauges() -> None:
-        await report_lag_forever(bootstrap, settings.group_id)
+        await report_lag_forever(bootstrap, settings.group_id, settings.lag_report_interval_s)
 
     await serve(
         settings,

@@ -2,8 +2,9 @@
 
 Records: log end offset (high watermark) minus the group's committed offset, exactly what
 `kafka-consumer-groups --describe` prints. On transactional topics the last commit marker
-occupies an offset, so a caught-up group shows a lag of 1 in both; `lag_seconds` is 0 then,
-because no data record is waiting.
+occupies an offset: a group that commits "last record + 1" sits on it and shows a lag of 1 in
+both (`lag_seconds` is 0 then, no data record is waiting); this system's services commit past
+it (see the processor and the projector), so theirs show 0 once caught up.
 
 Seconds: the age of the oldest unconsumed record (now minus the timestamp of the first record at
 or after the committed offset).

@@ -32,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import IllegalStateError, KafkaError, ProducerFenced
 
 from shared.errors import EsError
 from shared.kafka.clients import make_consumer, make_transactional_producer
@@ -106,6 +106,7 @@ class ProcessorStats:
 class _Owned:
     tp: TopicPartition
     producer: Any  # AIOKafkaProducer (untyped library)
+    committed: int  # the group's committed offset (or the start position) of the partition
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     transactions: int = 0
     active: bool = True
@@ -179,8 +180,11 @@ class TransactionalPartitionProcessor:
                 if owned is None or not owned.active or not messages:
                     continue  # not (yet) ours: never commit, the owner seeks on acquisition
                 jobs.append(self._process(owned, [from_consumer_record(m) for m in messages]))
-            if not jobs:
-                continue
+            jobs += [
+                self._commit_skipped(owned)
+                for partition, owned in list(self._owned.items())
+                if owned.active and not batches.get(owned.tp)
+            ]
             results = await asyncio.gather(*jobs, return_exceptions=True)
             failures = [r for r in results if isinstance(r, BaseException)]
             for failure in failures:
@@ -230,11 +234,12 @@ class TransactionalPartitionProcessor:
             on_position = getattr(self.handler, "on_position", None)
             if on_position is not None:  # optional: handlers that track their progress
                 on_position(tp.partition, committed or 0)
+            start = committed if committed is not None else await self._consumer.position(tp)
         except BaseException:
             with contextlib.suppress(KafkaError):
                 await producer.stop()
             raise
-        self._owned[tp.partition] = _Owned(tp=tp, producer=producer)
+        self._owned[tp.partition] = _Owned(tp=tp, producer=producer, committed=start)
         log.info(
             "partition_acquired",
             partition=tp.partition,
@@ -374,12 +379,55 @@ class TransactionalPartitionProcessor:
             return outputs
 
         outputs = await self._in_transaction(producer, body)
+        owned.committed = records[-1].offset + 1
         owned.transactions += 1
         self.stats.transactions += 1
         self.stats.records_in += len(records)
         self.stats.records_out += len(outputs)
         # the handler's own dead letters (records it could not read) count with the processor's
         self.stats.dead_letters += sum(1 for o in outputs if o.topic == self.dlq_topic)
+
+    async def _commit_skipped(self, owned: _Owned) -> None:
+        """Commit the consumer's position when it passed offsets that hold no record for us:
+        the commit (or abort) marker of a transaction, an aborted transaction's records. The
+        offsets of a batch stop after its last record, so without this a caught-up group
+        would sit on the marker that ends a transactional topic and show a lag of 1 forever
+        (KAFKA-6607). Runs between fetches, when every record fetched has been processed: a
+        position past the committed offset then means only such offsets lie in between."""
+        if not owned.active or await self._skipped_to(owned) is None:
+            return  # the usual case, checked without waiting for the partition's lock
+        async with owned.lock:
+            position = await self._skipped_to(owned) if owned.active else None
+            if position is None:
+                return
+
+            async def body() -> list[OutboundRecord]:
+                await owned.producer.send_offsets_to_transaction(
+                    {owned.tp: position}, self.group_id
+                )
+                return []
+
+            try:
+                await self._in_transaction(owned.producer, body)
+            except ProducerFenced as exc:
+                await self._drop_fenced(owned, exc)
+                return
+            except (KafkaError, OSError) as exc:
+                log.warning(
+                    "skipped_offsets_commit_failed", partition=owned.tp.partition, error=repr(exc)
+                )
+                raise
+            owned.committed = position
+            owned.transactions += 1
+            self.stats.transactions += 1
+
+    async def _skipped_to(self, owned: _Owned) -> int | None:
+        """The consumer's position if it is past the committed offset, else None."""
+        try:
+            position: int = await self._consumer.position(owned.tp)
+        except IllegalStateError:
+            return None  # no longer assigned: a rebalance is under way
+        return position if position > owned.committed else None
 
     @staticmethod
     async def _send_all(producer: Any, outputs: Sequence[OutboundRecord]) -> list[Delivered]:
@@ -444,6 +492,7 @@ class TransactionalPartitionProcessor:
             return [letter]
 
         await self._in_transaction(producer, body)
+        owned.committed = record.offset + 1
         self.stats.dead_letters += 1
         log.error(
             "record_dead_lettered",

@@ -29,15 +29,21 @@ async def read_partition_to_end(
     start_offset: int = 0,
     until: int | None = None,
     timeout_s: float = 300.0,
+    isolation_level: str = "read_committed",
 ) -> int:
     """Read committed records of one partition from `start_offset` to the current end (or to
     `until`, if that comes first).
 
     The end is the last stable offset at the time of the call (`read_committed`): everything
     committed before is delivered, nothing of an open or aborted transaction. Returns the next
-    offset to read.
+    offset to read. With `isolation_level="read_uncommitted"` the records of aborted (and open)
+    transactions are delivered too, up to the high watermark (bound it with `until`).
     """
-    consumer = make_consumer(bootstrap_servers, max_partition_fetch_bytes=8 * 1024 * 1024)
+    consumer = make_consumer(
+        bootstrap_servers,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        isolation_level=isolation_level,
+    )
     tp = TopicPartition(topic, partition)
     try:
         await consumer.start()

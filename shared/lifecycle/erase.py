@@ -18,8 +18,8 @@ In this order, each step safe to repeat (run the erasure again after any failure
    senders wrote them, so the records the command service has processed are deleted
    (`DeleteRecords` below its group's committed offset; commands are requests, the events are
    the record); dead-letter topics keep what could not be processed, so their partitions are
-   rewritten without the subject's records (the others are appended again, then everything below
-   the old end is deleted).
+   rewritten without the subject's records, those of aborted transactions included (the
+   others' committed records are appended again, then everything below the old end is deleted).
 """
 
 from __future__ import annotations
@@ -275,9 +275,10 @@ def _belongs_to(record: InboundRecord, subject: str) -> bool:
 
 
 async def rewrite_without_subject(bootstrap: str, topic: str, subject: str) -> int:
-    """Rewrite each partition of a dead-letter topic that holds records of `subject`: append
-    the other records again (same key, value and headers, plus where they came from), then
-    delete everything below the old end. Returns the number of records removed."""
+    """Rewrite each partition of a dead-letter topic that holds records of `subject` (committed
+    or left by an aborted transaction): append the others' committed records again (same key,
+    value and headers, plus where they came from), then delete everything below the old end.
+    Returns the number of the subject's records removed."""
     consumer = make_consumer(bootstrap)
     try:
         await consumer.start()
@@ -299,7 +300,24 @@ async def rewrite_without_subject(bootstrap: str, topic: str, subject: str) -> i
         end = await read_partition_to_end(
             bootstrap, topic, tp.partition, keep, start_offset=starts[tp]
         )
-        mine = [r for r in records if _belongs_to(r, subject)]
+        # An aborted transaction's records stay in the log (read_uncommitted readers and the
+        # segment files still hold them): the subject's are looked for among every record
+        # below the same end, aborted ones included; only committed ones are kept below.
+        every: list[InboundRecord] = []
+
+        def look(batch: Sequence[InboundRecord], out: list[InboundRecord] = every) -> None:
+            out.extend(batch)
+
+        await read_partition_to_end(
+            bootstrap,
+            topic,
+            tp.partition,
+            look,
+            start_offset=starts[tp],
+            until=end,
+            isolation_level="read_uncommitted",
+        )
+        mine = [r for r in every if _belongs_to(r, subject)]
         if not mine:
             continue
         # A rewrite interrupted between appending and deleting left copies beside their

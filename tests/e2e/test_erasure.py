@@ -20,7 +20,12 @@ import pytest
 from aiokafka import TopicPartition
 
 from shared.kafka import make_consumer
-from shared.kafka.clients import make_admin, make_transactional_producer, topic_partitions
+from shared.kafka.clients import (
+    make_admin,
+    make_transactional_producer,
+    partition_for_key,
+    topic_partitions,
+)
 from shared.kafka.topics import Topics
 from shared.messages import encode_command
 from shared.messages.blog import EditPost, RegisterAuthor
@@ -393,3 +398,87 @@ async def test_erased_subjects_leave_no_readable_trace_and_others_stay_whole(
     finally:
         for p in procs:
             await p.stop()
+
+
+async def test_erasure_removes_personal_data_an_aborted_transaction_left_in_the_log(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Records of an aborted transaction stay in the log, invisible to read_committed readers:
+    when they hold the subject's personal data on a topic the erasure covers (commands, both
+    dead-letter topics), the erasure removes them too, and keeps the others' dead letters."""
+    prefix = unique("erase-aborted") + "."
+    topics = Topics.from_settings(KafkaSettings(topic_prefix=prefix))
+    tag = uuid.uuid4().hex[:8]
+    ada = {"id": f"ada-{tag}", "name": f"Ada Aborted {tag}", "email": f"ada.{tag}@example.org"}
+    cyd_letter = f"Cyd Kept {tag}"
+    keys = f"sqlite:///{tmp_path / 'keys.sqlite3'}"
+    cmd = ServiceProcess(
+        "command_service",
+        command_service_env(kafka_bootstrap, prefix, PARTITIONS, KEY_STORE_URL=keys),
+        tmp_path,
+        "command",
+    )
+    cmd.start()
+    try:
+        await cmd.wait_healthy()
+        async with httpx.AsyncClient(timeout=30) as http:
+            r = await http.post(
+                f"{cmd.url}/authors",
+                json={"author_id": ada["id"], "name": f"Ada {tag}", "email": f"a.{tag}@x.org"},
+            )
+            assert r.status_code == 201, r.text
+        partition = partition_for_key(ada["id"].encode(), PARTITIONS)
+        # another subject's dead letter, committed, in the partition the rewrite will touch
+        await produce(
+            kafka_bootstrap,
+            topics.commands_dlq,
+            [(b"cyd", f'{{"type": "RenameAuthor", "payload": {{"name": "{cyd_letter}'.encode())],
+            partition=partition,
+        )
+        # a client's transaction with ada's personal data on every topic the erasure covers,
+        # aborted: its records stay in the log
+        register = encode_command(
+            RegisterAuthor(name=ada["name"], email=ada["email"]),
+            command_id=uuid.uuid4(),
+            aggregate_id=ada["id"],
+        )
+        broken = f'{{"type": "RenameAuthor", "payload": {{"name": "{ada["name"]}'.encode()
+        txn = make_transactional_producer(kafka_bootstrap, f"{prefix}aborting-client")
+        await txn.start()
+        try:
+            await txn.begin_transaction()
+            await txn.send(
+                topics.commands, register.value, key=register.key, headers=register.headers
+            )
+            for dlq in (topics.commands_dlq, topics.events_dlq):
+                await txn.send(dlq, broken, key=ada["id"].encode(), partition=partition)
+            await txn.abort_transaction()
+        finally:
+            await txn.stop()
+
+        needles = [ada["name"], ada["email"]]
+        before = await every_record_of_every_topic(kafka_bootstrap)
+        assert sorted(find([ada["name"]], before)) == sorted(
+            f"{ada['name']!r} in {t}"
+            for t in (topics.commands, topics.commands_dlq, topics.events_dlq)
+        )
+
+        erased = esctl(
+            {
+                "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+                "TOPIC_PREFIX": prefix,
+                "GROUP_ID": f"{prefix}command-service",
+                "KEY_STORE_URL": keys,
+            },
+            "erase",
+            ada["id"],
+            "--yes",
+        )
+        assert erased.returncode == 0, erased.stderr
+        assert json.loads(erased.stdout)["complete"]
+
+        after = await every_record_of_every_topic(kafka_bootstrap)
+        assert find(needles, after) == []
+        assert find([cyd_letter], after) == [f"{cyd_letter!r} in {topics.commands_dlq}"]
+    finally:
+        await cmd.stop()

@@ -4,8 +4,10 @@ restarts (from its snapshots) and accepts commands on old aggregates with the ri
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,13 +22,14 @@ from shared.kafka.clients import partition_for_key
 from shared.kafka.reader import read_latest_by_key
 from shared.kafka.topics import Topics
 from shared.lifecycle import archive
+from shared.lifecycle.prune import plan, prune
 from shared.messages import encode_command
 from shared.messages.base import Command
 from shared.messages.blog import CreatePost, EditPost
 from shared.settings import KafkaSettings
 from tests.conftest import unique
 from tests.e2e.harness import ServiceProcess, check_log_invariants, command_service_env, esctl
-from tests.kafka_helpers import produce, wait_until
+from tests.kafka_helpers import end_offsets, produce, read_all, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -42,11 +45,11 @@ def rows(db: Path) -> dict[str, dict[str, Any]]:
         return {r[0]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
 
 
-async def log_starts(bootstrap: str, topic: str) -> dict[int, int]:
+async def log_starts(bootstrap: str, topic: str, partitions: int = PARTITIONS) -> dict[int, int]:
     consumer = make_consumer(bootstrap)
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
         return {tp.partition: o for tp, o in (await consumer.beginning_offsets(tps)).items()}
     finally:
         await consumer.stop()
@@ -209,3 +212,64 @@ async def test_prune_archive_rebuild_and_restart_on_old_aggregates(
     finally:
         for svc in (cmd, proj):
             await svc.stop()
+
+
+async def test_a_restore_that_would_replay_across_a_pruned_gap_refuses_to_decide(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """When no readable snapshot checkpoint covers the pruned part of a partition, the command
+    service refuses to restore it (and exits with the reason) instead of deciding commands on
+    incomplete state: nothing is appended, no outcome is written."""
+    prefix = unique("gap") + "."
+    topics = Topics.from_settings(KafkaSettings(topic_prefix=prefix))
+    env = command_service_env(kafka_bootstrap, prefix, 1, SNAPSHOT_EVERY_EVENTS="1")
+    cmd = ServiceProcess("command_service", env, tmp_path, "command")
+    cmd.start()
+    try:
+        await cmd.wait_healthy()
+        async with httpx.AsyncClient(timeout=30) as http:
+            r = await http.post(
+                f"{cmd.url}/authors",
+                json={"author_id": "gap-ada", "name": "Ada", "email": "ada@example.org"},
+            )
+            assert r.status_code == 201, r.text
+            r = await http.post(
+                f"{cmd.url}/posts",
+                json={"post_id": "gap-post", "author_id": "gap-ada", "title": "v1"},
+            )
+            assert r.status_code == 201, r.text
+            r = await http.patch(f"{cmd.url}/posts/gap-post", json={"title": "v2"})
+            assert r.status_code == 200, r.text
+        await cmd.stop()
+
+        # prune below the snapshot checkpoint, as `esctl prune` does
+        plans = await plan(kafka_bootstrap, topics, datetime.now(UTC) + timedelta(minutes=1))
+        assert plans[0].safe > 0 and plans[0].limited_by() == "snapshot checkpoint", plans
+        await prune(kafka_bootstrap, topics, plans, tmp_path / "archive")
+        pruned_at = (await log_starts(kafka_bootstrap, topics.events, 1))[0]
+        assert pruned_at == plans[0].safe
+        # ... then the checkpoint becomes unreadable (written by a newer snapshot schema)
+        await produce(
+            kafka_bootstrap,
+            topics.snapshots,
+            [(b"__checkpoint__", json.dumps({"snapshot_schema": 99, "next_offset": 1}).encode())],
+            partition=0,
+        )
+        events_end = await end_offsets(kafka_bootstrap, topics.events, 1)
+        edit = uuid.uuid4()
+        m = encode_command(EditPost(title="v3"), command_id=edit, aggregate_id="gap-post")
+        await produce(kafka_bootstrap, topics.commands, [(m.key, m.value)])
+
+        cmd.start()
+        assert cmd.proc is not None
+        try:
+            code: int | None = await asyncio.to_thread(cmd.proc.wait, 60)
+        except subprocess.TimeoutExpired:
+            code = None
+        assert code not in (0, None), "the command service restored across the pruned gap"
+        assert "refusing to decide on incomplete state" in cmd.logs()
+        assert await end_offsets(kafka_bootstrap, topics.events, 1) == events_end
+        outcomes = await read_all(kafka_bootstrap, topics.command_results, 1)
+        assert str(edit).encode() not in [r.key for r in outcomes]
+    finally:
+        await cmd.stop()

@@ -18,14 +18,16 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared.kafka import make_consumer, make_producer, make_transactional_producer
 from shared.kafka.clients import partition_for_key
+from shared.kafka.lag import consumer_lag
 from shared.kafka.topics import Topics, bootstrap_system_topics
-from shared.localstack.kafka import java_executable, libs_dir
-from shared.messages import decode_event, encode_event
+from shared.messages import decode_event, encode_command, encode_event
 from shared.messages.base import Event
 from shared.messages.blog import (
+    EditPost,
     PostApproved,
     PostCreated,
     PostEdited,
@@ -38,8 +40,14 @@ from shared.readmodel.rebuild import RebuildProgress, rebuild
 from shared.readmodel.store import ReadStore
 from shared.settings import KafkaSettings
 from tests.conftest import unique
-from tests.e2e.harness import ROOT, ServiceProcess, command_service_env
-from tests.kafka_helpers import produce, read_all, wait_until
+from tests.e2e.harness import ROOT, ServiceProcess, command_service_env, esctl
+from tests.kafka_helpers import (
+    end_offsets,
+    kafka_consumer_groups_describe,
+    produce,
+    read_all,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -447,40 +455,153 @@ async def test_esctl_lag_agrees_with_kafkas_consumer_groups_tool(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    tool = await asyncio.create_subprocess_exec(
-        java_executable(),
-        "-cp",
-        f"{libs_dir()}/*",
-        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
-        "--bootstrap-server",
-        kafka_bootstrap,
-        "--describe",
-        "--group",
-        group,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    (our_out, our_err), (tool_out, tool_err) = await asyncio.gather(
-        ours.communicate(), tool.communicate()
+    (our_out, our_err), theirs = await asyncio.gather(
+        ours.communicate(),
+        asyncio.to_thread(kafka_consumer_groups_describe, kafka_bootstrap, group),
     )
     answered = time.time()
     assert ours.returncode == 0, our_err.decode()
-    assert tool.returncode == 0, tool_err.decode()
     mine = {
         (r["topic"], r["partition"]): (r["committed"], r["log_end"], r["lag"])
         for r in json.loads(our_out)
     }
-    theirs = {}
-    for line in tool_out.decode().splitlines():
-        cols = line.split()
-        if len(cols) >= 6 and cols[0] == group:
-            theirs[(cols[1], int(cols[2]))] = (int(cols[3]), int(cols[4]), int(cols[5]))
     assert theirs == {(topic, 0): (12, 30, 18), (topic, 1): (20, 20, 0)}
     assert mine == theirs
     seconds = {r["partition"]: r["lag_seconds"] for r in json.loads(our_out)}
     assert seconds[1] == 0.0
     # the age of offset 12 at the moment esctl looked, which was between `asked` and `answered`
     assert asked - first_waiting_ms / 1000 <= seconds[0] <= answered - first_waiting_ms / 1000
+
+
+async def lag_gauges(svc: ServiceProcess) -> dict[tuple[str, str, int], tuple[float, float]]:
+    """(group, topic, partition) -> (esctl_consumer_lag_records, esctl_consumer_lag_seconds)
+    from a service's /metrics."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(f"{svc.url}/metrics")).text
+    values: dict[tuple[str, str, int], dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name in ("esctl_consumer_lag_records", "esctl_consumer_lag_seconds"):
+            for sample in family.samples:
+                labels = sample.labels
+                key = (labels["group"], labels["topic"], int(labels["partition"]))
+                values.setdefault(key, {})[family.name] = sample.value
+    return {
+        k: (v["esctl_consumer_lag_records"], v["esctl_consumer_lag_seconds"])
+        for k, v in values.items()
+    }
+
+
+async def test_caught_up_groups_on_transactional_topics_show_lag_0_in_every_tool(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A group that has processed everything of a transactional topic (whose last offset is
+    the commit marker) shows lag 0, and 0 seconds, in Kafka's consumer-groups tool, in
+    `esctl lag --json` and in its service's esctl_consumer_lag_* gauges alike."""
+    prefix = unique("lag0") + "."
+    topics = Topics.from_settings(KafkaSettings(topic_prefix=prefix))
+    fast_gauges = {"LAG_REPORT_INTERVAL_S": "0.5"}
+    cmd = ServiceProcess(
+        "command_service",
+        command_service_env(kafka_bootstrap, prefix, 1, **fast_gauges),
+        tmp_path,
+        "command",
+    )
+    store_url = f"sqlite:///{tmp_path / 'read.sqlite3'}"
+    proj = ServiceProcess(
+        "projector_service",
+        projector_env(kafka_bootstrap, prefix, store_url, PARTITIONS="1", **fast_gauges),
+        tmp_path,
+        "projector",
+    )
+    groups = {
+        f"{prefix}command-service": (cmd, topics.commands),
+        f"{prefix}projector": (proj, topics.events),
+    }
+    cmd.start()
+    try:
+        await cmd.wait_healthy()
+        proj.start()
+        await proj.wait_healthy()
+        async with httpx.AsyncClient(timeout=30) as http:
+            r = await http.post(
+                f"{cmd.url}/authors", json={"author_id": "ada", "name": "A", "email": "a@x.y"}
+            )
+            assert r.status_code == 201, r.text
+            r = await http.post(
+                f"{cmd.url}/posts", json={"post_id": "p1", "author_id": "ada", "title": "T"}
+            )
+            assert r.status_code == 201, r.text
+        # the events topic is written in transactions by the command service; the commands
+        # topic gets one too, as the workflow service writes commands
+        txn = make_transactional_producer(kafka_bootstrap, f"{prefix}txn-client")
+        await txn.start()
+        try:
+            edit = uuid.uuid4()
+            m = encode_command(EditPost(title="T2"), command_id=edit, aggregate_id="p1")
+            await txn.begin_transaction()
+            await txn.send(topics.commands, m.value, key=m.key, headers=m.headers)
+            await txn.commit_transaction()
+        finally:
+            await txn.stop()
+
+        async def processed() -> bool:
+            outcomes = await read_all(kafka_bootstrap, topics.command_results, 1)
+            events = await read_all(kafka_bootstrap, topics.events, 1)
+            store = ReadStore(store_url)
+            try:
+                applied = (await store.positions(await store.active_generation())).get(0, 0)
+            finally:
+                await store.close()
+            return str(edit).encode() in [o.key for o in outcomes] and applied == (
+                events[-1].offset + 1
+            )
+
+        await wait_until(processed, timeout_s=60, what="everything decided and projected")
+        ends = await end_offsets(kafka_bootstrap, topics.events, 1)
+        assert ends[0] > (await read_all(kafka_bootstrap, topics.events, 1))[-1].offset + 1
+
+        rows: list[Any] = []
+
+        async def caught_up() -> bool:
+            nonlocal rows
+            rows = await consumer_lag(kafka_bootstrap, list(groups))
+            return len(rows) == 2 and all(r.lag == 0 for r in rows)
+
+        try:
+            await wait_until(caught_up, timeout_s=20, what="caught-up groups at lag 0")
+        except TimeoutError:
+            raise AssertionError(f"caught-up groups do not show lag 0: {rows}") from None
+
+        for group, (svc, topic) in groups.items():
+            ours = await asyncio.to_thread(
+                esctl,
+                {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap},
+                "lag",
+                "--json",
+                "--group",
+                group,
+            )
+            assert ours.returncode == 0, ours.stderr
+            mine = {
+                (r["topic"], r["partition"]): (r["committed"], r["log_end"], r["lag"])
+                for r in json.loads(ours.stdout)
+            }
+            theirs = await asyncio.to_thread(kafka_consumer_groups_describe, kafka_bootstrap, group)
+            assert mine == theirs
+            ((committed, log_end, lag),) = theirs.values()
+            assert (lag, committed) == (0, log_end), group
+            assert [r["lag_seconds"] for r in json.loads(ours.stdout)] == [0.0]
+
+            async def gauges_agree(s: ServiceProcess = svc, g: str = group, t: str = topic) -> bool:
+                return (await lag_gauges(s)).get((g, t, 0)) == (0.0, 0.0)
+
+            try:
+                await wait_until(gauges_agree, timeout_s=20, what=f"the lag gauges of {group}")
+            except TimeoutError:
+                raise AssertionError(f"lag gauges of {group}: {await lag_gauges(svc)}") from None
+    finally:
+        for svc in (cmd, proj):
+            await svc.stop()
 
 
 async def test_an_interrupted_rebuild_resumes_where_it_stopped(

@@ -467,14 +467,7 @@ async def test_operator_skips_a_failing_step_with_esctl(make_stack: Any, webhook
     wid = (await stack.workflows(kind="publication"))["workflows"][0]["workflow_id"]
 
     def esctl(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "shared.cli", "workflows", *args, "--url", stack.workflow.url],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=60,
-            check=False,
-        )
+        return esctl_workflows(stack, *args)
 
     shown = esctl("show", wid)
     assert shown.returncode == 0, shown.stderr
@@ -551,3 +544,114 @@ async def test_finished_workflows_are_forgotten_after_their_retention(make_stack
     async with httpx.AsyncClient() as http:
         r = await http.get(f"{stack.workflow.url}/workflows/{finished[0]}")
         assert r.status_code == 404
+
+
+def esctl_workflows(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """`esctl workflows ...` against the stack's workflow service, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", "workflows", *args, "--url", stack.workflow.url],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+
+
+async def publication_waiting_on_a_retry(stack: Stack, post: str) -> str:
+    """Create, submit and approve `post`; wait until its publication workflow has failed a
+    step once and waits for the (long) backoff; its id."""
+    await stack.send([(post, CreatePost(author_id="ed", title="Hello"))])
+    await stack.send([(post, SubmitPostForReview())])
+    await stack.send([(post, ApprovePost())])
+
+    async def waiting_retry() -> bool:
+        rows = (await stack.workflows(kind="publication", post_id=post))["workflows"]
+        return bool(rows) and rows[0]["failures"] >= 1
+
+    await wait_until(waiting_retry, timeout_s=60, interval_s=0.3, what="a failed attempt")
+    (row,) = (await stack.workflows(kind="publication", post_id=post))["workflows"]
+    assert row["status"] == "active" and row["next_timer"]["id"] == "activity:webhook:2", row
+    return str(row["workflow_id"])
+
+
+async def test_operator_retry_with_esctl_runs_the_waiting_step_now(
+    make_stack: Any, webhook: Webhook
+) -> None:
+    """`esctl workflows retry` runs a step that waits for its backoff at once: the webhook is
+    called again before its 10-minute retry timer, and the workflow goes on from there."""
+    webhook.failures = 1  # the receiver is back after one failure
+    stack: Stack = await make_stack(
+        WEBHOOK_URL=webhook.url,
+        PUBLICATION_STEPS="webhook",
+        ACTIVITY_MAX_ATTEMPTS="5",
+        ACTIVITY_BACKOFF_MS="600000",
+    )
+    post = f"flaky-{uuid.uuid4().hex[:6]}"
+    wid = await publication_waiting_on_a_retry(stack, post)
+    assert webhook.published_calls(post) == 1
+
+    retried = esctl_workflows(stack, "retry", wid, "--reason", "receiver is back")
+    assert retried.returncode == 0, retried.stderr
+    assert f"retry of {wid} sent" in retried.stderr.replace("\n", " ")
+
+    async def completed() -> bool:
+        return (await stack.show(wid))["status"] == "completed"
+
+    await wait_until(completed, timeout_s=30, interval_s=0.3, what="the retried step")
+    assert webhook.published_calls(post) == 2
+    state = await stack.show(wid)
+    assert state["pending_timers"] == [] and state["data"]["done"] == ["webhook"]
+    retry = next(h for h in state["history"] if h["what"] == "operator_retry")
+    assert retry["detail"] == {"step": "webhook", "reason": "receiver is back"}
+    assert [h["what"] for h in state["history"]][-2:] == ["step_succeeded", "completed"]
+
+
+async def test_operator_compensate_with_esctl_undoes_completed_steps_and_unpublishes(
+    make_stack: Any, webhook: Webhook
+) -> None:
+    """`esctl workflows compensate` on a running publication compensates its completed steps in
+    reverse order, fails the workflow with the operator's reason and unpublishes the post."""
+    stack: Stack = await make_stack(
+        WEBHOOK_URL=webhook.url,
+        PUBLICATION_STEPS="search_index,webhook",
+        ACTIVITY_MAX_ATTEMPTS="5",
+        ACTIVITY_BACKOFF_MS="600000",
+    )
+    post = f"doomed-{uuid.uuid4().hex[:6]}"
+    wid = await publication_waiting_on_a_retry(stack, post)
+    assert (await stack.show(wid))["data"]["done"] == ["search_index"]
+    with sqlite3.connect(stack.store) as db:
+        assert db.execute("SELECT 1 FROM search_index WHERE post_id = ?", (post,)).fetchall()
+
+    sent = esctl_workflows(stack, "compensate", wid, "--reason", "retracted by the editor")
+    assert sent.returncode == 0, sent.stderr
+
+    async def failed() -> bool:
+        return (await stack.show(wid))["status"] == "failed"
+
+    await wait_until(failed, timeout_s=30, interval_s=0.3, what="the compensation")
+    state = await stack.show(wid)
+    assert state["error"] == "operator: retracted by the editor"
+    assert state["data"]["compensated"] == ["search_index"]
+    whats = [h["what"] for h in state["history"]]
+    assert (
+        whats.index("operator_compensate")
+        < whats.index("compensation_started")
+        < whats.index("compensated")
+    )
+    with sqlite3.connect(stack.store) as db:
+        assert not db.execute("SELECT 1 FROM search_index WHERE post_id = ?", (post,)).fetchall()
+    assert webhook.published_calls(post) == 1  # not retried meanwhile
+    assert not [c for c in webhook.calls if c["post_id"] == post and c["event"] == "post.retracted"]
+
+    async def unpublished() -> bool:
+        events = [e for e in await stack.events() if e.envelope.aggregate_id == post]
+        return events[-1].envelope.type == "PostUnpublished"
+
+    await wait_until(unpublished, timeout_s=30, interval_s=0.5, what="the post unpublished")
+    last = [e for e in await stack.events() if e.envelope.aggregate_id == post][-1]
+    assert "operator: retracted by the editor" in (last.payload.reason or "")
+    # finished: further actions are refused, with the reason
+    again = esctl_workflows(stack, "compensate", wid)
+    assert again.returncode == 1 and "failed" in again.stderr
