@@ -52,7 +52,7 @@ def _gauges() -> tuple[Any, Any]:
 
     records = Gauge(
         "esctl_consumer_lag_records",
-        "Records a read_committed consumer of the group still has to read",
+        "Lag in offsets of a read_committed consumer (0 when only transaction markers remain)",
         ["group", "topic", "partition"],
     )
     seconds = Gauge(
