@@ -20,9 +20,10 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
-from shared.errors import EsError
+from shared.cli_output import Column, print_line, print_table
+from shared.errors import EsError, KafkaUnreachable
 from shared.localstack import kafka as lk
 from shared.localstack import postgres as lp
 
@@ -46,10 +47,86 @@ STATE_DIR = Path(os.environ.get("ESCTL_STATE_DIR", "./var"))
 DataDir = Annotated[Path, typer.Option(help="where the cluster keeps its data and state")]
 
 
+#: Exit code of an error: invalid input, Kafka or a service unreachable, refused (see --help).
+EXIT_ERROR = 2
+#: How long a person waits for Kafka to accept a connection before being told it does not.
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _say(message: str, *, label: str = "error", style: str = "red") -> None:
+    """One line on stderr, whatever its length (never wrapped, markup never interpreted)."""
+    console.print(Text.assemble((f"{label}:", style), " ", message), soft_wrap=True)
+
+
+def _say_and_exit(message: str) -> NoReturn:
+    _say(message)
+    raise typer.Exit(EXIT_ERROR)
+
+
 def _fail(exc: EsError) -> NoReturn:
-    hint = " (retrying may help)" if exc.retriable else ""
-    console.print(f"[red]error[/red] {exc}{hint}")
-    raise typer.Exit(2)
+    if isinstance(exc, KafkaUnreachable):
+        _say_and_exit(
+            f"{exc.message}: is the broker running, and is that its address? Check "
+            "KAFKA_BOOTSTRAP_SERVERS (`esctl kafka status` shows the local broker)"
+        )
+    _say_and_exit(exc.message + (" (retrying may help)" if exc.retriable else ""))
+
+
+def _settings(cls: type[Any]) -> Any:
+    """The settings from the environment; an invalid variable is named in one line, exit 2."""
+    from pydantic import ValidationError
+
+    try:
+        return cls()
+    except ValidationError as exc:
+        _say_and_exit("invalid setting " + _validation_words(exc, env=True))
+
+
+def _validation_words(exc: Any, *, env: bool = False, fields: list[str] | None = None) -> str:
+    """A pydantic ValidationError in words: `field: what is wrong; other: ...`, no URLs."""
+    import difflib
+
+    parts = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in error["loc"]) or "(the whole value)"
+        if env:
+            where = where.upper()
+        what = str(error["msg"])
+        what = what[:1].lower() + what[1:]
+        if error["type"] == "extra_forbidden":
+            what = "unknown field"
+            close = difflib.get_close_matches(str(error["loc"][-1]), fields or [], n=1)
+            if close:
+                what += f" (did you mean {close[0]}?)"
+        parts.append(f"{where}: {what}")
+    return "; ".join(parts)
+
+
+def _reach_kafka(bootstrap_servers: str) -> None:
+    """Stop here, in seconds and in one line, when no broker answers at `bootstrap_servers`."""
+    from shared.kafka.clients import ensure_reachable
+
+    try:
+        asyncio.run(ensure_reachable(bootstrap_servers, timeout_s=CONNECT_TIMEOUT_S))
+    except EsError as exc:
+        _fail(exc)
+
+
+def _run_kafka(coro: Any, bootstrap_servers: str) -> Any:
+    """Run a coroutine talking to Kafka: any failure becomes one line on stderr and exit 2."""
+    from aiokafka.errors import KafkaError
+
+    try:
+        return asyncio.run(coro)
+    except EsError as exc:
+        _fail(exc)
+    except (KafkaError, ConnectionError, TimeoutError) as exc:
+        _say_and_exit(
+            f"Kafka at {bootstrap_servers} failed: {type(exc).__name__} {exc}".rstrip()
+            + " (retrying may help)"
+        )
+    except OSError as exc:  # a file of the archive, say
+        _say_and_exit(str(exc))
 
 
 # --------------------------------------------------------------------------------- kafka
@@ -132,16 +209,14 @@ def kafka_status(
             )
         )
     else:
-        table = Table("node", "broker port", "pid", "process")
-        for n in cluster.state.nodes:
-            table.add_row(
-                str(n.node_id),
-                str(n.broker_port),
-                str(n.pid or "-"),
-                "running" if alive[n.node_id] else "stopped",
-            )
-        Console().print(table)
-        Console().print(
+        print_table(
+            ["node", "broker port", "pid", "process"],
+            [
+                (n.node_id, n.broker_port, n.pid, "running" if alive[n.node_id] else "stopped")
+                for n in cluster.state.nodes
+            ],
+        )
+        print_line(
             f"bootstrap {cluster.bootstrap_servers}: "
             f"{'answering' if answering else 'NOT answering'}"
         )
@@ -250,10 +325,9 @@ def topics_create() -> None:
     from shared.kafka.topics import bootstrap_system_topics
     from shared.settings import KafkaSettings
 
-    try:
-        counts = asyncio.run(bootstrap_system_topics(KafkaSettings()))
-    except EsError as exc:
-        _fail(exc)
+    settings = _settings(KafkaSettings)
+    _reach_kafka(settings.kafka_bootstrap_servers)
+    counts = _run_kafka(bootstrap_system_topics(settings), settings.kafka_bootstrap_servers)
     for name, n in sorted(counts.items()):
         console.print(f"{name}: {n} partitions")
 
@@ -264,56 +338,98 @@ def topics_create() -> None:
 @app.command("lag")
 def lag(
     group: Annotated[list[str] | None, typer.Option(help="only these groups (repeatable)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON lines for scripts")] = False,
-    watch: Annotated[float, typer.Option(help="refresh every N seconds (0: once)")] = 0.0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="for scripts: a JSON list of rows (one per refresh)")
+    ] = False,
+    watch: Annotated[
+        float, typer.Option(help="refresh every N seconds until Ctrl-C (0: once)", min=0)
+    ] = 0.0,
 ) -> None:
-    """Consumer lag of every group, per partition: committed, log end, records, seconds."""
-    from shared.kafka.lag import consumer_lag
+    """Consumer lag of every group (or each --group), per partition: the columns of Kafka's
+    `kafka-consumer-groups --describe` and the lag in seconds (age of the oldest unread record).
+
+    CURRENT-OFFSET is the committed offset (`-`: a member holds the partition, nothing committed
+    yet), LOG-END-OFFSET the high watermark, LAG what a read_committed consumer still has to read:
+    0 for a caught-up group on a transactional topic, where Kafka's tool shows 1 (the commit
+    marker). Exit code: 0; 1 a --group that does not exist; 2 Kafka unreachable or an error.
+    """
+    from shared.kafka.lag import LagReport, lag_report
     from shared.settings import KafkaSettings
 
-    settings = KafkaSettings()
+    settings = _settings(KafkaSettings)
+    bootstrap, prefix = settings.kafka_bootstrap_servers, settings.topic_prefix
+    _reach_kafka(bootstrap)
 
-    def show() -> None:
-        try:
-            rows = asyncio.run(
-                consumer_lag(
-                    settings.kafka_bootstrap_servers, group, topic_prefix=settings.topic_prefix
-                )
-            )
-        except EsError as exc:
-            _fail(exc)
+    def show() -> LagReport:
+        report: LagReport = _run_kafka(lag_report(bootstrap, group, topic_prefix=prefix), bootstrap)
         if as_json:
             # flushed: with --watch, a pipe reader (`| jq`) gets each refresh when it is made
-            print(json.dumps([r.as_dict() for r in rows]), flush=True)
-            return
-        table = Table(
-            "group",
-            "topic",
-            "partition",
-            "committed",
-            "log end",
-            "lag",
-            "lag (s)",
-            title=time.strftime("consumer lag at %H:%M:%S"),
-        )
-        for r in rows:
-            table.add_row(
-                r.group,
-                r.topic,
-                str(r.partition),
-                str(r.committed),
-                str(r.log_end),
-                str(r.lag),
-                f"{r.lag_seconds:.1f}" if r.lag_seconds is not None else "-",
-            )
-        Console().print(table)
+            print(json.dumps([r.as_dict() for r in report.rows]), flush=True)
+        else:
+            _print_lag(report, watching=watch > 0)
+        for name in report.missing:
+            _say(f"no consumer group {name}", label="note", style="yellow")
+        if not report.rows and not report.missing:
+            where = f" on topics starting with {prefix!r}" if prefix else ""
+            what = "the consumer groups have" if report.groups else "there are no consumer groups:"
+            _say(f"nothing to show: {what} no committed offsets or members{where}", label="note")
+        return report
 
-    show()
-    while watch > 0:
-        time.sleep(watch)
-        if not as_json:
+    try:
+        report = show()
+        next_at = time.monotonic()
+        while watch > 0:
+            next_at = max(next_at + watch, time.monotonic())
+            time.sleep(next_at - time.monotonic())
+            report = show()
+    except KeyboardInterrupt:  # the way to end --watch
+        raise typer.Exit(0) from None
+    if report.missing:
+        raise typer.Exit(1)
+
+
+def _print_lag(report: Any, *, watching: bool) -> None:
+    """One block of `esctl lag`: on a terminal a table (cleared and redrawn when watching); in
+    a pipe plain columns, and when watching each block under a line with its time."""
+    from shared.cli_output import stdout_is_terminal
+
+    columns = [
+        "group",
+        "topic",
+        "partition",
+        "current-offset",
+        "log-end-offset",
+        "lag",
+        "lag-seconds",
+    ]
+    rows = [
+        (
+            r.group,
+            r.topic,
+            r.partition,
+            r.committed,
+            r.log_end,
+            r.lag,
+            f"{r.lag_seconds:.1f}" if r.lag_seconds is not None else None,
+        )
+        for r in report.rows
+    ]
+    if stdout_is_terminal():
+        if watching:
             Console().clear()
-        show()
+        print_table(columns, rows, title=time.strftime("consumer lag at %H:%M:%S"))
+        return
+    title = None
+    if watching:
+        from datetime import datetime
+
+        title = "consumer lag at " + datetime.now().astimezone().isoformat(timespec="seconds")
+    if rows:
+        print_table(columns, rows, title=title)
+    elif title:
+        print(title)
+    if watching:
+        print(flush=True)
 
 
 # --------------------------------------------------------------------------- projections
@@ -337,47 +453,54 @@ def projections_rebuild(
     """
     from rich.progress import (
         BarColumn,
-        MofNCompleteColumn,
         Progress,
+        TaskProgressColumn,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
 
     from shared.kafka.topics import Topics
-    from shared.readmodel.rebuild import RebuildProgress, rebuild
+    from shared.readmodel.rebuild import RebuildProgress, RebuildResult, rebuild
     from shared.readmodel.store import ReadStore
     from shared.settings import ProjectorSettings
 
-    settings = ProjectorSettings()
+    settings = _settings(ProjectorSettings)
+    bootstrap = settings.kafka_bootstrap_servers
+    _reach_kafka(bootstrap)
     store = ReadStore(settings.read_store_url, writer=True)
+    # The bar moves with the offsets read (the only total known in advance: transaction
+    # markers take offsets too); the count and the rate are of events.
     columns = (
         TextColumn("[bold]generation {task.fields[gen]}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[events]} events"),
         TextColumn("{task.fields[rate]} events/s"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("rebuild", total=None, gen="?", rate="-")
+    started = time.monotonic()
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("rebuild", total=None, gen="?", events="0", rate="-")
 
         def on_progress(p: RebuildProgress) -> None:
-            speed = progress.tasks[0].speed
+            elapsed = time.monotonic() - started
             progress.update(
                 task,
                 total=max(p.total, 1),
                 completed=p.done,
                 gen=p.generation,
-                rate=f"{speed:,.0f}" if speed else "-",
+                events=f"{p.events:,}",
+                rate=f"{p.events / elapsed:,.0f}" if elapsed > 0 and p.events else "-",
             )
 
-        async def go() -> object:
+        async def go() -> RebuildResult:
             try:
                 return await rebuild(
                     store,
-                    settings.kafka_bootstrap_servers,
+                    bootstrap,
                     Topics.from_settings(settings).events,
                     batch=batch,
                     keep_old=keep_old,
@@ -388,13 +511,18 @@ def projections_rebuild(
                 await store.close()
 
         try:
-            result = asyncio.run(go())
+            result: RebuildResult = _run_kafka(go(), bootstrap)
         except KeyboardInterrupt:
-            console.print("interrupted; run the same command again to resume")
+            _say("interrupted; run the same command again to resume", label="note", style="yellow")
             raise typer.Exit(130) from None
-        except EsError as exc:
-            _fail(exc)
-    console.print(f"rebuilt: {result}")
+    kept = f"; generation {result.previous} kept (--keep-old)" if keep_old else ""
+    console.print(
+        f"rebuilt the read model: generation {result.generation} is live (was "
+        f"{result.previous}), {result.events:,} events applied in "
+        f"{time.monotonic() - started:.1f}s{kept}",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 # ---------------------------------------------------------------------------------- prune
@@ -421,52 +549,52 @@ def prune_command(
     try:
         when = datetime.fromisoformat(before)
     except ValueError:
-        console.print(f"[red]error[/red] --before {before!r} is not an ISO 8601 date or time")
-        raise typer.Exit(2) from None
+        _say_and_exit(f"--before {before!r} is not an ISO 8601 date or time")
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    settings = KafkaSettings()
+    settings = _settings(KafkaSettings)
+    bootstrap = settings.kafka_bootstrap_servers
+    _reach_kafka(bootstrap)
     topics = Topics.from_settings(settings)
-    try:
-        plans = asyncio.run(plan(settings.kafka_bootstrap_servers, topics, when))
-    except EsError as exc:
-        _fail(exc)
-    table = Table("partition", "log start", "log end", "safe offset", "records", "limited by")
-    for p in plans:
-        table.add_row(
-            str(p.partition),
-            str(p.log_start),
-            str(p.log_end),
-            str(p.safe),
-            str(p.records),
-            p.limited_by(),
-        )
-    Console().print(table)
+    plans = _run_kafka(plan(bootstrap, topics, when), bootstrap)
+    print_table(
+        ["partition", "log start", "log end", "safe offset", "offsets to prune", "limited by"],
+        [(p.partition, p.log_start, p.log_end, p.safe, p.records, p.limited_by()) for p in plans],
+    )
+    offsets = sum(p.records for p in plans)
     if dry_run:
-        console.print(
-            f"dry run: {sum(p.records for p in plans)} records would be archived and pruned"
+        _say(
+            f"{offsets} offsets (events and transaction markers) would be archived and pruned",
+            label="dry run",
+            style="bold",
         )
         return
-    from rich.progress import Progress
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
-    with Progress(console=console) as progress:
-        task = progress.add_task("archive and prune", total=max(1, sum(p.records for p in plans)))
-        try:
-            entries = asyncio.run(
-                prune(
-                    settings.kafka_bootstrap_servers,
-                    topics,
-                    plans,
-                    archive,
-                    on_progress=lambda done, _total: progress.update(task, completed=done),
-                )
-            )
-        except EsError as exc:
-            _fail(exc)
+    columns = (
+        TextColumn("archive and prune"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[events]} events archived"),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("prune", total=max(1, offsets), events="0")
+
+        def on_progress(events: int, done: int, _total: int) -> None:
+            progress.update(task, completed=done, events=f"{events:,}")
+
+        entries = _run_kafka(
+            prune(bootstrap, topics, plans, archive, on_progress=on_progress), bootstrap
+        )
     for e in entries:
         console.print(
-            f"archived {e.topic}[{e.partition}] below {e.end}: {e.count} records -> {e.file}"
+            f"archived {e.topic}[{e.partition}] below offset {e.end}: {e.count:,} events "
+            f"-> {e.file}",
+            soft_wrap=True,
+            highlight=False,
         )
+    if not entries:
+        _say("nothing to prune", label="note", style="yellow")
 
 
 # --------------------------------------------------------------------------------- erase
@@ -544,18 +672,18 @@ def erase_command(
             f"is in {local_erasure_token_file()} while `esctl up` runs)"
         )
     endpoint = f"{url.rstrip('/')}/subjects/{subject}/erase"
-    console.print(f"[dim]erasing {subject} through {url}...[/dim]")
     try:
-        response = httpx.post(
-            endpoint,
-            json={"reason": reason, "force": force},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=timeout,
-        )
+        with console.status(f"erasing {subject} through {url}"):  # on a terminal only
+            response = httpx.post(
+                endpoint,
+                json={"reason": reason, "force": force},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_S),
+            )
     except httpx.HTTPError as exc:
         _say_and_exit(
-            f"the command service at {url} does not answer ({exc.__class__.__name__}): is it "
-            "running? (--url or COMMAND_SERVICE_URL names another)"
+            f"the command service at {url} does not answer ({_http_why(exc)}): is it running? "
+            "(--url or COMMAND_SERVICE_URL names another)"
         )
     body = _json_or_none(response)
     if not isinstance(body, dict) or "subject" not in body:  # a problem, not a report
@@ -594,6 +722,25 @@ def erase_command(
         )
         return
     console.print(f"[green]erased[/green] {subject}")
+
+
+def _http_why(exc: Exception) -> str:
+    """A few words on a failed HTTP request: `connection refused`, `no answer within 5s`..."""
+    import httpx
+
+    if isinstance(exc, httpx.TimeoutException):
+        return "no answer in time"
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if cause is not None and getattr(cause, "strerror", None):
+        return str(cause.strerror).lower()
+    text = str(exc)
+    if "Connection refused" in text:
+        return "connection refused"
+    return text.split("] ", 1)[-1].lower() or type(exc).__name__
 
 
 def _json_or_none(response: Any) -> Any:
@@ -637,11 +784,6 @@ def _personal_fields_of(event_type: str) -> tuple[str, ...]:
         return ()
 
 
-def _say_and_exit(message: str) -> NoReturn:
-    console.print(f"[red]error[/red] {message}")
-    raise typer.Exit(2)
-
-
 # ---------------------------------------------------------------------------------- send
 
 
@@ -656,7 +798,8 @@ def send(
 ) -> None:
     """Produce a command onto the commands topic and print its outcome (JSON on stdout).
 
-    Exit code: 0 accepted, 1 rejected, 3 no outcome within the timeout, 2 invalid input.
+    Exit code: 0 accepted, 1 rejected, 3 no outcome within the timeout, 2 invalid input or
+    Kafka unreachable (the reason in one line on stderr).
     """
     import uuid
 
@@ -666,20 +809,19 @@ def send(
     from shared.messages.codec import utcnow
     from shared.settings import KafkaSettings
 
+    cls = _command_class(command_type, COMMANDS.types())
+    if cls.issuers:
+        _say_and_exit(
+            f"{command_type} is issued by the system itself, not sent by people: {cls.instead}"
+        )
+    command = _parse_command(cls, payload)
     try:
-        cls = COMMANDS.get(command_type)
-        if cls.issuers:
-            _say_and_exit(
-                f"{command_type} is issued by the system itself, not sent by people: {cls.instead}"
-            )
-        command = cls.model_validate_json(payload)
         cid = uuid.UUID(command_id) if command_id else uuid.uuid4()
-    except EsError as exc:
-        _fail(exc)
-    except ValueError as exc:
-        console.print(f"[red]invalid {command_type}[/red]: {exc}")
-        raise typer.Exit(2) from None
-    settings = KafkaSettings()
+    except ValueError:
+        _say_and_exit(f"--command-id {command_id!r} is not a UUID")
+    settings = _settings(KafkaSettings)
+    bootstrap = settings.kafka_bootstrap_servers
+    _reach_kafka(bootstrap)
     message = encode_command(
         command,
         command_id=cid,
@@ -689,30 +831,68 @@ def send(
     )
 
     async def go() -> object:
-        client = CommandClient(
-            settings.kafka_bootstrap_servers, Topics.from_settings(settings), recent_window_s=0
-        )
+        client = CommandClient(bootstrap, Topics.from_settings(settings), recent_window_s=0)
         await client.start()
         try:
             return await client.send(cid, message, wait_s=timeout)
         finally:
             await client.stop()
 
-    try:
-        outcome = asyncio.run(go())
-    except EsError as exc:
-        _fail(exc)
+    outcome = _run_kafka(go(), bootstrap)
     if outcome is None:
         print(json.dumps({"command_id": str(cid), "status": "pending"}))
-        console.print(f"no outcome within {timeout}s (is the command service running?)")
+        _say(
+            f"no outcome within {timeout:g}s: is the command service running?",
+            label="pending",
+            style="yellow",
+        )
         raise typer.Exit(3)
     from shared.messages.results import CommandOutcome
 
     assert isinstance(outcome, CommandOutcome)
     print(outcome.model_dump_json())
     if outcome.status == "rejected":
-        console.print(f"[yellow]rejected[/yellow] {outcome.code}: {outcome.message}")
+        _say(f"{outcome.code}: {outcome.message}", label="rejected", style="yellow")
         raise typer.Exit(1)
+
+
+def _command_class(name: str, known: dict[str, Any]) -> Any:
+    """The command type called `name`; else one line with the closest name, exit 2."""
+    import difflib
+
+    if name in known:
+        return known[name]
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    if not close:  # a case slip: createpost
+        close = [k for k in known if k.lower() == name.lower()]
+    for_people = sorted(k for k, cls in known.items() if not cls.issuers)
+    hint = f"did you mean {close[0]}?" if close else "known: " + ", ".join(for_people)
+    _say_and_exit(f"unknown command type {name}; {hint}")
+
+
+def _parse_command(cls: Any, payload: str) -> Any:
+    """The command from --json; invalid JSON says where, an invalid payload says which field
+    and what is wrong (one line, exit 2)."""
+    from pydantic import ValidationError
+
+    try:
+        value = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        _say_and_exit(
+            f"invalid JSON in --json at line {exc.lineno}, column {exc.colno}: "
+            f"{exc.msg[:1].lower()}{exc.msg[1:]}"
+        )
+    if not isinstance(value, dict):
+        kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+        _say_and_exit(
+            f"--json must be a JSON object ({{...}}) with the fields of {cls.__name__}, "
+            f"not {kinds.get(type(value), 'a number')}"
+        )
+    try:
+        return cls.model_validate_json(payload)
+    except ValidationError as exc:
+        words = _validation_words(exc, fields=list(cls.model_fields))
+        _say_and_exit(f"invalid {cls.__name__}: {words}")
 
 
 # --------------------------------------------------------------------------------- bench
@@ -757,58 +937,121 @@ WorkflowUrl = Annotated[
 ]
 
 
-def _workflow_call(method: str, url: str, **kwargs: object) -> dict[str, object]:
+def _workflow_call(method: str, base_url: str, path: str, **kwargs: object) -> dict[str, object]:
+    """One request to the workflow service; any failure is one line on stderr (exit 2 when it
+    does not answer or the request is invalid, 1 when it refuses: unknown, finished...)."""
     import httpx
 
     try:
-        response = httpx.request(method, url, timeout=10.0, **kwargs)  # type: ignore[arg-type]
+        response = httpx.request(
+            method,
+            f"{base_url.rstrip('/')}{path}",
+            timeout=httpx.Timeout(10.0, connect=CONNECT_TIMEOUT_S),
+            **kwargs,  # type: ignore[arg-type]
+        )
     except httpx.HTTPError as exc:
-        console.print(f"[red]error[/red] the workflow service at {url} does not answer: {exc}")
-        raise typer.Exit(2) from None
-    body: dict[str, object] = response.json()
+        _say_and_exit(
+            f"the workflow service at {base_url} does not answer ({_http_why(exc)}): is it "
+            "running? (--url or WORKFLOW_URL names another)"
+        )
+    body = _json_or_none(response)
+    if not isinstance(body, dict):
+        _say_and_exit(
+            f"{base_url} answered HTTP {response.status_code} without a JSON object: is it the "
+            "workflow service? (--url or WORKFLOW_URL)"
+        )
+    if response.status_code == 422 and isinstance(body.get("detail"), list):  # FastAPI's
+        words = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', [])[1:])}: {str(e.get('msg', '')).lower()}"
+            for e in body["detail"]
+            if isinstance(e, dict)
+        )
+        _say_and_exit(f"invalid request: {words}")
     if response.status_code >= 400:
-        console.print(f"[red]{body.get('title', 'error')}[/red] {body.get('detail', '')}")
+        _say(f"{body.get('detail', '')}", label=str(body.get("title", "error")))
         raise typer.Exit(1)
     return body
+
+
+#: The statuses of a workflow (workflow_service/model.py; a unit test keeps them equal), and
+#: `running`, which --status takes for every unfinished one.
+WORKFLOW_STATUSES = (
+    "active",
+    "compensating",
+    "published",
+    "scheduled",
+    "rejected",
+    "auto_rejected",
+    "cancelled",
+    "completed",
+    "failed",
+)
 
 
 @workflows_app.command("list")
 def workflows_list(
     url: WorkflowUrl = "http://127.0.0.1:8004",
     status: Annotated[
-        str | None, typer.Option(help="a status, or `running` for every unfinished one")
+        str | None,
+        typer.Option(
+            help=f"{', '.join(WORKFLOW_STATUSES)}, or running (every unfinished one)",
+        ),
     ] = None,
     kind: Annotated[str | None, typer.Option(help="review, schedule or publication")] = None,
     stuck: Annotated[bool, typer.Option("--stuck", help="only workflows without progress")] = False,
     limit: int = 100,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Workflows, newest first, with their step, next timer and failures."""
+    """Workflows, newest first, with their step, next timer and failures.
+
+    None matching: a note on stderr, exit 0. An unknown --status: exit 2, with the valid ones.
+    """
+    import difflib
+
     params: dict[str, object] = {"limit": limit}
     if status:
+        if status not in (*WORKFLOW_STATUSES, "running"):
+            close = difflib.get_close_matches(status, [*WORKFLOW_STATUSES, "running"], n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            _say_and_exit(
+                f"unknown workflow status {status}; {hint}valid: "
+                f"{', '.join(WORKFLOW_STATUSES)}, running (every unfinished one)"
+            )
         params["status"] = status
     if kind:
         params["kind"] = kind
     if stuck:
         params["stuck"] = "true"
-    body = _workflow_call("GET", f"{url}/workflows", params=params)
+    body = _workflow_call("GET", url, "/workflows", params=params)
     if as_json:
         print(json.dumps(body))
         return
-    table = Table("workflow", "status", "step", "next timer", "failures", "stuck", "updated")
-    for row in body["workflows"]:  # type: ignore[attr-defined]
-        timer = row.get("next_timer") or {}
-        table.add_row(
-            row["workflow_id"],
-            row["status"],
-            row["step"],
-            f"{timer.get('id')} @ {timer.get('due_at')}" if timer else "-",
-            str(row["failures"]),
-            "STUCK" if row["stuck"] else "",
-            str(row["updated_at"]),
-        )
-    Console().print(table)
-    Console().print(f"counts: {body['counts']}")
+    rows: list[dict[str, Any]] = body["workflows"]  # type: ignore[assignment]
+    counts: dict[str, int] = body["counts"]  # type: ignore[assignment]
+    everything = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"
+    if not rows:
+        asked = [f"{k} {v}" for k, v in (("status", status), ("kind", kind)) if v]
+        asked += ["stuck"] if stuck else []
+        which = f" with {', '.join(asked)}" if asked else ""
+        _say(f"no workflows{which} (all workflows: {everything})", label="note", style="yellow")
+        return
+    print_table(
+        ["workflow", "status", "step", "next timer", "due at", "failures", "stuck", "updated"],
+        [
+            (
+                row["workflow_id"],
+                row["status"],
+                row["step"],
+                (row.get("next_timer") or {}).get("id"),
+                (row.get("next_timer") or {}).get("due_at"),
+                row["failures"],
+                "STUCK" if row["stuck"] else "no",
+                row["updated_at"],
+            )
+            for row in rows
+        ],
+    )
+    print_line(f"all workflows: {everything}")
 
 
 @workflows_app.command("show")
@@ -818,25 +1061,28 @@ def workflows_show(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """State, history, pending timers, current step and failures of one workflow."""
-    body = _workflow_call("GET", f"{url}/workflows/{workflow_id}")
+    from urllib.parse import quote
+
+    body = _workflow_call("GET", url, f"/workflows/{quote(workflow_id, safe=':')}")
     if as_json:
         print(json.dumps(body))
         return
-    out = Console()
-    out.print(
-        f"[bold]{body['workflow_id']}[/bold]  {body['status']}  step: {body['step']}"
-        + ("  [red]STUCK[/red]" if body["stuck"] else "")
-    )
+    stuck = "  STUCK" if body["stuck"] else ""
+    print_line(f"{body['workflow_id']}  {body['status']}  step: {body['step']}{stuck}")
     if body.get("error"):
-        out.print(f"[red]error:[/red] {body['error']}")
-    timers = Table("pending timer", "due at", title=None)
-    for t in body["pending_timers"]:  # type: ignore[attr-defined]
-        timers.add_row(t["id"], t["due_at"])
-    out.print(timers)
-    history = Table("at", "what", "detail")
-    for h in body["history"]:  # type: ignore[attr-defined]
-        history.add_row(h["at"], h["what"], json.dumps(h["detail"]))
-    out.print(history)
+        print_line(f"error: {body['error']}", style="red")
+    timers: list[dict[str, Any]] = body["pending_timers"]  # type: ignore[assignment]
+    print_line("")
+    if timers:
+        print_table(["pending timer", "due at"], [(t["id"], t["due_at"]) for t in timers])
+    else:
+        print_line("no pending timers")
+    history: list[dict[str, Any]] = body["history"]  # type: ignore[assignment]
+    print_line("")
+    print_table(
+        ["at", "what", Column("detail", wrap=True)],
+        [(h["at"], h["what"], json.dumps(h["detail"]) if h["detail"] else None) for h in history],
+    )
 
 
 def _action(name: str) -> None:
@@ -845,12 +1091,15 @@ def _action(name: str) -> None:
         url: WorkflowUrl = "http://127.0.0.1:8004",
         reason: Annotated[str | None, typer.Option(help="recorded in the history")] = None,
     ) -> None:
-        body = _workflow_call(
-            "POST", f"{url}/workflows/{workflow_id}/{name}", json={"reason": reason}
-        )
+        from urllib.parse import quote
+
+        path = f"/workflows/{quote(workflow_id, safe=':')}/{name}"
+        body = _workflow_call("POST", url, path, json={"reason": reason})
         console.print(
             f"{name} of {body['workflow_id']} sent (request {body['request_id']}); "
-            f"`esctl workflows show {workflow_id}` shows its effect"
+            f"`esctl workflows show {workflow_id}` shows its effect",
+            soft_wrap=True,
+            highlight=False,
         )
 
     command.__doc__ = {
@@ -882,8 +1131,12 @@ def up(
         "workflow_service"
     ],
 ) -> None:
-    """Run the whole system locally: Kafka, topics, the four services. Ctrl-C stops everything
-    it started (a broker that was already running is left running)."""
+    """Run the whole system locally, in the foreground: a Kafka broker, then the four services.
+
+    The services create the topics and log to the terminal. Ctrl-C stops everything this
+    command started: the four services, and the broker unless it was already running (then it
+    keeps running, with its data). `esctl kafka destroy` deletes the broker's data.
+    """
     ports = {
         "command_service": command_port,
         "query_service": query_port,
@@ -915,16 +1168,23 @@ def up(
             procs[module] = subprocess.Popen(
                 [sys.executable, "-m", module], env=env | {"HTTP_PORT": str(http_port)}
             )
-        console.print("services: " + ", ".join(f"{m} :{p}" for m, p in ports.items()))
+        for module, http_port in ports.items():
+            console.print(f"{module}: http://127.0.0.1:{http_port}", highlight=False)
         console.print(
-            "Ctrl-C stops the services" + ("" if broker_was_running else " and the broker")
+            "Ctrl-C stops the four services"
+            + (
+                "; the broker was running before and keeps running (`esctl kafka stop`)"
+                if broker_was_running
+                else " and the broker"
+            ),
+            soft_wrap=True,
         )
         while all(p.poll() is None for p in procs.values()):
             time.sleep(0.5)
-        dead = [m for m, p in procs.items() if p.poll() is not None]
-        console.print(f"[red]exited:[/red] {', '.join(dead)}")
+        dead = [f"{m} (exit code {p.returncode})" for m, p in procs.items() if p.poll() is not None]
+        _say(f"{', '.join(dead)}; stopping the others", label="exited")
     except KeyboardInterrupt:
-        pass
+        _say("stopping what `esctl up` started", label="Ctrl-C", style="yellow")
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -938,17 +1198,34 @@ def up(
         started = lk.LocalKafkaCluster.load(data_dir)
         if not broker_was_running and started is not None:
             started.stop()  # only the node processes this data dir's cluster started
-            console.print("Kafka stopped")
+            console.print("services and broker stopped")
+        else:
+            console.print(
+                f"services stopped; the broker at 127.0.0.1:{port} keeps running "
+                "(`esctl kafka stop` stops it)",
+                soft_wrap=True,
+                highlight=False,
+            )
     if dead:
         raise typer.Exit(1)
 
 
 def main() -> None:
     # logs to stderr (stdout carries the JSON answers of send, erase...), warnings and above
+    import logging
+
     from shared.logging import configure_logging
 
     configure_logging("console", "warning")
-    app()
+    # aiokafka logs every failed connection attempt and retry as an error; esctl says in one
+    # line what failed and what to check instead (`_reach_kafka`, `_run_kafka`).
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        app()
+    except BrokenPipeError:  # `esctl lag --watch 5 | head`: the reader is gone, end quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,17 @@ class InfrastructureUnavailable(EsError):
     retriable = True
 
 
+class KafkaUnreachable(InfrastructureUnavailable):
+    """No broker of the bootstrap list answered: the address, and why (refused, no answer...)."""
+
+    code = "kafka_unreachable"
+
+    def __init__(self, bootstrap_servers: str, reason: str) -> None:
+        super().__init__(f"cannot reach Kafka at {bootstrap_servers} ({reason})")
+        self.bootstrap_servers = bootstrap_servers
+        self.reason = reason
+
+
 class ProducerFencedError(EsError):
     """A newer owner of the same transactional id exists; this owner must stop writing."""
 

@@ -1,21 +1,61 @@
-"""Kafka plumbing: the only package of the project that imports aiokafka."""
+"""Kafka plumbing: the only package of the project that imports aiokafka.
 
-from shared.kafka.clients import (
-    make_admin,
-    make_consumer,
-    make_producer,
-    make_transactional_producer,
-    wait_for_brokers,
-)
-from shared.kafka.processor import (
-    PartitionHandler,
-    ProcessorHooks,
-    TransactionalPartitionProcessor,
-    TwoPhaseHandler,
-    transactional_id_for,
-)
-from shared.kafka.records import Delivered, InboundRecord, OutboundRecord, dead_letter
-from shared.kafka.topics import Topics, TopicSpec, bootstrap_system_topics, ensure_topics
+The names below are imported on first use (PEP 562), so that importing one module of the package
+(`shared.kafka.clients`, say, for `esctl lag`) does not import the processor and every message
+model: a command-line tool pays for what it uses.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shared.kafka.clients import (
+        make_admin,
+        make_consumer,
+        make_producer,
+        make_transactional_producer,
+        wait_for_brokers,
+    )
+    from shared.kafka.processor import (
+        PartitionHandler,
+        ProcessorHooks,
+        TransactionalPartitionProcessor,
+        TwoPhaseHandler,
+        transactional_id_for,
+    )
+    from shared.kafka.records import Delivered, InboundRecord, OutboundRecord, dead_letter
+    from shared.kafka.topics import Topics, TopicSpec, bootstrap_system_topics, ensure_topics
+
+_WHERE = {
+    "make_admin": "clients",
+    "make_consumer": "clients",
+    "make_producer": "clients",
+    "make_transactional_producer": "clients",
+    "wait_for_brokers": "clients",
+    "PartitionHandler": "processor",
+    "ProcessorHooks": "processor",
+    "TransactionalPartitionProcessor": "processor",
+    "TwoPhaseHandler": "processor",
+    "transactional_id_for": "processor",
+    "Delivered": "records",
+    "InboundRecord": "records",
+    "OutboundRecord": "records",
+    "dead_letter": "records",
+    "Topics": "topics",
+    "TopicSpec": "topics",
+    "bootstrap_system_topics": "topics",
+    "ensure_topics": "topics",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
 
 __all__ = [
     "Delivered",

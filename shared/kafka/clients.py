@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import socket
 import time
 from typing import Any
 
@@ -17,7 +19,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer import sender as _aiokafka_sender
 
-from shared.errors import InfrastructureUnavailable
+from shared.errors import InfrastructureUnavailable, KafkaUnreachable
 
 # After a commit the broker writes the transaction markers asynchronously; a new transaction
 # that starts meanwhile is answered CONCURRENT_TRANSACTIONS and aiokafka retries after a fixed
@@ -119,6 +121,67 @@ async def wait_for_brokers(
         f"Kafka at {bootstrap_servers} did not answer a metadata request within "
         f"{timeout_s:.0f}s ({last_error})"
     )
+
+
+def bootstrap_addresses(bootstrap_servers: str) -> list[tuple[str, int]]:
+    """`host:port,host:port` (IPv6 as `[::1]:9092`; port 9092 when missing) as (host, port)."""
+    out = []
+    for raw in bootstrap_servers.split(","):
+        item = raw.strip().removeprefix("PLAINTEXT://")
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not port.isdigit() or (host.count(":") and not host.startswith("[")):
+            host, port = item, "9092"
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def _why(exc: BaseException, timeout_s: float) -> str:
+    """A few words on a failed connection attempt."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout_s:g}s"
+    if isinstance(exc, socket.gaierror):
+        return "unknown host"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return "host unreachable"
+    return (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).lower()
+
+
+async def _connect(host: str, port: int, timeout_s: float) -> None:
+    _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
+async def ensure_reachable(bootstrap_servers: str, *, timeout_s: float = 5.0) -> None:
+    """Raise KafkaUnreachable unless a broker of `bootstrap_servers` accepts a connection and
+    answers a metadata request, each within `timeout_s` (for tools a person waits on, which
+    should say in seconds, in one sentence, that the address is wrong or the broker is down)."""
+    addresses = bootstrap_addresses(bootstrap_servers)
+    if not addresses:
+        raise KafkaUnreachable(bootstrap_servers or '""', "no address given")
+    outcomes = await asyncio.gather(
+        *(_connect(h, p, timeout_s) for h, p in addresses), return_exceptions=True
+    )
+    if all(isinstance(o, BaseException) for o in outcomes):
+        reasons = sorted({_why(o, timeout_s) for o in outcomes if isinstance(o, BaseException)})
+        raise KafkaUnreachable(bootstrap_servers, ", ".join(reasons))
+    admin = make_admin(bootstrap_servers, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+    except (TimeoutError, KafkaError, OSError) as exc:
+        answer = "no answer" if isinstance(exc, TimeoutError) else "no Kafka answer"
+        raise KafkaUnreachable(
+            bootstrap_servers,
+            f"it accepts connections, but {answer} to a metadata request within {timeout_s:g}s",
+        ) from exc
+    finally:
+        with contextlib.suppress(KafkaError, OSError):
+            await admin.close()
 
 
 def partition_for_key(key: bytes, partitions: int) -> int:

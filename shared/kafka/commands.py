@@ -66,8 +66,15 @@ class CommandClient:
         self._cache_size = cache_size
 
     async def start(self) -> None:
-        await self._producer.start()
-        await self._follower.start()
+        """Start the producer and the follower; on failure stop both (nothing left unclosed)."""
+        try:
+            await self._producer.start()
+            await self._follower.start()
+        except BaseException as exc:
+            await self.stop()
+            if isinstance(exc, KafkaError):
+                raise InfrastructureUnavailable(f"cannot start the command client: {exc}") from exc
+            raise
 
     async def stop(self) -> None:
         await self._follower.stop()

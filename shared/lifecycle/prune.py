@@ -121,11 +121,15 @@ async def prune(
     plans: list[PartitionPlan],
     archive_dir: Path,
     *,
-    on_progress: Callable[[int, int], None] = lambda done, total: None,
+    on_progress: Callable[[int, int, int], None] = lambda events, done, total: None,
 ) -> list[archive.ArchiveEntry]:
-    """Archive, then delete, the records below each plan's safe offset."""
+    """Archive, then delete, the records below each plan's safe offset.
+
+    `on_progress(events, done, total)`: events archived so far; `done` of `total` offsets
+    (transaction markers take offsets too, and only the offsets are known in advance)."""
     total = sum(p.records for p in plans)
     done = 0
+    events = 0
     written = []
     for p in plans:
         if p.records <= 0:
@@ -135,13 +139,14 @@ async def prune(
 
         def keep(
             batch: Sequence[InboundRecord],
-            safe: int = p.safe,
+            p: PartitionPlan = p,
             w: archive.ArchiveWriter = writer,
             base: int = done,
-            limit: int = p.records,
+            archived: int = events,
         ) -> None:
-            w.add(r for r in batch if r.offset < safe)
-            on_progress(base + min(w.count, limit), total)
+            w.add(r for r in batch if r.offset < p.safe)
+            read = min(batch[-1].offset + 1 - p.log_start, p.records) if batch else 0
+            on_progress(archived + w.count, base + read, total)
 
         try:
             await read_partition_to_end(
@@ -171,7 +176,8 @@ async def prune(
         finally:
             await admin.close()
         done += p.records
-        on_progress(done, total)
+        events += entry.count
+        on_progress(events, done, total)
         log.info(
             "partition_pruned",
             partition=p.partition,

@@ -36,10 +36,14 @@ REBUILD_KEY = "rebuild_generation"
 
 @dataclass
 class RebuildProgress:
+    """`done` of `total` offsets read (markers included: the only total known in advance);
+    `events` applied so far by this run (the archive's included)."""
+
     generation: int
     done: int
     total: int
     resumed: bool
+    events: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,9 @@ async def rebuild(
             ends = await consumer.end_offsets(tps)
             total = sum(ends.values())
             done = sum(positions.get(tp.partition, 0) for tp in tps)
-            on_progress(RebuildProgress(target, done - start_total, total - start_total, resumed))
+            on_progress(
+                RebuildProgress(target, done - start_total, total - start_total, resumed, applied)
+            )
             # Within one offset of the end everywhere: what is left is at most a commit marker
             # or one event that the live projector applies to the new generation after the
             # swap (it continues from this generation's positions), so nothing is lost.

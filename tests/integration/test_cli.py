@@ -1,5 +1,5 @@
-"""`esctl` commands that need a real broker but none of the services: `topics create` and
-`lag --watch`, run as a person runs them (a subprocess of the real CLI)."""
+"""`esctl` as a new operator meets it: the real command in a subprocess (standard output a pipe,
+not a terminal), against a real broker or against an address where nothing listens."""
 
 from __future__ import annotations
 
@@ -9,148 +9,327 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
 
-from shared.kafka import make_consumer
-from shared.kafka.topics import Topics
-from shared.settings import KafkaSettings
+from shared.kafka import make_consumer, make_transactional_producer
+from shared.localstack.kafka import LocalKafkaCluster, free_port
 from tests.conftest import TopicFactory, unique
-from tests.kafka_helpers import delete_topics, produce, topic_configs
+from tests.e2e.harness import ROOT, esctl
+from tests.kafka_helpers import produce
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 
-DAY_MS = 24 * 3600 * 1000
-
-
-def esctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=dict(os.environ) | env,
-        timeout=120,
-        check=False,
-    )
+NOT_PLAIN = ("\x1b", "┃", "│", "━", "─", "┏", "└")
 
 
-async def test_esctl_topics_create_makes_the_system_topics_with_their_configs_idempotently(
-    kafka_bootstrap: str,
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The single non-empty line of stderr of a failed command (asserting there is one)."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
+    assert "Traceback" not in result.stderr and "Unclosed" not in result.stderr
+    return lines[0]
+
+
+# ------------------------------------------------------------------ nothing listening
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["send", "CreatePost", "-a", "p1", "-j", '{"author_id": "a1", "title": "t"}'],
+        ["lag"],
+        ["lag", "--watch", "1"],
+        ["topics", "create"],
+        ["prune", "--before", "2026-01-01", "--dry-run"],
+        ["prune", "--before", "2026-01-01"],
+        ["projections", "rebuild"],
+    ],
+    ids=[
+        "send",
+        "lag",
+        "lag --watch",
+        "topics create",
+        "prune --dry-run",
+        "prune",
+        "projections rebuild",
+    ],
+)
+def test_every_kafka_command_says_in_one_line_that_kafka_is_unreachable(
+    args: list[str], tmp_path: Path
 ) -> None:
-    """`esctl topics create` creates every system topic with the partitions and configs of the
-    README's topic table; run again, it succeeds and changes nothing."""
-    prefix = unique("topics") + "."
-    t = Topics.from_settings(KafkaSettings(topic_prefix=prefix))
-    env = {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "TOPIC_PREFIX": prefix, "PARTITIONS": "2"}
-    # the README's table, written out here (not taken from the code under test)
-    expected = {
-        t.commands: {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)},
-        t.events: {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"},
-        t.command_results: {"cleanup.policy": "delete", "retention.ms": str(DAY_MS)},
-        t.snapshots: {"cleanup.policy": "compact"},
-        t.commands_dlq: {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)},
-        t.events_dlq: {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)},
-        t.workflow_state: {"cleanup.policy": "compact"},
-        t.workflow_control: {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)},
-        t.workflow_history: {"cleanup.policy": "delete", "retention.ms": str(90 * DAY_MS)},
-        t.workflow_dlq: {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)},
+    """With no broker at KAFKA_BOOTSTRAP_SERVERS, every command that needs Kafka prints one
+    line naming the address and what to check, and exits 2: no traceback, no unclosed client."""
+    address = f"127.0.0.1:{free_port()}"
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": address,
+        "READ_STORE_URL": f"sqlite:///{tmp_path / 'read.sqlite3'}",
     }
-    names = sorted(expected)
-    try:
-        first = esctl(env, "topics", "create")
-        assert first.returncode == 0, first.stderr
-        assert all(f"{name}: 2 partitions" in first.stderr for name in names), first.stderr
-        created = await topic_configs(kafka_bootstrap, names)
-        for name, configs in expected.items():
-            got = {k: created[name][k] for k in configs}
-            assert got == configs, name
-            assert created[name]["min.insync.replicas"] == "1"  # min(2, replication factor 1)
-
-        again = esctl(env, "topics", "create")
-        assert again.returncode == 0, again.stderr
-        assert all(f"{name}: 2 partitions" in again.stderr for name in names), again.stderr
-        assert await topic_configs(kafka_bootstrap, names) == created
-    finally:
-        await delete_topics(kafka_bootstrap, names)
+    result = esctl(env, *args)
+    line = one_line_error(result)
+    assert result.returncode == 2, result.stderr
+    assert address in line
+    assert "connection refused" in line and "KAFKA_BOOTSTRAP_SERVERS" in line
+    assert result.stdout == ""
 
 
-async def _commit(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
-    consumer = make_consumer(bootstrap, group_id=group)
-    await consumer.start()
-    try:
-        consumer.assign(list(offsets))
-        await consumer.commit(offsets)
-    finally:
+@pytest.mark.parametrize(
+    ("args", "variable"),
+    [
+        (["erase", "author-1", "--yes"], "COMMAND_SERVICE_URL"),
+        (["workflows", "list"], "WORKFLOW_URL"),
+        (["workflows", "show", "review:p1:v1"], "WORKFLOW_URL"),
+        (["workflows", "retry", "review:p1:v1"], "WORKFLOW_URL"),
+    ],
+    ids=["erase", "workflows list", "workflows show", "workflows retry"],
+)
+def test_http_commands_say_in_one_line_that_the_service_does_not_answer(
+    args: list[str], variable: str
+) -> None:
+    """With nothing listening at the service's URL, `erase` and `workflows` print one line
+    with the URL and the variable that names another, and exit 2."""
+    url = f"http://127.0.0.1:{free_port()}"
+    result = esctl({variable: url, "ERASURE_TOKEN": "t"}, *args)
+    line = one_line_error(result)
+    assert result.returncode == 2, result.stderr
+    assert url in line and "connection refused" in line and variable in line
+
+
+def test_kafka_status_in_a_pipe_prints_plain_columns(tmp_path: Path) -> None:
+    """`esctl kafka status | cat` of a stopped local cluster: node table as plain columns."""
+    cluster = LocalKafkaCluster.create(tmp_path / "kafka", nodes=1)
+    cluster.save()
+    result = esctl({}, "kafka", "status", "--data-dir", str(tmp_path / "kafka"))
+    assert result.returncode == 1  # not answering
+    assert not [c for c in NOT_PLAIN if c in result.stdout], result.stdout
+    header, row, status = result.stdout.splitlines()
+    assert header.split() == ["NODE", "BROKER-PORT", "PID", "PROCESS"]
+    assert row.split() == ["1", str(cluster.state.nodes[0].broker_port), "-", "stopped"]
+    assert status == f"bootstrap {cluster.bootstrap_servers}: NOT answering"
+
+
+# ------------------------------------------------------------------ invalid input
+
+
+def test_send_names_each_invalid_field_and_what_is_wrong() -> None:
+    """A payload that does not validate is described field by field in words (no pydantic dump,
+    no URL), exit 2, before anything is sent."""
+    env = {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
+    result = esctl(env, "send", "CreatePost", "-a", "p1", "-j", '{"title": 5}')
+    line = one_line_error(result)
+    assert result.returncode == 2
+    assert line == (
+        "error: invalid CreatePost: author_id: field required; "
+        "title: input should be a valid string"
+    )
+    typo = esctl(env, "send", "CreatePost", "-a", "p1", "-j", '{"author_id": "a", "titel": "t"}')
+    assert "titel: unknown field (did you mean title?)" in one_line_error(typo)
+
+
+def test_send_says_where_the_json_is_invalid() -> None:
+    """Invalid JSON in --json is reported with its line and column, exit 2."""
+    env = {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
+    result = esctl(env, "send", "CreatePost", "-a", "p1", "-j", '{"title": "t",\n "body" "b"}')
+    line = one_line_error(result)
+    assert result.returncode == 2
+    assert "invalid JSON in --json at line 2, column 9" in line
+
+
+def test_send_suggests_the_closest_command_type() -> None:
+    """An unknown command type gets the closest known name as a suggestion, exit 2."""
+    env = {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
+    result = esctl(env, "send", "PublishPots", "-a", "p1")
+    assert one_line_error(result) == (
+        "error: unknown command type PublishPots; did you mean PublishPost?"
+    )
+    assert result.returncode == 2
+
+
+def test_up_help_says_what_ctrl_c_stops() -> None:
+    """`esctl up --help` says what Ctrl-C stops: the four services, and the broker unless it
+    was already running."""
+    result = esctl({"COLUMNS": "200"}, "up", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "Ctrl-C stops everything this command started: the four services" in text
+    assert "the broker unless it was already running" in text
+
+
+# ------------------------------------------------------------------ lag on a real broker
+
+
+@pytest.fixture
+async def member(kafka_bootstrap: str) -> AsyncIterator[Any]:
+    """Start a consumer that joins a group and holds partitions (stopped afterwards)."""
+    consumers: list[Any] = []
+
+    async def join(group: str, topic: str, partitions: int) -> Any:
+        consumer = make_consumer(kafka_bootstrap, group_id=group)
+        await consumer.start()
+        consumers.append(consumer)
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + 60
+        while len(consumer.assignment()) < partitions:
+            assert time.monotonic() < deadline, "the member got no partitions in 60s"
+            await consumer.getmany(timeout_ms=200)
+        return consumer
+
+    yield join
+    for consumer in consumers:
         await consumer.stop()
 
 
-async def test_esctl_lag_watch_refreshes_at_its_interval_until_interrupted(
+async def run_esctl(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """The CLI in a subprocess without blocking the event loop (a member keeps heartbeating)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "shared.cli",
+        *args,
+        cwd=ROOT,
+        env=dict(os.environ) | env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_lag_counts_what_a_read_committed_consumer_has_left(
+    kafka_bootstrap: str, make_topic: TopicFactory, member: Any
+) -> None:
+    """A group caught up on a transactional partition has lag 0 (the commit marker is not
+    waiting); with committed records waiting, lag is Kafka's figure and lag_seconds the age of the
+    oldest; a partition a member holds without a committed offset shows `-` like Kafka's tool."""
+    topic = await make_topic("lag-txn", partitions=2)
+    group = unique("lag-txn-group")
+    producer = make_transactional_producer(kafka_bootstrap, unique("lag-txn"))
+    await producer.start()
+    try:
+        await producer.begin_transaction()
+        for i in range(3):
+            await producer.send(topic, b"v", key=b"k%d" % i, partition=0)
+        await producer.commit_transaction()  # offsets 0-2, the commit marker at 3
+        consumer = await member(group, topic, 2)
+        await consumer.commit({TopicPartition(topic, 0): 3})
+        env = {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+
+        code, out, err = await run_esctl(env, "lag", "--json", "--group", group)
+        assert code == 0, err
+        rows = {r["partition"]: r for r in json.loads(out)}
+        assert rows[0] == {
+            "group": group,
+            "topic": topic,
+            "partition": 0,
+            "committed": 3,
+            "log_end": 4,
+            "lag": 0,
+            "lag_seconds": 0.0,
+        }
+        assert (rows[1]["committed"], rows[1]["lag"], rows[1]["lag_seconds"]) == (None, None, None)
+
+        # two records written a minute ago (their create time) wait behind the committed offset
+        await producer.begin_transaction()
+        minute_ago = int(time.time() * 1000) - 60_000
+        for i in range(2):
+            await producer.send(topic, b"v", key=b"n%d" % i, partition=0, timestamp_ms=minute_ago)
+        await producer.commit_transaction()  # offsets 4-5, the marker at 6
+    finally:
+        await producer.stop()
+    code, out, err = await run_esctl(env, "lag", "--json", "--group", group)
+    assert code == 0, err
+    waiting = next(r for r in json.loads(out) if r["partition"] == 0)
+    assert (waiting["committed"], waiting["log_end"], waiting["lag"]) == (3, 7, 4)
+    assert 59 <= waiting["lag_seconds"] < 3600
+
+    code, out, err = await run_esctl(env, "lag", "--group", group)
+    assert code == 0, err
+    header, *lines = out.splitlines()
+    assert header.split() == [
+        "GROUP",
+        "TOPIC",
+        "PARTITION",
+        "CURRENT-OFFSET",
+        "LOG-END-OFFSET",
+        "LAG",
+        "LAG-SECONDS",
+    ]
+    table = {int(cols[2]): cols for cols in (line.split() for line in lines)}
+    assert table[0][:6] == [group, topic, "0", "3", "7", "4"]
+    assert table[1] == [group, topic, "1", "-", "0", "-", "-"]
+
+
+async def test_lag_of_a_group_that_does_not_exist_says_so(kafka_bootstrap: str) -> None:
+    """`esctl lag --group <unknown>` says there is no such group (stderr) and exits 1."""
+    group = unique("no-such-group")
+    code, out, err = await run_esctl(
+        {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}, "lag", "--group", group
+    )
+    assert code == 1
+    assert out == ""
+    assert err.strip() == f"note: no consumer group {group}"
+
+
+async def test_lag_watch_in_a_pipe_prints_a_new_timestamped_block_at_each_refresh(
     kafka_bootstrap: str, make_topic: TopicFactory
 ) -> None:
-    """`esctl lag --watch S` prints the lag again every S seconds, showing what changed in
-    between (JSON lines with --json, a titled table without), until Ctrl-C stops it."""
-    topic = await make_topic("watch")
-    await produce(kafka_bootstrap, topic, [(b"k", b"v")] * 10)
-    group = unique("watch-group")
-    tp = TopicPartition(topic, 0)
-    await _commit(kafka_bootstrap, group, {tp: 3})
-    # as in a shell pipe (`esctl lag --json --watch 5 | jq`): stdout is not a terminal, and
-    # nothing asks Python for unbuffered output
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    env["KAFKA_BOOTSTRAP_SERVERS"] = kafka_bootstrap
-
-    async def watch(*extra: str) -> asyncio.subprocess.Process:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "shared.cli",
-            "lag",
-            "--group",
-            group,
-            "--watch",
-            "0.5",
-            *extra,
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-
-    async def next_line(proc: asyncio.subprocess.Process) -> str:
-        assert proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
-        except TimeoutError:
-            raise AssertionError("esctl lag --watch printed no line within 30 s") from None
-        assert line, "esctl lag --watch ended its output"
-        return line.decode()
-
-    as_json, as_table = await watch("--json"), await watch()
+    """`esctl lag --watch 1 | ...` prints block after block, each under a line with its time,
+    showing the lag as it changes; Ctrl-C (SIGINT) ends it with exit code 0."""
+    topic = await make_topic("lag-watch", partitions=1)
+    group = unique("lag-watch-group")
+    consumer = make_consumer(kafka_bootstrap, group_id=group)
+    await consumer.start()
     try:
-        first = json.loads(await next_line(as_json))
-        assert [(r["committed"], r["log_end"], r["lag"]) for r in first] == [(3, 10, 7)]
-        await _commit(kafka_bootstrap, group, {tp: 8})
-        refreshes = [first]
-        while refreshes[-1][0]["committed"] != 8:  # bounded: next_line times out
-            refreshes.append(json.loads(await next_line(as_json)))
-            assert len(refreshes) < 60, "no refresh showed the new committed offset"
-        assert (refreshes[-1][0]["committed"], refreshes[-1][0]["lag"]) == (8, 2)
-
-        titles = 0
-        while titles < 2:  # two tables, each under its "consumer lag at" title
-            line = await next_line(as_table)
-            titles += "consumer lag at" in line
-        for proc in (as_json, as_table):
-            proc.send_signal(signal.SIGINT)  # Ctrl-C
-            await asyncio.wait_for(proc.wait(), timeout=30)
-            assert proc.stderr is not None
-            assert b"Traceback" not in await proc.stderr.read()
+        consumer.assign([TopicPartition(topic, 0)])
+        await consumer.commit({TopicPartition(topic, 0): 0})
     finally:
-        for proc in (as_json, as_table):
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        await consumer.stop()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "shared.cli",
+        "lag",
+        "--watch",
+        "1",
+        "--group",
+        group,
+        cwd=ROOT,
+        env=dict(os.environ) | {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    blocks: list[list[str]] = []
+
+    async def next_block() -> list[str]:
+        lines = []
+        while (line := (await proc.stdout.readline()).decode()) not in ("\n", ""):  # type: ignore[union-attr]
+            lines.append(line.rstrip("\n"))
+        return lines
+
+    try:
+        blocks.append(await asyncio.wait_for(next_block(), 60))
+        await produce(kafka_bootstrap, topic, [(b"k", b"v")] * 5)
+        deadline = time.monotonic() + 60
+        while blocks[-1][2].split()[3:6] != ["0", "5", "5"]:
+            assert time.monotonic() < deadline, f"the lag never showed 5: {blocks[-1]}"
+            blocks.append(await asyncio.wait_for(next_block(), 60))
+        blocks.append(await asyncio.wait_for(next_block(), 60))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert blocks[0][2].split()[3:6] == ["0", "0", "0"]
+    times = []
+    for block in blocks:
+        title, header, row = block
+        assert title.startswith("consumer lag at ")
+        times.append(title.removeprefix("consumer lag at "))
+        assert header.split()[0] == "GROUP" and row.split()[:2] == [group, topic]
+    assert times == sorted(times) and times[0] < times[-1]
