@@ -41,7 +41,9 @@ app.add_typer(pg_app, name="postgres")
 app.add_typer(schema_app, name="schema")
 app.add_typer(topics_app, name="topics")
 
-console = Console(stderr=True)
+# soft_wrap: a message is never wrapped at the terminal width (an id or a URL cut across lines
+# cannot be copied); the terminal wraps long lines by itself
+console = Console(stderr=True, soft_wrap=True)
 STATE_DIR = Path(os.environ.get("ESCTL_STATE_DIR", "./var"))
 
 DataDir = Annotated[Path, typer.Option(help="where the cluster keeps its data and state")]

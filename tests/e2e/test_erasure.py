@@ -27,6 +27,7 @@ from shared.kafka.clients import (
     topic_partitions,
 )
 from shared.kafka.topics import Topics
+from shared.localstack.kafka import free_port
 from shared.messages import encode_command
 from shared.messages.blog import EditPost, RegisterAuthor
 from shared.settings import KafkaSettings
@@ -414,7 +415,9 @@ async def test_erasure_removes_personal_data_an_aborted_transaction_left_in_the_
     keys = f"sqlite:///{tmp_path / 'keys.sqlite3'}"
     cmd = ServiceProcess(
         "command_service",
-        command_service_env(kafka_bootstrap, prefix, PARTITIONS, KEY_STORE_URL=keys),
+        command_service_env(
+            kafka_bootstrap, prefix, PARTITIONS, KEY_STORE_URL=keys, ERASURE_TOKEN=TOKEN
+        ),
         tmp_path,
         "command",
     )
@@ -465,17 +468,19 @@ async def test_erasure_removes_personal_data_an_aborted_transaction_left_in_the_
 
         erased = esctl(
             {
-                "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-                "TOPIC_PREFIX": prefix,
-                "GROUP_ID": f"{prefix}command-service",
-                "KEY_STORE_URL": keys,
+                "COMMAND_SERVICE_URL": cmd.url,
+                "ERASURE_TOKEN": TOKEN,
+                # no query service in this test: an address where nothing answers
+                "QUERY_SERVICE_URL": f"http://127.0.0.1:{free_port()}",
             },
             "erase",
             ada["id"],
             "--yes",
         )
         assert erased.returncode == 0, erased.stderr
-        assert json.loads(erased.stdout)["complete"]
+        report = json.loads(erased.stdout)
+        assert report["complete"] and report["query_service"] == "not reachable"
+        assert "was not asked" in erased.stderr
 
         after = await every_record_of_every_topic(kafka_bootstrap)
         assert find(needles, after) == []
