@@ -1004,7 +1004,8 @@ def workflows_list(
     limit: int = 100,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Workflows, newest first, with their step, next timer and failures.
+    """Workflows, newest first, with their step, next timer and failures; the counts of all
+    workflows per status on stderr.
 
     None matching: a note on stderr, exit 0. An unknown --status: exit 2, with the valid ones.
     """
@@ -1053,7 +1054,8 @@ def workflows_list(
             for row in rows
         ],
     )
-    print_line(f"all workflows: {everything}")
+    sys.stdout.flush()  # the table first, where both streams go to one place (`2>&1`)
+    _say(everything, label="all workflows", style="bold")  # on stderr: stdout is the table only
 
 
 @workflows_app.command("show")
