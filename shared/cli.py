@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+import click
 import typer
 from rich.console import Console
 from rich.text import Text
@@ -607,18 +608,27 @@ def _local_key_store_url() -> str:
     return f"sqlite:///{(STATE_DIR / 'keys.sqlite3').resolve()}"
 
 
-def local_erasure_token_file() -> Path:
-    """Where `esctl up` keeps the erasure token it gives the command service (an absolute
-    place, whatever the working directory: `esctl erase` reads it from anywhere)."""
-    return lk.cache_dir() / "local-stack" / "erasure-token"
+def local_erasure_token_file(command_port: int) -> Path:
+    """Where `esctl up` keeps the erasure token it gives its command service on that port (an
+    absolute place, whatever the working directory: `esctl erase` reads it from anywhere). One
+    file per port: a second stack beside the first (`esctl up --command-port ...`) does not
+    replace the first one's token."""
+    return lk.cache_dir() / "local-stack" / f"erasure-token-{command_port}"
 
 
-def _erasure_token() -> str:
+def _port_of(url: str) -> int:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _erasure_token(url: str) -> str:
     token = os.environ.get("ERASURE_TOKEN", "")
     if token:
         return token
-    with contextlib.suppress(OSError):
-        return local_erasure_token_file().read_text().strip()
+    with contextlib.suppress(OSError, ValueError):
+        return local_erasure_token_file(_port_of(url)).read_text().strip()
     return ""
 
 
@@ -659,19 +669,25 @@ def erase_command(
     personal fields still opens.
 
     Prints the report as JSON. Exit code: 0 complete (confirmed), 1 incomplete (run again),
-    2 refused or error (the reason on stderr). The bearer token is ERASURE_TOKEN, else the one
-    `esctl up` gave its command service."""
+    2 refused, not confirmed or error (the reason on stderr). The bearer token is ERASURE_TOKEN,
+    else the one `esctl up` gave its command service on --url's port."""
     import httpx
 
-    if not yes and not typer.confirm(
-        f"Erase {subject}? Its name and email become unreadable everywhere, for good."
-    ):
-        raise typer.Exit(2)
-    token = _erasure_token()
+    if not yes:
+        try:
+            confirmed = typer.confirm(
+                f"Erase {subject}? Its name and email become unreadable everywhere, for good.",
+                err=True,
+            )
+        except click.exceptions.Abort:  # end of input (no terminal to answer) or Ctrl-C
+            confirmed = False
+        if not confirmed:
+            _say_and_exit(f"{subject} not erased: not confirmed (--yes erases without asking)")
+    token = _erasure_token(url)
     if not token:
         _say_and_exit(
-            "no erasure token: set ERASURE_TOKEN to the command service's (the local stack's "
-            f"is in {local_erasure_token_file()} while `esctl up` runs)"
+            "no erasure token: set ERASURE_TOKEN to the command service's (a local stack's is "
+            f"in {local_erasure_token_file(_port_of(url))} while `esctl up` runs)"
         )
     endpoint = f"{url.rstrip('/')}/subjects/{subject}/erase"
     try:
@@ -1151,6 +1167,7 @@ def up(
     broker_was_running = existing is not None and any(existing.status().values())
     procs: dict[str, subprocess.Popen[bytes]] = {}
     dead: list[str] = []
+    token_file, token = local_erasure_token_file(command_port), None
     try:
         kafka_start(port=port, nodes=1, heap_mb=512, data_dir=data_dir)
         STATE_DIR.mkdir(parents=True, exist_ok=True)
@@ -1163,11 +1180,10 @@ def up(
         )
         env.setdefault("KEY_STORE_URL", _local_key_store_url())
         if not env.get("ERASURE_TOKEN"):  # `esctl erase` finds it there, from any directory
-            token_file = local_erasure_token_file()
             token_file.parent.mkdir(parents=True, exist_ok=True)
             token_file.touch(mode=0o600)
             token_file.write_text(secrets.token_urlsafe(24))
-            env["ERASURE_TOKEN"] = token_file.read_text()
+            env["ERASURE_TOKEN"] = token = token_file.read_text()
         for module, http_port in ports.items():
             procs[module] = subprocess.Popen(
                 [sys.executable, "-m", module], env=env | {"HTTP_PORT": str(http_port)}
@@ -1199,6 +1215,9 @@ def up(
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        with contextlib.suppress(OSError):  # the token is of no use without the services
+            if token is not None and token_file.read_text() == token:
+                token_file.unlink()
         started = lk.LocalKafkaCluster.load(data_dir)
         if not broker_was_running and started is not None:
             started.stop()  # only the node processes this data dir's cluster started
