@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import click
 import typer
 from rich.console import Console
 from rich.text import Text
@@ -679,10 +678,11 @@ def erase_command(
                 f"Erase {subject}? Its name and email become unreadable everywhere, for good.",
                 err=True,
             )
-        except click.exceptions.Abort:  # end of input (no terminal to answer) or Ctrl-C
+        except typer.Abort:  # Ctrl-C, or end of input (nothing to answer: no terminal)
+            console.print()
             confirmed = False
         if not confirmed:
-            _say_and_exit(f"{subject} not erased: not confirmed (--yes erases without asking)")
+            _say_and_exit(f"{subject} not erased: not confirmed (--yes: do not ask)")
     token = _erasure_token(url)
     if not token:
         _say_and_exit(
