@@ -160,8 +160,11 @@ def kafka_start(
             or (cluster.state.nodes[0].broker_port != port)
         ):
             if cluster is not None and any(cluster.status().values()):
-                console.print(f"a cluster is running in {data_dir}; `esctl kafka stop` first")
-                raise typer.Exit(1)
+                _say_and_exit(
+                    f"a cluster is running in {data_dir} at {cluster.bootstrap_servers}: stop it "
+                    "first (`esctl kafka stop`), or use another data dir (--data-dir; for "
+                    "`esctl up`, ESCTL_STATE_DIR gives the whole stack its own)"
+                )
             cluster = lk.LocalKafkaCluster.create(data_dir, nodes=nodes, port=port, heap_mb=heap_mb)
         with console.status(f"starting Kafka {lk.kafka_version()} ({nodes} node(s))"):
             cluster.start()
@@ -1223,8 +1226,9 @@ def up(
             started.stop()  # only the node processes this data dir's cluster started
             console.print("services and broker stopped")
         else:
+            where = started.bootstrap_servers if started is not None else f"127.0.0.1:{port}"
             console.print(
-                f"services stopped; the broker at 127.0.0.1:{port} keeps running "
+                f"services stopped; the broker at {where} keeps running "
                 "(`esctl kafka stop` stops it)",
                 soft_wrap=True,
                 highlight=False,
