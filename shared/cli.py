@@ -254,9 +254,23 @@ def kafka_restart(
 
 @kafka_app.command("destroy")
 def kafka_destroy(data_dir: DataDir = STATE_DIR / "kafka") -> None:
-    """Stop the cluster and delete its data."""
+    """Stop the cluster and delete its data (the stores `esctl up` keeps beside it are kept)."""
     _load(data_dir).destroy()
     console.print(f"deleted {data_dir}")
+    # `esctl up` keeps its stores beside the broker's data dir: they describe the deleted log
+    stores = [n for n in _LOCAL_STORES if (data_dir.parent / n).exists()]
+    if stores:
+        _say(
+            f"kept {', '.join(stores)} in {data_dir.parent}: they belong to the deleted log (the "
+            "read model and its positions, the keys and erased subjects); delete them too before "
+            "`esctl up` on a new broker, or it serves the old read model",
+            label="note",
+            style="yellow",
+        )
+
+
+#: The SQLite stores `esctl up` keeps in ESCTL_STATE_DIR, beside the broker's data dir.
+_LOCAL_STORES = ("read-store.sqlite3", "keys.sqlite3", "workflows.sqlite3")
 
 
 # ------------------------------------------------------------------------------ postgres
