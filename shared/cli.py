@@ -160,8 +160,11 @@ def kafka_start(
             or (cluster.state.nodes[0].broker_port != port)
         ):
             if cluster is not None and any(cluster.status().values()):
-                console.print(f"a cluster is running in {data_dir}; `esctl kafka stop` first")
-                raise typer.Exit(1)
+                _say_and_exit(
+                    f"a cluster is running in {data_dir} at {cluster.bootstrap_servers}: stop it "
+                    "first (`esctl kafka stop`), or use another data dir (--data-dir; for "
+                    "`esctl up`, ESCTL_STATE_DIR gives the whole stack its own)"
+                )
             cluster = lk.LocalKafkaCluster.create(data_dir, nodes=nodes, port=port, heap_mb=heap_mb)
         with console.status(f"starting Kafka {lk.kafka_version()} ({nodes} node(s))"):
             cluster.start()
@@ -251,9 +254,23 @@ def kafka_restart(
 
 @kafka_app.command("destroy")
 def kafka_destroy(data_dir: DataDir = STATE_DIR / "kafka") -> None:
-    """Stop the cluster and delete its data."""
+    """Stop the cluster and delete its data (the stores `esctl up` keeps beside it are kept)."""
     _load(data_dir).destroy()
     console.print(f"deleted {data_dir}")
+    # `esctl up` keeps its stores beside the broker's data dir: they describe the deleted log
+    stores = [n for n in _LOCAL_STORES if (data_dir.parent / n).exists()]
+    if stores:
+        _say(
+            f"kept {', '.join(stores)} in {data_dir.parent}: they belong to the deleted log (the "
+            "read model and its positions, the keys and erased subjects); delete them too before "
+            "`esctl up` on a new broker, or it serves the old read model",
+            label="note",
+            style="yellow",
+        )
+
+
+#: The SQLite stores `esctl up` keeps in ESCTL_STATE_DIR, beside the broker's data dir.
+_LOCAL_STORES = ("read-store.sqlite3", "keys.sqlite3", "workflows.sqlite3")
 
 
 # ------------------------------------------------------------------------------ postgres
@@ -607,18 +624,27 @@ def _local_key_store_url() -> str:
     return f"sqlite:///{(STATE_DIR / 'keys.sqlite3').resolve()}"
 
 
-def local_erasure_token_file() -> Path:
-    """Where `esctl up` keeps the erasure token it gives the command service (an absolute
-    place, whatever the working directory: `esctl erase` reads it from anywhere)."""
-    return lk.cache_dir() / "local-stack" / "erasure-token"
+def local_erasure_token_file(command_port: int) -> Path:
+    """Where `esctl up` keeps the erasure token it gives its command service on that port (an
+    absolute place, whatever the working directory: `esctl erase` reads it from anywhere). One
+    file per port: a second stack beside the first (`esctl up --command-port ...`) does not
+    replace the first one's token."""
+    return lk.cache_dir() / "local-stack" / f"erasure-token-{command_port}"
 
 
-def _erasure_token() -> str:
+def _port_of(url: str) -> int:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _erasure_token(url: str) -> str:
     token = os.environ.get("ERASURE_TOKEN", "")
     if token:
         return token
-    with contextlib.suppress(OSError):
-        return local_erasure_token_file().read_text().strip()
+    with contextlib.suppress(OSError, ValueError):
+        return local_erasure_token_file(_port_of(url)).read_text().strip()
     return ""
 
 
@@ -659,19 +685,26 @@ def erase_command(
     personal fields still opens.
 
     Prints the report as JSON. Exit code: 0 complete (confirmed), 1 incomplete (run again),
-    2 refused or error (the reason on stderr). The bearer token is ERASURE_TOKEN, else the one
-    `esctl up` gave its command service."""
+    2 refused, not confirmed or error (the reason on stderr). The bearer token is ERASURE_TOKEN,
+    else the one `esctl up` gave its command service on --url's port."""
     import httpx
 
-    if not yes and not typer.confirm(
-        f"Erase {subject}? Its name and email become unreadable everywhere, for good."
-    ):
-        raise typer.Exit(2)
-    token = _erasure_token()
+    if not yes:
+        try:
+            confirmed = typer.confirm(
+                f"Erase {subject}? Its name and email become unreadable everywhere, for good.",
+                err=True,
+            )
+        except typer.Abort:  # Ctrl-C, or end of input (nothing to answer: no terminal)
+            console.print()
+            confirmed = False
+        if not confirmed:
+            _say_and_exit(f"{subject} not erased: not confirmed (--yes: do not ask)")
+    token = _erasure_token(url)
     if not token:
         _say_and_exit(
-            "no erasure token: set ERASURE_TOKEN to the command service's (the local stack's "
-            f"is in {local_erasure_token_file()} while `esctl up` runs)"
+            "no erasure token: set ERASURE_TOKEN to the command service's (a local stack's is "
+            f"in {local_erasure_token_file(_port_of(url))} while `esctl up` runs)"
         )
     endpoint = f"{url.rstrip('/')}/subjects/{subject}/erase"
     try:
@@ -1004,7 +1037,8 @@ def workflows_list(
     limit: int = 100,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Workflows, newest first, with their step, next timer and failures.
+    """Workflows, newest first, with their step, next timer and failures; the counts of all
+    workflows per status on stderr.
 
     None matching: a note on stderr, exit 0. An unknown --status: exit 2, with the valid ones.
     """
@@ -1053,7 +1087,8 @@ def workflows_list(
             for row in rows
         ],
     )
-    print_line(f"all workflows: {everything}")
+    sys.stdout.flush()  # the table first, where both streams go to one place (`2>&1`)
+    _say(everything, label="all workflows", style="bold")  # on stderr: stdout is the table only
 
 
 @workflows_app.command("show")
@@ -1149,6 +1184,7 @@ def up(
     broker_was_running = existing is not None and any(existing.status().values())
     procs: dict[str, subprocess.Popen[bytes]] = {}
     dead: list[str] = []
+    token_file, token = local_erasure_token_file(command_port), None
     try:
         kafka_start(port=port, nodes=1, heap_mb=512, data_dir=data_dir)
         STATE_DIR.mkdir(parents=True, exist_ok=True)
@@ -1161,11 +1197,10 @@ def up(
         )
         env.setdefault("KEY_STORE_URL", _local_key_store_url())
         if not env.get("ERASURE_TOKEN"):  # `esctl erase` finds it there, from any directory
-            token_file = local_erasure_token_file()
             token_file.parent.mkdir(parents=True, exist_ok=True)
             token_file.touch(mode=0o600)
             token_file.write_text(secrets.token_urlsafe(24))
-            env["ERASURE_TOKEN"] = token_file.read_text()
+            env["ERASURE_TOKEN"] = token = token_file.read_text()
         for module, http_port in ports.items():
             procs[module] = subprocess.Popen(
                 [sys.executable, "-m", module], env=env | {"HTTP_PORT": str(http_port)}
@@ -1197,13 +1232,17 @@ def up(
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        with contextlib.suppress(OSError):  # the token is of no use without the services
+            if token is not None and token_file.read_text() == token:
+                token_file.unlink()
         started = lk.LocalKafkaCluster.load(data_dir)
         if not broker_was_running and started is not None:
             started.stop()  # only the node processes this data dir's cluster started
             console.print("services and broker stopped")
         else:
+            where = started.bootstrap_servers if started is not None else f"127.0.0.1:{port}"
             console.print(
-                f"services stopped; the broker at 127.0.0.1:{port} keeps running "
+                f"services stopped; the broker at {where} keeps running "
                 "(`esctl kafka stop` stops it)",
                 soft_wrap=True,
                 highlight=False,

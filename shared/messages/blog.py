@@ -96,8 +96,9 @@ class AssignReviewer(Command):
 
     issuers = frozenset({WORKFLOW_ISSUER})
     instead = (
-        "reviewers are assigned by the review workflow when a post is submitted; see it with "
-        "`esctl workflows show review:POST_ID` and act on it with `esctl workflows retry|skip`"
+        "reviewers are assigned by the review workflow when a post is submitted; find it with "
+        "`esctl workflows list --kind review` (its id is review:POST_ID:vN) and re-send the "
+        "assignment with `esctl workflows retry review:POST_ID:vN`"
     )
 
     reviewer: str = Field(min_length=1, max_length=200)
@@ -110,8 +111,9 @@ class SendReviewReminder(Command):
 
     issuers = frozenset({WORKFLOW_ISSUER})
     instead = (
-        "reminders are sent by the review workflow when a review is overdue; run its waiting "
-        "step now with `esctl workflows retry review:POST_ID`"
+        "reminders are sent by the review workflow when a review is overdue (its reminder "
+        "timer: `esctl workflows show review:POST_ID:vN`, the id from "
+        "`esctl workflows list --kind review`)"
     )
 
     reviewer: str | None = Field(default=None, max_length=200)
