@@ -113,7 +113,8 @@ class SendReviewReminder(Command):
     instead = (
         "reminders are sent by the review workflow when a review is overdue (its reminder "
         "timer: `esctl workflows show review:POST_ID:vN`, the id from "
-        "`esctl workflows list --kind review`)"
+        "`esctl workflows list --kind review`); send it now with "
+        "`esctl workflows retry review:POST_ID:vN`"
     )
 
     reviewer: str | None = Field(default=None, max_length=200)
