@@ -137,8 +137,12 @@ class Projector:
                 continue  # no longer assigned: a rebalance is under way
             if p in self._next and position > max(self._next[p], self._committed.get(p, 0)):
                 offsets[tp] = position
-        if not offsets:
-            return
+        if offsets:
+            await self._commit_to_kafka(offsets)
+
+    async def _commit_to_kafka(self, offsets: dict[TopicPartition, int]) -> None:
+        """Kafka's copy of the positions, for tooling (lag); the database holds the truth, so
+        a failed commit is only logged."""
         try:
             await self._consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
@@ -195,14 +199,7 @@ class Projector:
             EVENTS_APPLIED.inc(len(batch.events))
             POSITION.labels(str(tp.partition)).set(batch.next_offset)
             offsets[tp] = batch.next_offset
-        try:
-            await self._consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as exc:
-            # Only tooling reads these offsets; the database already holds the truth.
-            log.warning("kafka_offset_commit_failed", error=repr(exc))
-            return
-        for tp, offset in offsets.items():
-            self._committed[tp.partition] = offset
+        await self._commit_to_kafka(offsets)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base class

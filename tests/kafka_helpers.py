@@ -161,3 +161,14 @@ def kafka_consumer_groups_describe(
                 int(c) if c.lstrip("-").isdigit() else c for c in cols[3:6]
             )
     return rows
+
+
+async def commit_offsets(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
+    """Commit `offsets` for `group`, as a member of it that consumed up to there would."""
+    consumer = make_consumer(bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit(offsets)
+    finally:
+        await consumer.stop()

@@ -14,28 +14,16 @@ from pathlib import Path
 import pytest
 from aiokafka import TopicPartition
 
-from shared.kafka import make_consumer
 from shared.kafka.topics import Topics
 from shared.settings import KafkaSettings
 from tests.conftest import TopicFactory, unique
-from tests.kafka_helpers import delete_topics, produce, topic_configs
+from tests.e2e.harness import esctl
+from tests.kafka_helpers import commit_offsets, delete_topics, produce, topic_configs
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 DAY_MS = 24 * 3600 * 1000
-
-
-def esctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=dict(os.environ) | env,
-        timeout=120,
-        check=False,
-    )
 
 
 async def test_esctl_topics_create_makes_the_system_topics_with_their_configs_idempotently(
@@ -78,16 +66,6 @@ async def test_esctl_topics_create_makes_the_system_topics_with_their_configs_id
         await delete_topics(kafka_bootstrap, names)
 
 
-async def _commit(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
-    consumer = make_consumer(bootstrap, group_id=group)
-    await consumer.start()
-    try:
-        consumer.assign(list(offsets))
-        await consumer.commit(offsets)
-    finally:
-        await consumer.stop()
-
-
 async def test_esctl_lag_watch_refreshes_at_its_interval_until_interrupted(
     kafka_bootstrap: str, make_topic: TopicFactory
 ) -> None:
@@ -97,7 +75,7 @@ async def test_esctl_lag_watch_refreshes_at_its_interval_until_interrupted(
     await produce(kafka_bootstrap, topic, [(b"k", b"v")] * 10)
     group = unique("watch-group")
     tp = TopicPartition(topic, 0)
-    await _commit(kafka_bootstrap, group, {tp: 3})
+    await commit_offsets(kafka_bootstrap, group, {tp: 3})
     # as in a shell pipe (`esctl lag --json --watch 5 | jq`): stdout is not a terminal, and
     # nothing asks Python for unbuffered output
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
@@ -133,7 +111,7 @@ async def test_esctl_lag_watch_refreshes_at_its_interval_until_interrupted(
     try:
         first = json.loads(await next_line(as_json))
         assert [(r["committed"], r["log_end"], r["lag"]) for r in first] == [(3, 10, 7)]
-        await _commit(kafka_bootstrap, group, {tp: 8})
+        await commit_offsets(kafka_bootstrap, group, {tp: 8})
         refreshes = [first]
         while refreshes[-1][0]["committed"] != 8:  # bounded: next_line times out
             refreshes.append(json.loads(await next_line(as_json)))

@@ -27,7 +27,7 @@ from shared.messages.blog import PostCreated, PostEdited
 from shared.readmodel.store import ReadStore
 from shared.settings import KafkaSettings
 from tests.conftest import unique
-from tests.kafka_helpers import delete_topics, read_all
+from tests.kafka_helpers import commit_offsets, delete_topics, read_all
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,16 +95,6 @@ async def checkpoint_at_end(bootstrap: str, topics: Topics, partitions: int) -> 
     return ends
 
 
-async def commit(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
-    consumer = make_consumer(bootstrap, group_id=group)
-    await consumer.start()
-    try:
-        consumer.assign(list(offsets))
-        await consumer.commit(offsets)
-    finally:
-        await consumer.stop()
-
-
 async def test_prune_stops_at_a_lagging_groups_committed_offset_and_keeps_the_rest(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
@@ -118,10 +108,10 @@ async def test_prune_stops_at_a_lagging_groups_committed_offset_and_keeps_the_re
         tp0, tp1 = TopicPartition(topics.events, 0), TopicPartition(topics.events, 1)
         # a caught-up reader, and one that stopped in the middle of partition 0 and never
         # committed on partition 1
-        await commit(kafka_bootstrap, unique("caught-up"), {tp0: ends[0], tp1: ends[1]})
+        await commit_offsets(kafka_bootstrap, unique("caught-up"), {tp0: ends[0], tp1: ends[1]})
         lagging = unique("lagging")
         held = log0[9].offset  # a record in the middle of the partition
-        await commit(kafka_bootstrap, lagging, {tp0: held})
+        await commit_offsets(kafka_bootstrap, lagging, {tp0: held})
 
         plans = {
             p.partition: p
