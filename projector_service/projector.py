@@ -135,6 +135,7 @@ class Projector:
                 position: int = await self._consumer.position(tp)
             except IllegalStateError:
                 continue  # no longer assigned: a rebalance is under way
+            # `p in self._next` again: a rebalance may have forgotten it during the await
             if p in self._next and position > max(self._next[p], self._committed.get(p, 0)):
                 offsets[tp] = position
         if offsets:

@@ -182,7 +182,7 @@ class TransactionalPartitionProcessor:
                 jobs.append(self._process(owned, [from_consumer_record(m) for m in messages]))
             jobs += [
                 self._commit_skipped(owned)
-                for partition, owned in list(self._owned.items())
+                for owned in list(self._owned.values())
                 if owned.active and not batches.get(owned.tp)
             ]
             results = await asyncio.gather(*jobs, return_exceptions=True)
