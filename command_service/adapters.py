@@ -1,10 +1,14 @@
-"""Adapters for the command handler's ports: Kafka-backed and in-memory (for unit tests)."""
+"""Adapters for the command service's ports, Kafka-backed and in memory, each pair held to one
+contract suite (tests/contract/test_command_adapters.py): the handler's partition history and
+author directory, and the HTTP edge's command client (on Kafka: shared.kafka.commands)."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from uuid import UUID
 
-from shared.errors import ConfigurationError
+from shared.errors import ConfigurationError, InfrastructureUnavailable
 from shared.kafka.reader import (
     TopicFollower,
     read_latest_by_key,
@@ -13,6 +17,12 @@ from shared.kafka.reader import (
 )
 from shared.kafka.records import InboundRecord
 from shared.kafka.topics import Topics
+from shared.messages.codec import EncodedMessage
+from shared.messages.results import CommandOutcome
+
+#: The processor's part, played in memory: the outcome of a command, or None for "no outcome
+#: within the wait" (a slow or stopped processor).
+Answer = Callable[[UUID, EncodedMessage], CommandOutcome | None]
 
 
 class KafkaPartitionHistory:
@@ -127,3 +137,37 @@ class InMemoryPartitionHistory:
         on_events([r for r in events if r.offset >= events_from])
         on_outcomes(self.outcomes.get(partition, []))
         return max((r.offset + 1 for r in events), default=0)
+
+
+class InMemoryCommandClient:
+    """The command client with the processor played by `answer`: `send` answers at once with
+    the outcome (or None, as the Kafka client does when nothing arrives within the wait), and
+    outcomes are kept for `lookup`; `deliver` is an outcome arriving after its wait ended.
+    While `unavailable` holds a reason, `send` fails as it does when Kafka does not answer."""
+
+    def __init__(self, answer: Answer, *, cache_size: int = 100_000) -> None:
+        self.answer = answer
+        self.sent: list[EncodedMessage] = []
+        self.unavailable: str | None = None
+        self._recent: OrderedDict[UUID, CommandOutcome] = OrderedDict()
+        self._cache_size = cache_size
+
+    async def send(
+        self, command_id: UUID, message: EncodedMessage, *, wait_s: float
+    ) -> CommandOutcome | None:
+        if self.unavailable is not None:
+            raise InfrastructureUnavailable(f"could not enqueue the command: {self.unavailable}")
+        self.sent.append(message)
+        outcome = self.answer(command_id, message)
+        if outcome is not None:
+            self.deliver(outcome)
+        return outcome
+
+    def deliver(self, outcome: CommandOutcome) -> None:
+        self._recent[outcome.command_id] = outcome
+        self._recent.move_to_end(outcome.command_id)
+        if len(self._recent) > self._cache_size:
+            self._recent.popitem(last=False)
+
+    def lookup(self, command_id: UUID) -> CommandOutcome | None:
+        return self._recent.get(command_id)
