@@ -25,6 +25,24 @@ from shared.messages.results import CommandOutcome
 Answer = Callable[[UUID, EncodedMessage], CommandOutcome | None]
 
 
+def _refuse_pruned(topic: str, partition: int, first: int, events_from: int) -> None:
+    if events_from < first:
+        raise ConfigurationError(
+            f"{topic}[{partition}] was pruned below offset {first}, but the "
+            f"restore needs it from {events_from} (no readable snapshot checkpoint covers "
+            "the pruned range): refusing to decide on incomplete state"
+        )
+
+
+def _registered(records: Sequence[InboundRecord]) -> set[str]:
+    """The author ids registered by these event records, read from the `type` header only."""
+    return {
+        record.key.decode()
+        for record in records
+        if record.key and record.header("type") == "AuthorRegistered"
+    }
+
+
 class KafkaPartitionHistory:
     """Restores a partition from the event log, then the outcomes from the results topic.
 
@@ -50,12 +68,7 @@ class KafkaPartitionHistory:
         events_from: int = 0,
     ) -> int:
         first = await start_offset(self.bootstrap_servers, self.topics.events, partition)
-        if events_from < first:
-            raise ConfigurationError(
-                f"{self.topics.events}[{partition}] was pruned below offset {first}, but the "
-                f"restore needs it from {events_from} (no readable snapshot checkpoint covers "
-                "the pruned range): refusing to decide on incomplete state"
-            )
+        _refuse_pruned(self.topics.events, partition, first, events_from)
         end = await read_partition_to_end(
             self.bootstrap_servers,
             self.topics.events,
@@ -82,9 +95,7 @@ class KafkaAuthorDirectory:
         self._follower = TopicFollower(bootstrap_servers, topics.events, self._on_batch)
 
     def _on_batch(self, records: Sequence[InboundRecord]) -> None:
-        for record in records:
-            if record.key and record.header("type") == "AuthorRegistered":
-                self._ids.add(record.key.decode())
+        self._ids |= _registered(records)
 
     def known(self, author_id: str) -> bool:
         return author_id in self._ids
@@ -100,11 +111,15 @@ class KafkaAuthorDirectory:
 
 
 class InMemoryAuthorDirectory:
-    """A fixed set of authors."""
+    """A set of authors: given, or registered by event records passed to `append` (the event
+    log's part, played in memory)."""
 
     def __init__(self, ids: set[str] | None = None) -> None:
         self.ids = set(ids or ())
         self.refreshes = 0
+
+    def append(self, records: Sequence[InboundRecord]) -> None:
+        self.ids |= _registered(records)
 
     def known(self, author_id: str) -> bool:
         return author_id in self.ids
@@ -115,12 +130,15 @@ class InMemoryAuthorDirectory:
 
 
 class InMemoryPartitionHistory:
-    """Histories held in lists: what was 'in Kafka' for each partition."""
+    """Histories held in lists: what was 'in Kafka' for each partition (`first_offsets`: where
+    a pruned partition of the event log now starts)."""
 
     def __init__(self) -> None:
         self.events: dict[int, list[InboundRecord]] = {}
         self.outcomes: dict[int, list[InboundRecord]] = {}
         self.snapshot_records: dict[int, dict[bytes, bytes | None]] = {}
+        self.first_offsets: dict[int, int] = {}
+        self.topic = "posts.events"
 
     async def snapshots(self, partition: int) -> dict[bytes, bytes | None]:
         return dict(self.snapshot_records.get(partition, {}))
@@ -133,6 +151,7 @@ class InMemoryPartitionHistory:
         *,
         events_from: int = 0,
     ) -> int:
+        _refuse_pruned(self.topic, partition, self.first_offsets.get(partition, 0), events_from)
         events = self.events.get(partition, [])
         on_events([r for r in events if r.offset >= events_from])
         on_outcomes(self.outcomes.get(partition, []))
