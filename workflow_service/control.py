@@ -1,6 +1,7 @@
 """Where operator actions go: records on `workflows.control`, keyed by post id so that they land
 on the partition of the workflow's owner, which applies them exactly once. On Kafka in the
-service, in memory in the in-process tests.
+service, in memory in the in-process tests; one contract for both:
+tests/contract/test_workflow_adapters.py.
 """
 
 from __future__ import annotations
