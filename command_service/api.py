@@ -17,7 +17,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -49,7 +49,6 @@ from shared.http import (
     problem_doc,
     service_app,
 )
-from shared.kafka.commands import CommandClient
 from shared.lifecycle.erase import ErasureRefused, ErasureReport, NotADataSubject
 from shared.messages.base import AGGREGATE_ID_PATTERN, Command
 from shared.messages.blog import (
@@ -66,7 +65,7 @@ from shared.messages.blog import (
     SubmitPostForReview,
     UnpublishPost,
 )
-from shared.messages.codec import encode_command
+from shared.messages.codec import EncodedMessage, encode_command
 from shared.messages.results import CommandOutcome
 
 IDEMPOTENCY_NAMESPACE = uuid.UUID("d9b2d0a4-73c1-4bb5-b1f4-3b3a8f0c5e77")
@@ -87,6 +86,21 @@ IdempotencyKey = Annotated[
         "gets the first outcome and appends nothing",
     ),
 ]
+
+
+class CommandSender(Protocol):
+    """Puts a command on the commands topic and awaits its outcome (on Kafka:
+    `shared.kafka.commands.CommandClient`; in memory: `command_service.adapters.
+    InMemoryCommandClient`)."""
+
+    async def send(
+        self, command_id: uuid.UUID, message: EncodedMessage, *, wait_s: float
+    ) -> CommandOutcome | None:
+        """The outcome, or None when it did not arrive within `wait_s`; raises
+        InfrastructureUnavailable when the command could not be enqueued."""
+
+    def lookup(self, command_id: uuid.UUID) -> CommandOutcome | None:
+        """A recent outcome (None: unknown, or still pending)."""
 
 
 #: erase(subject, reason, force) -> report (shared.lifecycle.erase.erase_subject, bound by
@@ -307,7 +321,7 @@ def _outcome_response(outcome: CommandOutcome, created: bool) -> Response:
 def build_api(
     *,
     service: str,
-    client: CommandClient,
+    client: CommandSender,
     health: HealthCheck,
     wait_s: float,
     body_limit: int,
@@ -656,4 +670,4 @@ def _erasure_route(app: FastAPI, eraser: Eraser | None, erasure_token: str) -> N
         return JSONResponse(done.as_dict(), status_code=200 if done.complete else 503)
 
 
-__all__ = ["BodyLimit", "build_api"]
+__all__ = ["BodyLimit", "CommandSender", "Eraser", "build_api"]

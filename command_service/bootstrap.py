@@ -1,14 +1,21 @@
-"""Composition root: settings in, a running command service out."""
+"""Composition root: settings in, a running command service out.
+
+`build_app(settings, adapters)` builds the HTTP app without starting anything (the in-process
+tests call it with in-memory adapters); `main(settings)` builds the Kafka adapters and serves.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
 
 from fastapi import FastAPI
 
 from command_service.adapters import KafkaAuthorDirectory, KafkaPartitionHistory
-from command_service.api import build_api
+from command_service.api import CommandSender, Eraser, build_api
 from command_service.processor import CommandHandler
+from shared.http import HealthCheck
 from shared.kafka.clients import group_timing
 from shared.kafka.commands import CommandClient
 from shared.kafka.lag import report_lag_forever
@@ -46,37 +53,47 @@ def readiness(
     return check
 
 
-def build_app(
-    settings: CommandServiceSettings,
-    client: CommandClient,
-    health: Callable[[], Awaitable[dict[str, object]]] | None = None,
-    keys: KeyStore | None = None,
-) -> FastAPI:
-    eraser = None
-    if keys is not None:
-        store = keys
+@dataclass
+class CommandAdapters:
+    """What the command service's HTTP edge talks to: Kafka in `main`, memory in the in-process
+    tests (`InMemoryCommandClient`, a scripted eraser)."""
 
-        async def eraser(subject: str, reason: str | None, force: bool) -> ErasureReport:
-            return await erase_subject(
-                subject,
-                bootstrap=settings.kafka_bootstrap_servers,
-                topics=Topics.from_settings(settings),
-                keys=store,
-                client=client,
-                group_id=settings.group_id,
-                reason=reason,
-                force=force,
-                wait_s=settings.command_timeout_ms / 1000,
-            )
+    client: CommandSender
+    health: HealthCheck
+    #: erasure over HTTP (None: off, also when ERASURE_TOKEN is set)
+    eraser: Eraser | None = None
+    clock: Callable[[], datetime] = utcnow
 
+
+def kafka_eraser(settings: CommandServiceSettings, keys: KeyStore, client: CommandClient) -> Eraser:
+    """Erasure on the service's Kafka, in its own key store (the one it seals with)."""
+
+    async def eraser(subject: str, reason: str | None, force: bool) -> ErasureReport:
+        return await erase_subject(
+            subject,
+            bootstrap=settings.kafka_bootstrap_servers,
+            topics=Topics.from_settings(settings),
+            keys=keys,
+            client=client,
+            group_id=settings.group_id,
+            reason=reason,
+            force=force,
+            wait_s=settings.command_timeout_ms / 1000,
+        )
+
+    return eraser
+
+
+def build_app(settings: CommandServiceSettings, adapters: CommandAdapters) -> FastAPI:
+    """The HTTP app on `adapters`; nothing is started or served."""
     return build_api(
         service=settings.service_name,
-        client=client,
-        health=health or kafka_health(settings.kafka_bootstrap_servers),
+        client=adapters.client,
+        health=adapters.health,
         wait_s=settings.command_timeout_ms / 1000,
         body_limit=settings.http_body_limit_bytes,
-        clock=utcnow,
-        eraser=eraser,
+        clock=adapters.clock,
+        eraser=adapters.eraser,
         erasure_token=settings.erasure_token,
     )
 
@@ -133,9 +150,12 @@ async def main(settings: CommandServiceSettings) -> None:
         lambda: processor.owned_partitions,
         lambda: set(handler.restoring),
     )
+    adapters = CommandAdapters(
+        client=client, health=health, eraser=kafka_eraser(settings, keys, client)
+    )
     await serve(
         settings,
-        build_app(settings, client, health, keys),
+        build_app(settings, adapters),
         startup=startup,
         background=[processor.run, lag_gauges],
         shutdown=shutdown,

@@ -1,36 +1,45 @@
-"""Composition root: settings in, a running projector out."""
+"""Composition root: settings in, a running projector out.
+
+`build_app(settings, adapters)` builds the HTTP app (/health, /metrics) without starting
+anything; `main(settings)` builds the projector on Kafka and the read store, and serves.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
 
 from projector_service.projector import Projector
-from shared.errors import InfrastructureUnavailable
-from shared.http import service_app
-from shared.kafka.clients import group_timing, wait_for_brokers
+from shared.http import HealthCheck, service_app
+from shared.kafka.clients import group_timing
 from shared.kafka.lag import report_lag_forever
 from shared.kafka.topics import Topics, bootstrap_system_topics
 from shared.readmodel.store import ReadStore
-from shared.service import serve, wait_for_kafka_at_start
+from shared.service import kafka_health, serve, wait_for_kafka_at_start
 from shared.settings import ProjectorSettings
 
 #: The settings class this service reads (environment variables: `env_var_names(SETTINGS)`).
 SETTINGS = ProjectorSettings
 
 
-def build_app(settings: ProjectorSettings, store: ReadStore) -> FastAPI:
+@dataclass
+class ProjectorAdapters:
+    """What the projector's /health looks at: Kafka, and the read store it writes."""
+
+    store: ReadStore
+    kafka: HealthCheck
+
+
+def build_app(settings: ProjectorSettings, adapters: ProjectorAdapters) -> FastAPI:
+    """The HTTP app on `adapters`; nothing is started or served."""
+
     async def health() -> dict[str, Any]:
-        report: dict[str, Any] = {"status": "ok"}
-        try:
-            await wait_for_brokers(settings.kafka_bootstrap_servers, timeout_s=3.0)
-            report["kafka"] = "reachable"
-        except InfrastructureUnavailable as exc:
-            report |= {"status": "unavailable", "kafka": exc.message}
+        report: dict[str, Any] = dict(await adapters.kafka())
         try:
             report["positions"] = {
-                str(p): f["next_offset"] for p, f in (await store.freshness()).items()
+                str(p): f["next_offset"] for p, f in (await adapters.store.freshness()).items()
             }
         except Exception as exc:  # any database failure means "not healthy", with the reason
             report |= {"status": "unavailable", "read_store": repr(exc)}
@@ -71,7 +80,10 @@ async def main(settings: ProjectorSettings) -> None:
 
     await serve(
         settings,
-        build_app(settings, store),
+        build_app(
+            settings,
+            ProjectorAdapters(store=store, kafka=kafka_health(settings.kafka_bootstrap_servers)),
+        ),
         startup=startup,
         background=[projector.run, lag_gauges],
         shutdown=shutdown,

@@ -1,7 +1,13 @@
-"""Composition root: settings in, a running query service out."""
+"""Composition root: settings in, a running query service out.
+
+`build_app(settings, adapters)` builds the HTTP app without starting anything (the in-process
+tests call it with a SQLite read store and an in-memory key store); `main(settings)` opens the
+configured stores and serves.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
@@ -16,7 +22,18 @@ from shared.settings import QueryServiceSettings
 SETTINGS = QueryServiceSettings
 
 
-def build_app(settings: QueryServiceSettings, store: ReadStore, keys: KeyReader) -> FastAPI:
+@dataclass
+class QueryAdapters:
+    """What the query service reads: the read model, and the keys that open personal fields."""
+
+    store: ReadStore
+    keys: KeyReader
+
+
+def build_app(settings: QueryServiceSettings, adapters: QueryAdapters) -> FastAPI:
+    """The HTTP app on `adapters`; nothing is started or served."""
+    store = adapters.store
+
     async def health() -> dict[str, Any]:
         try:
             fresh = await store.freshness()
@@ -27,7 +44,7 @@ def build_app(settings: QueryServiceSettings, store: ReadStore, keys: KeyReader)
     return build_api(
         service=settings.service_name,
         store=store,
-        keys=keys,
+        keys=adapters.keys,
         health=health,
         consistency_wait_s=settings.consistency_wait_ms / 1000,
         body_limit=settings.http_body_limit_bytes,
@@ -50,4 +67,5 @@ async def main(settings: QueryServiceSettings) -> None:
         await store.close()
         await keys.close()
 
-    await serve(settings, build_app(settings, store, keys), startup=startup, shutdown=shutdown)
+    app = build_app(settings, QueryAdapters(store=store, keys=keys))
+    await serve(settings, app, startup=startup, shutdown=shutdown)

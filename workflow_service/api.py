@@ -8,28 +8,51 @@ workflow's owner, which applies them exactly once.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from shared.errors import InfrastructureUnavailable
 from shared.http import DEFAULT_BODY_LIMIT, problem, problem_doc, service_app
-from shared.kafka.clients import make_producer
 from shared.kafka.reader import TopicFollower
 from shared.kafka.records import InboundRecord
 from shared.kafka.topics import Topics
 from shared.logging import get_logger
+from workflow_service.control import ControlSender
 from workflow_service.engine import META_KEY
 from workflow_service.model import WorkflowState
 
 log = get_logger(__name__)
+
+
+def fold_changelog(workflows: dict[str, WorkflowState], records: Sequence[InboundRecord]) -> None:
+    """Apply records of the `workflows.state` changelog: a state replaces the one of its id, a
+    tombstone forgets it, the engine's meta record and unreadable states are skipped."""
+    for r in records:
+        if r.key is None or r.key == META_KEY:
+            continue
+        if r.value is None:
+            workflows.pop(r.key.decode(), None)
+            continue
+        try:
+            state = WorkflowState.model_validate_json(r.value)
+        except ValueError as exc:
+            log.warning("workflow_state_unreadable", offset=r.offset, error=str(exc))
+            continue
+        workflows[state.workflow_id] = state
+
+
+class WorkflowReader(Protocol):
+    """All workflows by id, as the changelog says."""
+
+    @property
+    def workflows(self) -> Mapping[str, WorkflowState]: ...
 
 
 class WorkflowView:
@@ -40,18 +63,7 @@ class WorkflowView:
         self._follower = TopicFollower(bootstrap_servers, topics.workflow_state, self._on_batch)
 
     def _on_batch(self, records: Sequence[InboundRecord]) -> None:
-        for r in records:
-            if r.key is None or r.key == META_KEY:
-                continue
-            if r.value is None:
-                self.workflows.pop(r.key.decode(), None)
-                continue
-            try:
-                state = WorkflowState.model_validate_json(r.value)
-            except ValueError as exc:
-                log.warning("workflow_state_unreadable", offset=r.offset, error=str(exc))
-                continue
-            self.workflows[state.workflow_id] = state
+        fold_changelog(self.workflows, records)
 
     async def start(self) -> None:
         await self._follower.start()
@@ -61,6 +73,21 @@ class WorkflowView:
 
     async def caught_up(self, timeout_s: float = 5.0) -> bool:
         return await self._follower.caught_up(timeout_s)
+
+
+class InMemoryWorkflowView:
+    """The same view over a changelog held in memory: `append` is a write to the topic."""
+
+    def __init__(self) -> None:
+        self.workflows: dict[str, WorkflowState] = {}
+        self.changelog: list[InboundRecord] = []
+
+    def append(self, records: Sequence[InboundRecord]) -> None:
+        self.changelog.extend(records)
+        fold_changelog(self.workflows, records)
+
+    async def caught_up(self, timeout_s: float = 5.0) -> bool:
+        return True
 
 
 def is_stuck(state: WorkflowState, now: datetime, threshold: timedelta) -> bool:
@@ -119,15 +146,14 @@ UNKNOWN = problem_doc("`workflow_not_found`: no such workflow (or it was forgott
 def build_api(
     *,
     service: str,
-    view: WorkflowView,
-    topics: Topics,
-    bootstrap_servers: str,
+    view: WorkflowReader,
+    control: ControlSender,
     health: Callable[[], Awaitable[dict[str, object]]],
     clock: Callable[[], datetime],
     stuck_after: timedelta,
     body_limit: int = DEFAULT_BODY_LIMIT,
-) -> tuple[FastAPI, Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]:
-    """The FastAPI app, and start/stop of its Kafka producer for operator actions."""
+) -> FastAPI:
+    """The FastAPI app: workflows read from `view`, operator actions sent on `control`."""
     app = service_app(
         service,
         health=health,
@@ -135,7 +161,6 @@ def build_api(
         version="1",
         description="Workflows (sagas) of the blog: list, inspect and drive them.",
     )
-    producer = make_producer(bootstrap_servers)
 
     def encode(value: Any) -> Any:
         return json.loads(json.dumps(value, default=lambda v: v.isoformat()))
@@ -198,13 +223,9 @@ def build_api(
                 "at": clock().isoformat(),
             }
             try:
-                await producer.send_and_wait(
-                    topics.workflow_control,
-                    json.dumps(value).encode(),
-                    key=state.post_id.encode(),
-                )
-            except KafkaError as exc:
-                return problem(503, "kafka_unavailable", "Kafka unavailable", str(exc))
+                await control.send(state.post_id.encode(), json.dumps(value).encode())
+            except InfrastructureUnavailable as exc:
+                return problem(503, "kafka_unavailable", "Kafka unavailable", exc.message)
             log.info("operator_action_sent", workflow_id=workflow_id, action=name)
             return JSONResponse(
                 {
@@ -233,11 +254,4 @@ def build_api(
     action("skip", "Skip the waiting step of a publication workflow and go on.")
     action("compensate", "Compensate the completed steps now and unpublish the post.")
 
-    async def start() -> None:
-        await producer.start()
-
-    async def stop() -> None:
-        with contextlib.suppress(KafkaError):
-            await producer.stop()
-
-    return app, start, stop
+    return app

@@ -1,9 +1,19 @@
-"""Composition root: settings in, a running workflow service out."""
+"""Composition root: settings in, a running workflow service out.
+
+`build_app(settings, adapters)` builds the HTTP app without starting anything (the in-process
+tests call it with an in-memory view and control channel); `main(settings)` builds the engine
+and the Kafka adapters, and serves.
+"""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+from fastapi import FastAPI
+
+from shared.http import HealthCheck
 from shared.kafka.clients import group_timing
 from shared.kafka.lag import report_lag_forever
 from shared.kafka.processor import TransactionalPartitionProcessor
@@ -13,7 +23,8 @@ from shared.messages.codec import utcnow
 from shared.service import kafka_health, serve, wait_for_kafka_at_start
 from shared.settings import WorkflowSettings
 from workflow_service.activities import Activities
-from workflow_service.api import WorkflowView, build_api
+from workflow_service.api import WorkflowReader, WorkflowView, build_api
+from workflow_service.control import ControlSender, KafkaControlChannel
 from workflow_service.engine import WorkflowEngine
 from workflow_service.model import WorkflowConfig
 
@@ -39,6 +50,30 @@ def workflow_config(settings: WorkflowSettings) -> WorkflowConfig:
         max_attempts=settings.activity_max_attempts,
         backoff=timedelta(milliseconds=settings.activity_backoff_ms),
         backoff_max=timedelta(milliseconds=settings.activity_backoff_max_ms),
+    )
+
+
+@dataclass
+class WorkflowAdapters:
+    """What the workflow service's HTTP edge talks to: the workflows as the changelog says, and
+    the channel operator actions go to."""
+
+    view: WorkflowReader
+    control: ControlSender
+    health: HealthCheck
+    clock: Callable[[], datetime] = utcnow
+
+
+def build_app(settings: WorkflowSettings, adapters: WorkflowAdapters) -> FastAPI:
+    """The HTTP app on `adapters`; nothing is started or served."""
+    return build_api(
+        service=settings.service_name,
+        view=adapters.view,
+        control=adapters.control,
+        health=adapters.health,
+        clock=adapters.clock,
+        stuck_after=timedelta(seconds=settings.stuck_after_s),
+        body_limit=settings.http_body_limit_bytes,
     )
 
 
@@ -73,15 +108,9 @@ async def main(settings: WorkflowSettings) -> None:
     )
     engine.attach(processor)
     view = WorkflowView(bootstrap, topics)
-    app, api_start, api_stop = build_api(
-        service=settings.service_name,
-        view=view,
-        topics=topics,
-        bootstrap_servers=bootstrap,
-        health=kafka_health(bootstrap),
-        clock=utcnow,
-        stuck_after=timedelta(seconds=settings.stuck_after_s),
-        body_limit=settings.http_body_limit_bytes,
+    control = KafkaControlChannel(bootstrap, topics.workflow_control)
+    app = build_app(
+        settings, WorkflowAdapters(view=view, control=control, health=kafka_health(bootstrap))
     )
     log.info(
         "workflow_config",
@@ -94,13 +123,13 @@ async def main(settings: WorkflowSettings) -> None:
     async def startup() -> None:
         await activities.start()
         await view.start()
-        await api_start()
+        await control.start()
         await processor.start()
 
     async def shutdown() -> None:
         await processor.stop()
         await engine.stop()
-        await api_stop()
+        await control.stop()
         await view.stop()
         await activities.close()
 
