@@ -32,15 +32,15 @@ from rich.console import Console
 from rich.progress import Progress
 
 from command_service.snapshots import CHECKPOINT_KEY
+from esctl.localstack.kafka import LocalKafkaCluster, kafka_version
+from esctl.localstack.postgres import LocalPostgres
+from esctl.localstack.services import ServiceProcess
 from projector_service.projector import Projector
 from shared.kafka import make_consumer, make_producer, make_transactional_producer
 from shared.kafka.clients import partition_for_key
 from shared.kafka.commands import CommandClient
 from shared.kafka.reader import read_latest_by_key
 from shared.kafka.topics import Topics, TopicSpec, bootstrap_system_topics, ensure_topics
-from shared.localstack.kafka import LocalKafkaCluster, kafka_version
-from shared.localstack.postgres import LocalPostgres
-from shared.localstack.services import ServiceProcess
 from shared.logging import configure_logging
 from shared.messages import encode_command, encode_event
 from shared.messages.blog import (
@@ -1066,7 +1066,7 @@ async def main(args: argparse.Namespace) -> Results:
             await asyncio.to_thread(cluster.start)
             bootstrap = cluster.bootstrap_servers
         if not postgres_url:
-            from shared.localstack.kafka import free_port  # noqa: PLC0415
+            from esctl.localstack.kafka import free_port  # noqa: PLC0415
 
             pg_dir = workdir / "pg"
             pg_dir.mkdir()

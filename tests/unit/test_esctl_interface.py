@@ -13,7 +13,8 @@ from typing import Any
 
 import typer.main
 
-from shared.cli import STATE_DIR, app
+from esctl.app import app
+from esctl.common import STATE_DIR
 
 SNAPSHOT = Path(__file__).with_name("esctl_interface.json")
 
