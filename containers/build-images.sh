@@ -61,7 +61,7 @@ build_kafka() {
     local libs="$CACHE/kafka-$KAFKA_VERSION/libs"
     if [ ! -d "$libs" ]; then
         log "resolving the Kafka jars with Maven"
-        (cd "$ROOT" && "${PYTHON_BIN:-python3}" -m shared.cli kafka install)
+        (cd "$ROOT" && "${PYTHON_BIN:-python3}" -m esctl kafka install)
     fi
     local ctx
     ctx="$(mktemp -d)"

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import asyncpg
 import pytest
 
+from esctl.localstack.services import ServiceProcess
 from shared.kafka.topics import TopicSpec, ensure_topics
-from shared.localstack.services import ServiceProcess
 from shared.logging import configure_logging
 from tests import infra
 from tests.kafka_helpers import delete_topics

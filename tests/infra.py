@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from shared.localstack.kafka import LocalKafkaCluster, free_port
-from shared.localstack.postgres import LocalPostgres
+from esctl.localstack.kafka import LocalKafkaCluster, free_port
+from esctl.localstack.postgres import LocalPostgres
 
 KAFKA_IMAGE = os.environ.get("KAFKA_IMAGE", "apache/kafka:4.1.1")
 POSTGRES_IMAGE = os.environ.get("POSTGRES_IMAGE", "postgres:16")

@@ -9,8 +9,8 @@ import time
 from aiokafka import TopicPartition
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from esctl.localstack.kafka import java_executable, libs_dir
 from shared.kafka import InboundRecord, make_admin, make_consumer, make_producer
-from shared.localstack.kafka import java_executable, libs_dir
 
 
 async def produce(

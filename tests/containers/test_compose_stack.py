@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from esctl.localstack.kafka import free_port
 from shared.kafka.clients import wait_for_brokers
 from shared.kafka.topics import Topics
-from shared.localstack.kafka import free_port
 from shared.messages import encode_command
 from shared.messages.blog import CreatePost, EditPost, PublishPost
 from shared.settings import KafkaSettings

@@ -10,8 +10,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from esctl.localstack.services import ServiceProcess
 from shared.kafka.topics import Topics
-from shared.localstack.services import ServiceProcess
 from shared.messages import decode_event
 from shared.messages.results import CommandOutcome
 from shared.settings import KafkaSettings
@@ -24,7 +24,7 @@ __all__ = ["ROOT", "ServiceProcess", "check_log_invariants", "command_service_en
 def esctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """Run the CLI as a person would, with `env` on top of this process's environment."""
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "esctl", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

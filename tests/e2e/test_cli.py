@@ -17,8 +17,8 @@ import httpx
 import psutil
 import pytest
 
+from esctl.localstack.kafka import LocalKafkaCluster, free_port
 from shared.kafka.topics import Topics
-from shared.localstack.kafka import LocalKafkaCluster, free_port
 from shared.settings import KafkaSettings
 from tests.conftest import unique
 from tests.e2e.harness import ServiceProcess, command_service_env, esctl

@@ -19,6 +19,7 @@ import httpx
 import pytest
 from aiokafka import TopicPartition
 
+from esctl.localstack.kafka import free_port
 from shared.kafka import make_consumer
 from shared.kafka.clients import (
     make_admin,
@@ -27,7 +28,6 @@ from shared.kafka.clients import (
     topic_partitions,
 )
 from shared.kafka.topics import Topics
-from shared.localstack.kafka import free_port
 from shared.messages import encode_command
 from shared.messages.blog import EditPost, RegisterAuthor
 from shared.settings import KafkaSettings

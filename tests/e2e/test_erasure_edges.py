@@ -37,7 +37,7 @@ TOKEN = "edge-token"
 def esctl_elsewhere(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """The CLI run from a directory that is not the repository (no ./var, no key store)."""
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "esctl", *args],
         capture_output=True,
         text=True,
         cwd=cwd,

@@ -203,7 +203,7 @@ def on_a_terminal(env: dict[str, str], *args: str, columns: int = 80) -> str:
     ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
     environ = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "esctl", *args],
         cwd=ROOT,
         env=environ | env | {"TERM": "xterm-256color"},
         stdin=subprocess.DEVNULL,

@@ -357,7 +357,7 @@ async def test_queries_keep_answering_during_a_rebuild_and_the_swapped_model_is_
         rebuild = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "shared.cli",
+            "esctl",
             "projections",
             "rebuild",
             "--batch",
@@ -445,7 +445,7 @@ async def test_esctl_lag_agrees_with_kafkas_consumer_groups_tool(
     ours = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "shared.cli",
+        "esctl",
         "lag",
         "--json",
         "--group",

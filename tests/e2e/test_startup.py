@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.localstack.kafka import free_port
+from esctl.localstack.kafka import free_port
 from tests.conftest import unique
 from tests.e2e.harness import ServiceProcess, command_service_env
 from tests.kafka_helpers import wait_until

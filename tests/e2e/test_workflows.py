@@ -19,9 +19,9 @@ import httpx
 import pytest
 from aiohttp import web
 
+from esctl.localstack.kafka import free_port
 from shared.kafka.reader import read_latest_by_key
 from shared.kafka.topics import Topics
-from shared.localstack.kafka import free_port
 from shared.messages import decode_command, decode_event, encode_command
 from shared.messages.base import Command
 from shared.messages.blog import (
@@ -549,7 +549,7 @@ async def test_finished_workflows_are_forgotten_after_their_retention(make_stack
 def esctl_workflows(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     """`esctl workflows ...` against the stack's workflow service, as an operator runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", "workflows", *args, "--url", stack.workflow.url],
+        [sys.executable, "-m", "esctl", "workflows", *args, "--url", stack.workflow.url],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
+from esctl.localstack.kafka import LocalKafkaCluster, free_port
 from shared.kafka import make_consumer, make_transactional_producer
-from shared.localstack.kafka import LocalKafkaCluster, free_port
 from tests.conftest import TopicFactory, unique
 from tests.e2e.harness import ROOT, esctl
 from tests.kafka_helpers import produce
@@ -189,7 +189,7 @@ async def run_esctl(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "shared.cli",
+        "esctl",
         *args,
         cwd=ROOT,
         env=dict(os.environ) | env,
@@ -293,7 +293,7 @@ async def test_lag_watch_in_a_pipe_prints_a_new_timestamped_block_at_each_refres
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "shared.cli",
+        "esctl",
         "lag",
         "--watch",
         "1",

@@ -85,7 +85,7 @@ async def test_esctl_lag_watch_refreshes_at_its_interval_until_interrupted(
         return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "shared.cli",
+            "esctl",
             "lag",
             "--group",
             group,

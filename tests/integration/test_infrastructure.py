@@ -12,11 +12,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from esctl.localstack.kafka import LocalKafkaCluster, free_port
+from esctl.localstack.services import ServiceProcess
 from shared.errors import ConfigurationError
 from shared.kafka import make_producer
 from shared.kafka.topics import Topics, TopicSpec, bootstrap_system_topics, ensure_topics
-from shared.localstack.kafka import LocalKafkaCluster, free_port
-from shared.localstack.services import ServiceProcess
 from shared.settings import KafkaSettings
 from tests.conftest import unique
 from tests.kafka_helpers import delete_topics, read_all
@@ -73,7 +73,7 @@ async def test_postgres_fixture_is_a_real_server(postgres_url: str) -> None:
 
 def esctl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "esctl", *args],
         capture_output=True,
         text=True,
         timeout=180,

@@ -168,7 +168,7 @@ async def test_a_rebuild_refuses_an_archive_file_that_does_not_match_its_checksu
         def rebuild() -> subprocess.CompletedProcess[str]:
             args = ["projections", "rebuild", "--archive", str(archive_dir)]
             return subprocess.run(
-                [sys.executable, "-m", "shared.cli", *args],
+                [sys.executable, "-m", "esctl", *args],
                 capture_output=True,
                 text=True,
                 cwd=ROOT,

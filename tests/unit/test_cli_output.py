@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from shared.cli import WORKFLOW_STATUSES
-from shared.cli_output import Column, plain_table, print_table
+from esctl.output import Column, plain_table, print_table
+from esctl.workflows import WORKFLOW_STATUSES
 from workflow_service.model import ACTIVE, COMPENSATING, TERMINAL
 
 LONG = "publication:a-post-whose-identifier-is-longer-than-forty-characters:v1"

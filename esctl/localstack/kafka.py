@@ -41,7 +41,7 @@ LOG4J = "log4j2.properties"
 
 
 def _resource(name: str) -> Path:
-    return Path(str(resources.files("shared.localstack").joinpath(name)))
+    return Path(str(resources.files("esctl.localstack").joinpath(name)))
 
 
 def kafka_version() -> str:

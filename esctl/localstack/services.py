@@ -12,8 +12,8 @@ from typing import ClassVar
 
 import httpx
 
+from esctl.localstack.kafka import free_port
 from shared.errors import InfrastructureUnavailable
-from shared.localstack.kafka import free_port
 
 
 class ServiceProcess:

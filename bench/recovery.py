@@ -1,0 +1,56 @@
+"""Recovery and memory of the command service against the number of events in its log."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+from bench.common import Results, RssSampler, Sizes, register_author, service_env, write_fake_events
+from esctl.localstack.services import ServiceProcess
+from shared.kafka.topics import Topics, bootstrap_system_topics
+from shared.settings import KafkaSettings
+
+
+async def scenario_recovery(
+    bootstrap: str, sizes: Sizes, results: Results, workdir: Path, rss: RssSampler
+) -> None:
+    """Time from a command-service process start until it has restored its partitions and
+    answered a command, against the number of events (one aggregate each) in the log."""
+    for n in sizes.recovery:
+        prefix = f"brec{n}-{uuid.uuid4().hex[:6]}."
+        await bootstrap_system_topics(
+            KafkaSettings(kafka_bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=6)
+        )
+        topics = Topics.from_settings(KafkaSettings(topic_prefix=prefix))
+        await write_fake_events(bootstrap, topics.events, 6, n)
+        svc = ServiceProcess(
+            "command_service",
+            service_env(bootstrap, prefix, SNAPSHOT_EVERY_EVENTS="0"),  # full replay
+            workdir,
+            f"recovery-{n}",
+        )
+        start = time.perf_counter()
+        svc.start()
+        try:
+            await svc.wait_healthy(timeout_s=600)
+            rss.watch(f"command_service (recovery {n:,})", svc.pid)
+            # Ready = its partitions are restored and it answers a command.
+            await register_author(bootstrap, topics, "rec-author", wait_s=900)
+            ready = time.perf_counter() - start
+            info = psutil.Process(svc.pid).memory_info().rss if svc.pid else 0
+            results.put(
+                f"recovery_{n}_events",
+                ready_s=round(ready, 2),
+                events_per_s=round(n / ready),
+                rss_mb=round(info / 2**20, 1),
+            )
+        finally:
+            await svc.stop()
+    if len(sizes.recovery) >= 2:
+        small, large = sizes.recovery[0], sizes.recovery[-1]
+        a = results.rows[f"recovery_{small}_events"]["rss_mb"]
+        b = results.rows[f"recovery_{large}_events"]["rss_mb"]
+        results.put("memory_per_100k_aggregates", mb=round((b - a) / ((large - small) / 1e5), 1))
