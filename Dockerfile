@@ -17,6 +17,8 @@ COPY command_service ./command_service
 COPY projector_service ./projector_service
 COPY query_service ./query_service
 COPY workflow_service ./workflow_service
+# The operator's CLI (esctl, an entry point of the package): `docker exec CONTAINER esctl lag`.
+COPY esctl ./esctl
 RUN python -m pip install . && useradd --system --uid 10001 app && mkdir -p /app/var && chown app /app/var
 USER app
 

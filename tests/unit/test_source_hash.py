@@ -46,6 +46,7 @@ def project(tmp_path: Path) -> Path:
         "projector_service",
         "query_service",
         "workflow_service",
+        "esctl",
     ):
         shutil.copytree(ROOT / package, copy / package, ignore=CACHES)
     (copy / "tests").mkdir()
