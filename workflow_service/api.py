@@ -8,25 +8,24 @@ workflow's owner, which applies them exactly once.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from shared.http import DEFAULT_BODY_LIMIT, problem, problem_doc, service_app
-from shared.kafka.clients import make_producer
+from shared.kafka.clients import make_producer, stop_quietly
+from shared.kafka.errors import KafkaError
 from shared.kafka.reader import TopicFollower
 from shared.kafka.records import InboundRecord
 from shared.kafka.topics import Topics
 from shared.logging import get_logger
-from workflow_service.engine import META_KEY
+from workflow_service.changelog import META_KEY
 from workflow_service.model import WorkflowState
 
 log = get_logger(__name__)
@@ -237,7 +236,6 @@ def build_api(
         await producer.start()
 
     async def stop() -> None:
-        with contextlib.suppress(KafkaError):
-            await producer.stop()
+        await stop_quietly(producer)
 
     return app, start, stop
