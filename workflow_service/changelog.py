@@ -34,4 +34,3 @@ class PartitionMeta:
             round_robin=int(meta.get("round_robin", 0)),
             control_next=int(meta.get("control_next_offset", 0)),
         )
-
