@@ -116,7 +116,7 @@ def _reach_kafka(bootstrap_servers: str) -> None:
 
 def _run_kafka(coro: Any, bootstrap_servers: str) -> Any:
     """Run a coroutine talking to Kafka: any failure becomes one line on stderr and exit 2."""
-    from aiokafka.errors import KafkaError
+    from shared.kafka.errors import KafkaError
 
     try:
         return asyncio.run(coro)
