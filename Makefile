@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml | system
 install: system $(STAMP)  ## Python packages into .venv, Kafka jars into the cache
 	$(BIN)/esctl kafka install
 
-check: $(STAMP)  ## ruff (lint + format) and mypy --strict
+check: $(STAMP)  ## ruff (lint + format), mypy --strict, and the import contracts (lint-imports)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

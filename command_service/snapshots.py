@@ -9,7 +9,8 @@ restore reads the snapshots and replays only the events from the checkpoint on.
 
 Snapshots are written in the same transactions as the events: they can never be ahead of the
 log. A snapshot or checkpoint that cannot be read (another `snapshot_schema`, bad JSON) makes the
-restore fall back to a full replay, with a warning.
+restore fall back to a full replay, with a warning. The key of the checkpoint and the format of
+the records are the contract in `shared/messages/snapshots.py` (`esctl prune` reads checkpoints).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from datetime import datetime
 from typing import Any
 
 from command_service.domain import AggregateState, AuthorState, PostState, PostStatus
-
-SNAPSHOT_SCHEMA = 1
-CHECKPOINT_KEY = b"__checkpoint__"
-
-
-class UnreadableSnapshot(Exception):
-    """A snapshot record this code cannot read: replay instead."""
+from shared.messages.snapshots import (
+    CHECKPOINT_KEY,
+    SNAPSHOT_SCHEMA,
+    UnreadableSnapshot,
+    decode_checkpoint,
+    encode_checkpoint,
+    load_snapshot_value,
+)
 
 
 def encode_state(state: AggregateState) -> bytes:
@@ -37,27 +39,8 @@ def encode_state(state: AggregateState) -> bytes:
     ).encode()
 
 
-def encode_checkpoint(next_offset: int, aggregates: int, at: datetime) -> bytes:
-    return json.dumps(
-        {
-            "snapshot_schema": SNAPSHOT_SCHEMA,
-            "next_offset": next_offset,
-            "aggregates": aggregates,
-            "at": at.isoformat(),
-        }
-    ).encode()
-
-
-def decode_checkpoint(value: bytes) -> int:
-    obj = _load(value)
-    try:
-        return int(obj["next_offset"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UnreadableSnapshot(f"checkpoint without next_offset: {exc}") from None
-
-
 def decode_state(value: bytes) -> AggregateState:
-    obj = _load(value)
+    obj = load_snapshot_value(value)
     try:
         s: dict[str, Any] = obj["state"]
         if obj["kind"] == "author":
@@ -83,17 +66,6 @@ def decode_state(value: bytes) -> AggregateState:
         raise UnreadableSnapshot(f"snapshot state unreadable: {exc!r}") from None
 
 
-def _load(value: bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(value)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UnreadableSnapshot(f"not JSON: {exc}") from None
-    if not isinstance(obj, dict) or obj.get("snapshot_schema") != SNAPSHOT_SCHEMA:
-        found = obj.get("snapshot_schema") if isinstance(obj, dict) else None
-        raise UnreadableSnapshot(f"snapshot_schema {found!r}, this code reads {SNAPSHOT_SCHEMA}")
-    return obj
-
-
 def _dt(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
@@ -104,3 +76,14 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, PostStatus):
         return value.value
     raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+__all__ = [
+    "CHECKPOINT_KEY",
+    "SNAPSHOT_SCHEMA",
+    "UnreadableSnapshot",
+    "decode_checkpoint",
+    "decode_state",
+    "encode_checkpoint",
+    "encode_state",
+]

@@ -11,18 +11,16 @@ transaction marker after the last event, its position, so that a caught-up proje
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 
 from shared.errors import MessageError
-from shared.kafka.clients import make_consumer, make_producer
-from shared.kafka.records import InboundRecord, dead_letter, from_consumer_record
+from shared.kafka.clients import make_producer, stop_quietly
+from shared.kafka.consumer import TopicConsumer
+from shared.kafka.errors import KafkaError
+from shared.kafka.records import InboundRecord, dead_letter
 from shared.logging import get_logger
 from shared.messages.codec import decode_event
 from shared.readmodel.store import IndexedEvent, PartitionBatch, ReadStore, StaleBatch
@@ -57,9 +55,12 @@ class Projector:
         self.store = store
         self.dlq_topic = dlq_topic
         self.max_records = max_records
-        self._consumer = make_consumer(
+        self._consumer = TopicConsumer(
             bootstrap_servers,
+            topic,
             group_id=group_id,
+            on_assigned=self.seek_to_stored,
+            on_revoked=self.forget,
             max_poll_records=max_records,
             **(consumer_overrides or {}),
         )
@@ -73,15 +74,12 @@ class Projector:
     async def start(self) -> None:
         self._generation = await self.store.migrate()
         await self._dlq.start()
-        self._consumer.subscribe([self.topic], listener=_Listener(self))
         await self._consumer.start()
 
     async def stop(self) -> None:
         self._stopping.set()
-        with contextlib.suppress(KafkaError):
-            await self._consumer.stop()
-        with contextlib.suppress(KafkaError):
-            await self._dlq.stop()
+        await self._consumer.stop()
+        await stop_quietly(self._dlq)
 
     async def seek_to_stored(self, partitions: list[int]) -> None:
         """Position the consumer at the offsets stored with the read model."""
@@ -90,26 +88,23 @@ class Projector:
         for p in partitions:
             offset = stored.get(p, 0)
             self._next[p] = offset
-            self._consumer.seek(TopicPartition(self.topic, p), offset)
+            self._consumer.seek(p, offset)
         log.info(
             "projector_positioned",
             generation=self._generation,
             positions={p: self._next[p] for p in partitions},
         )
 
-    def forget(self, partitions: list[int]) -> None:
+    async def forget(self, partitions: list[int]) -> None:
         for p in partitions:
             self._next.pop(p, None)
             self._committed.pop(p, None)
 
     async def run(self) -> None:
-        while not self._stopping.is_set():
-            batches = await self._consumer.getmany(timeout_ms=200, max_records=self.max_records)
-            owned = {
-                tp: [from_consumer_record(m) for m in messages]
-                for tp, messages in batches.items()
-                if tp.partition in self._next and messages
-            }
+        async for batches in self._consumer.batches(
+            self._stopping, timeout_ms=200, max_records=self.max_records
+        ):
+            owned = {p: records for p, records in batches.items() if p in self._next and records}
             if owned:
                 try:
                     await self._apply(owned)
@@ -118,7 +113,7 @@ class Projector:
                     log.info("projector_repositioning", reason=str(exc))
                     await self.seek_to_stored(sorted(self._next))
                     continue
-            applied = {tp.partition for tp in owned}
+            applied = set(owned)
             await self._commit_skipped([p for p in list(self._next) if p not in applied])
 
     async def _commit_skipped(self, partitions: list[int]) -> None:
@@ -130,27 +125,25 @@ class Projector:
         stays where its events end (the next batch starts there)."""
         offsets = {}
         for p in partitions:
-            tp = TopicPartition(self.topic, p)
-            try:
-                position: int = await self._consumer.position(tp)
-            except IllegalStateError:
+            position = await self._consumer.position(p)
+            if position is None:
                 continue  # no longer assigned: a rebalance is under way
             # `p in self._next` again: a rebalance may have forgotten it during the await
             if p in self._next and position > max(self._next[p], self._committed.get(p, 0)):
-                offsets[tp] = position
+                offsets[p] = position
         if offsets:
             await self._commit_to_kafka(offsets)
 
-    async def _commit_to_kafka(self, offsets: dict[TopicPartition, int]) -> None:
+    async def _commit_to_kafka(self, offsets: dict[int, int]) -> None:
         """Kafka's copy of the positions, for tooling (lag); the database holds the truth, so
         a failed commit is only logged."""
         try:
             await self._consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as exc:
+        except KafkaError as exc:  # CommitFailedError included (a rebalance under way)
             log.warning("kafka_offset_commit_failed", error=repr(exc))
             return
-        for tp, offset in offsets.items():
-            self._committed[tp.partition] = offset
+        for p, offset in offsets.items():
+            self._committed[p] = offset
 
     async def _decode(self, records: list[InboundRecord]) -> list[IndexedEvent]:
         events: list[IndexedEvent] = []
@@ -176,39 +169,28 @@ class Projector:
             )
         return events
 
-    async def _apply(self, fetched: dict[TopicPartition, list[InboundRecord]]) -> None:
+    async def _apply(self, fetched: dict[int, list[InboundRecord]]) -> None:
         """Every partition of one fetch in one database transaction, then one Kafka commit."""
         batches = [
             PartitionBatch(
-                tp.partition,
+                p,
                 await self._decode(records),
-                start_offset=self._next[tp.partition],
+                start_offset=self._next[p],
                 next_offset=records[-1].offset + 1,
             )
-            for tp, records in fetched.items()
+            for p, records in fetched.items()
         ]
         with BATCH_SECONDS.time():
             await self.store.apply_batches(self._generation, batches)
         committed_at = datetime.now(UTC)
         offsets = {}
-        for tp, batch in zip(fetched, batches, strict=True):
+        for p, batch in zip(fetched, batches, strict=True):
             if batch.events:
                 age = committed_at - batch.events[-1].envelope.occurred_at
                 EVENT_AGE.observe(max(0.0, age.total_seconds()))
-            self._next[tp.partition] = batch.next_offset
+            self._next[p] = batch.next_offset
             self.applied += len(batch.events)
             EVENTS_APPLIED.inc(len(batch.events))
-            POSITION.labels(str(tp.partition)).set(batch.next_offset)
-            offsets[tp] = batch.next_offset
+            POSITION.labels(str(p)).set(batch.next_offset)
+            offsets[p] = batch.next_offset
         await self._commit_to_kafka(offsets)
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base class
-    def __init__(self, projector: Projector) -> None:
-        self._p = projector
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self._p.forget([tp.partition for tp in revoked])
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self._p.seek_to_stored([tp.partition for tp in assigned])

@@ -24,8 +24,8 @@ from shared.kafka.reader import TopicFollower
 from shared.kafka.records import InboundRecord
 from shared.kafka.topics import Topics
 from shared.logging import get_logger
+from workflow_service.changelog import META_KEY
 from workflow_service.control import ControlSender
-from workflow_service.engine import META_KEY
 from workflow_service.model import WorkflowState
 
 log = get_logger(__name__)

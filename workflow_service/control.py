@@ -6,13 +6,11 @@ tests/contract/test_workflow_adapters.py.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Protocol
 
-from aiokafka.errors import KafkaError
-
 from shared.errors import InfrastructureUnavailable
-from shared.kafka.clients import make_producer
+from shared.kafka.clients import make_producer, stop_quietly
+from shared.kafka.errors import KafkaError
 
 
 class ControlSender(Protocol):
@@ -31,8 +29,7 @@ class KafkaControlChannel:
         await self._producer.start()
 
     async def stop(self) -> None:
-        with contextlib.suppress(KafkaError):
-            await self._producer.stop()
+        await stop_quietly(self._producer)
 
     async def send(self, key: bytes, value: bytes) -> None:
         try:

@@ -37,14 +37,12 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
-from aiokafka import TopicPartition
-from aiokafka.errors import IllegalStateError, KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 
 from shared.errors import InfrastructureUnavailable
-from shared.kafka.clients import make_consumer
+from shared.kafka.consumer import TopicConsumer
+from shared.kafka.errors import KafkaError
 from shared.kafka.processor import TransactionalPartitionProcessor
 from shared.kafka.reader import end_offset, read_latest_by_key
 from shared.kafka.records import InboundRecord, OutboundRecord
@@ -53,6 +51,7 @@ from shared.logging import get_logger, message_context
 from shared.messages.blog import WORKFLOW_ISSUER
 from shared.messages.codec import decode_event, encode_command
 from workflow_service.activities import Activities, ActivityCall, ActivityFailed
+from workflow_service.changelog import META_KEY, PartitionMeta
 from workflow_service.model import (
     ActivityDone,
     Context,
@@ -68,8 +67,6 @@ from workflow_service.model import (
 from workflow_service.policies import decide, start
 
 log = get_logger(__name__)
-
-META_KEY = b"__partition__"
 
 TIMER_LATENESS = Histogram(
     "esctl_workflow_timer_lateness_seconds",
@@ -143,9 +140,7 @@ class PartitionWorkflows:
         return out
 
     def meta(self) -> bytes:
-        return json.dumps(
-            {"round_robin": self.round_robin, "control_next_offset": self.control_next}
-        ).encode()
+        return PartitionMeta(self.round_robin, self.control_next).encode()
 
     @property
     def active(self) -> int:
@@ -177,7 +172,7 @@ class WorkflowEngine:
         self._positions: dict[int, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
-        self._control = make_consumer(bootstrap_servers)
+        self._control = TopicConsumer(bootstrap_servers, topics.workflow_control)
         self._control_started = False
 
     def attach(self, processor: TransactionalPartitionProcessor) -> None:
@@ -194,9 +189,9 @@ class WorkflowEngine:
             if value is None:
                 continue
             if key == META_KEY:
-                meta = json.loads(value)
-                part.round_robin = int(meta.get("round_robin", 0))
-                part.control_next = int(meta.get("control_next_offset", 0))
+                meta = PartitionMeta.decode(value)
+                part.round_robin = meta.round_robin
+                part.control_next = meta.control_next
             else:
                 part.put(WorkflowState.model_validate_json(value))
         part.catch_up_to = await end_offset(self.bootstrap_servers, self.topics.events, partition)
@@ -527,11 +522,11 @@ class WorkflowEngine:
         if not self._control_started:
             await self._control.start()
             self._control_started = True
-        tps = [TopicPartition(self.topics.workflow_control, p) for p in self.partitions]
-        self._control.assign(tps)
+        partitions = list(self.partitions)
+        self._control.assign(partitions)
         # Positions come from the changelog's meta record, never from the consumer.
-        for tp in tps:
-            self._control.seek(tp, self.partitions[tp.partition].control_next)
+        for p in partitions:
+            self._control.seek(p, self.partitions[p].control_next)
 
     async def run_control(self) -> None:
         """Apply operator actions of owned partitions, each exactly once."""
@@ -540,21 +535,24 @@ class WorkflowEngine:
                 await asyncio.sleep(0.2)
                 continue
             try:
-                batches = await self._control.getmany(timeout_ms=200, max_records=500)
-            except (KafkaError, AssertionError, IllegalStateError) as exc:
+                batches = await self._control.fetch(timeout_ms=200, max_records=500)
+            # IllegalStateError (a KafkaError) and AssertionError: aiokafka's answers to a
+            # fetch racing a re-assignment of the control partitions
+            except (KafkaError, AssertionError) as exc:
                 log.warning("control_fetch_failed", error=repr(exc))
                 await asyncio.sleep(0.5)
                 continue
-            for tp, messages in batches.items():
-                records = list(messages)
+            for partition, records in batches.items():
                 done = await self._transact(
-                    tp.partition, functools.partial(self._controls, tp.partition, records)
+                    partition, functools.partial(self._controls, partition, records)
                 )
-                part = self.partitions.get(tp.partition)
+                part = self.partitions.get(partition)
                 if not done and part is not None:
-                    self._control.seek(tp, part.control_next)
+                    self._control.seek(partition, part.control_next)
 
-    async def _controls(self, partition: int, messages: list[Any]) -> list[OutboundRecord]:
+    async def _controls(
+        self, partition: int, messages: list[InboundRecord]
+    ) -> list[OutboundRecord]:
         part = self.partitions[partition]
         meta_before = part.meta()
         out: list[OutboundRecord] = []
@@ -563,7 +561,7 @@ class WorkflowEngine:
                 continue  # applied before (a re-assignment rewound the consumer)
             part.control_next = m.offset + 1
             try:
-                body = json.loads(m.value)
+                body = json.loads(m.value or b"")
                 wid, action = body["workflow_id"], body["action"]
                 if action not in ("retry", "skip", "compensate"):
                     raise ValueError(f"unknown action {action!r}")
@@ -590,5 +588,4 @@ class WorkflowEngine:
         for task in list(self._tasks):
             task.cancel()
         if self._control_started:
-            with contextlib.suppress(KafkaError):
-                await self._control.stop()
+            await self._control.stop()

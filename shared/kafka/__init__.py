@@ -11,13 +11,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from shared.kafka.admin import Admin
     from shared.kafka.clients import (
         make_admin,
         make_consumer,
         make_producer,
         make_transactional_producer,
+        running,
+        stop_quietly,
         wait_for_brokers,
     )
+    from shared.kafka.consumer import TopicConsumer
+    from shared.kafka.errors import KafkaError
     from shared.kafka.processor import (
         PartitionHandler,
         ProcessorHooks,
@@ -29,6 +34,11 @@ if TYPE_CHECKING:
     from shared.kafka.topics import Topics, TopicSpec, bootstrap_system_topics, ensure_topics
 
 _WHERE = {
+    "Admin": "admin",
+    "KafkaError": "errors",
+    "TopicConsumer": "consumer",
+    "running": "clients",
+    "stop_quietly": "clients",
     "make_admin": "clients",
     "make_consumer": "clients",
     "make_producer": "clients",
@@ -58,11 +68,14 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Admin",
     "Delivered",
     "InboundRecord",
+    "KafkaError",
     "OutboundRecord",
     "PartitionHandler",
     "ProcessorHooks",
+    "TopicConsumer",
     "TopicSpec",
     "Topics",
     "TransactionalPartitionProcessor",
@@ -74,6 +87,8 @@ __all__ = [
     "make_consumer",
     "make_producer",
     "make_transactional_producer",
+    "running",
+    "stop_quietly",
     "transactional_id_for",
     "wait_for_brokers",
 ]

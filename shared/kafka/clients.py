@@ -11,7 +11,8 @@ import contextlib
 import errno
 import socket
 import time
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -20,6 +21,8 @@ from aiokafka.partitioner import murmur2
 from aiokafka.producer import sender as _aiokafka_sender
 
 from shared.errors import InfrastructureUnavailable, KafkaUnreachable
+
+C = TypeVar("C")
 
 # After a commit the broker writes the transaction markers asynchronously; a new transaction
 # that starts meanwhile is answered CONCURRENT_TRANSACTIONS and aiokafka retries after a fixed
@@ -72,6 +75,40 @@ def make_transactional_producer(
     )
 
 
+async def stop_quietly(client: Any) -> None:
+    """Stop (or, for an admin client, close) `client`, ignoring Kafka and network errors: it is
+    stopped on the way out, often after a failure, and that failure is what the caller reports."""
+    stop = getattr(client, "stop", None) or client.close
+    with contextlib.suppress(KafkaError, OSError):
+        await stop()
+
+
+@contextlib.asynccontextmanager
+async def running(client: C, failure: str | Callable[[BaseException], str]) -> AsyncIterator[C]:
+    """Start `client` (any producer, consumer or admin of this package), yield it, stop it
+    quietly. A Kafka error while starting or in the body, or a network error while starting,
+    becomes `InfrastructureUnavailable`: `failure` names what failed (`"cannot read the end of
+    t[0]"` gives `"cannot read the end of t[0]: <the error>"`), or makes the whole sentence.
+
+    An `OSError` of the body passes unchanged: there it comes from the caller's own I/O (an
+    archive file, say), not from the client, whose network errors are `KafkaError`s."""
+    started: Any = client
+    try:
+        try:
+            await started.start()
+        except OSError as exc:
+            raise InfrastructureUnavailable(_failed(failure, exc)) from exc
+        yield client
+    except KafkaError as exc:
+        raise InfrastructureUnavailable(_failed(failure, exc)) from exc
+    finally:
+        await stop_quietly(client)
+
+
+def _failed(failure: str | Callable[[BaseException], str], exc: BaseException) -> str:
+    return failure(exc) if callable(failure) else f"{failure}: {exc}"
+
+
 def group_timing(session_timeout_ms: int) -> dict[str, int]:
     """Consumer overrides for a group member: its session timeout (how fast a dead instance's
     partitions move) and a heartbeat at a tenth of it (at least 500 ms)."""
@@ -114,8 +151,7 @@ async def wait_for_brokers(
         except (TimeoutError, KafkaError, OSError) as exc:
             last_error = f"{type(exc).__name__}: {exc}"
         finally:
-            with contextlib.suppress(KafkaError, OSError):  # a client that never connected
-                await admin.close()
+            await stop_quietly(admin)  # also a client that never connected
         await asyncio.sleep(0.5)
     raise InfrastructureUnavailable(
         f"Kafka at {bootstrap_servers} did not answer a metadata request within "
@@ -180,8 +216,7 @@ async def ensure_reachable(bootstrap_servers: str, *, timeout_s: float = 5.0) ->
             f"it accepts connections, but {answer} to a metadata request within {timeout_s:g}s",
         ) from exc
     finally:
-        with contextlib.suppress(KafkaError, OSError):
-            await admin.close()
+        await stop_quietly(admin)
 
 
 def partition_for_key(key: bytes, partitions: int) -> int:

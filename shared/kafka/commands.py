@@ -8,7 +8,6 @@ bounded cache of recent outcomes (for `GET /commands/{id}`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from uuid import UUID
 from aiokafka.errors import KafkaError
 
 from shared.errors import InfrastructureUnavailable, MessageError
-from shared.kafka.clients import make_producer
+from shared.kafka.clients import make_producer, stop_quietly
 from shared.kafka.reader import TopicFollower
 from shared.kafka.records import InboundRecord
 from shared.kafka.topics import Topics
@@ -78,8 +77,7 @@ class CommandClient:
 
     async def stop(self) -> None:
         await self._follower.stop()
-        with contextlib.suppress(KafkaError):
-            await self._producer.stop()
+        await stop_quietly(self._producer)
 
     def _on_results(self, records: Sequence[InboundRecord]) -> None:
         for record in records:

@@ -28,7 +28,6 @@ with a short wait, instead of one slow fetch per partition.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 from collections import defaultdict
@@ -40,7 +39,7 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError
 
 from shared.errors import InfrastructureUnavailable
-from shared.kafka.clients import make_admin, make_consumer
+from shared.kafka.clients import make_admin, make_consumer, running, stop_quietly
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -96,14 +95,8 @@ class LagReport:
 
 
 async def list_groups(bootstrap_servers: str) -> list[str]:
-    admin = make_admin(bootstrap_servers)
-    try:
-        await admin.start()
+    async with running(make_admin(bootstrap_servers), "cannot list consumer groups") as admin:
         groups = await admin.list_consumer_groups()
-    except KafkaError as exc:
-        raise InfrastructureUnavailable(f"cannot list consumer groups: {exc}") from exc
-    finally:
-        await admin.close()
     return sorted({g[0] for g in groups})
 
 
@@ -130,17 +123,10 @@ async def lag_report(
     probe_timeout_s: float = PROBE_TIMEOUT_S,
 ) -> LagReport:
     """Lag of `groups` (default: every group), and the groups asked for that do not exist."""
-    admin = make_admin(bootstrap_servers)
-    try:
-        await admin.start()
+    async with running(make_admin(bootstrap_servers), "cannot read the consumer groups") as admin:
         names = groups if groups is not None else sorted({g[0] for g in await _list(admin)})
         found = await asyncio.gather(*(_group_partitions(admin, g, topic_prefix) for g in names))
         topics = set(await admin.list_topics())
-    except KafkaError as exc:
-        raise InfrastructureUnavailable(f"cannot read the consumer groups: {exc}") from exc
-    finally:
-        with contextlib.suppress(KafkaError):
-            await admin.close()
     report = LagReport()
     assigned: dict[str, dict[TopicPartition, int | None]] = {}
     for name, partitions in zip(names, found, strict=True):
@@ -169,9 +155,7 @@ async def lag_report(
     except KafkaError as exc:
         raise InfrastructureUnavailable(f"cannot read the log end offsets: {exc}") from exc
     finally:
-        for consumer in (high, stable):
-            with contextlib.suppress(KafkaError):
-                await consumer.stop()
+        await asyncio.gather(stop_quietly(high), stop_quietly(stable))
     for name in sorted(assigned):
         for tp, committed in sorted(assigned[name].items()):
             lag, seconds = _lag(committed, stable_ends[tp], first, tp, now_ms)

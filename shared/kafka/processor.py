@@ -31,18 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from aiokafka import TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import IllegalStateError, KafkaError, ProducerFenced
+from aiokafka.errors import KafkaError, ProducerFenced
 
 from shared.errors import EsError
-from shared.kafka.clients import make_consumer, make_transactional_producer
-from shared.kafka.records import (
-    Delivered,
-    InboundRecord,
-    OutboundRecord,
-    dead_letter,
-    from_consumer_record,
-)
+from shared.kafka.clients import make_transactional_producer, stop_quietly
+from shared.kafka.consumer import TopicConsumer
+from shared.kafka.records import Delivered, InboundRecord, OutboundRecord, dead_letter
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -145,9 +139,12 @@ class TransactionalPartitionProcessor:
         self.hooks = hooks or ProcessorHooks()
         self.stats = ProcessorStats()
         self._producer_overrides = producer_overrides or {}
-        self._consumer = make_consumer(
+        self._consumer = TopicConsumer(
             bootstrap_servers,
+            input_topic,
             group_id=group_id,
+            on_assigned=self._on_assigned,
+            on_revoked=self._on_revoked,
             max_poll_records=max_records,
             **(consumer_overrides or {}),
         )
@@ -159,7 +156,6 @@ class TransactionalPartitionProcessor:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._consumer.subscribe([self.input_topic], listener=_Listener(self))
         await self._consumer.start()
         log.info(
             "processor_started", service=self.service, topic=self.input_topic, group=self.group_id
@@ -168,22 +164,23 @@ class TransactionalPartitionProcessor:
     async def run(self) -> None:
         """Process until `stop()`; raises if the processor cannot go on (e.g. restore failed)."""
         backoff = 0.1
-        while not self._stopping.is_set():
+        if self._fatal is not None:
+            raise self._fatal
+        async for batches in self._consumer.batches(
+            self._stopping, timeout_ms=self.max_wait_ms or 1, max_records=self.max_records
+        ):
             if self._fatal is not None:
                 raise self._fatal
-            batches = await self._consumer.getmany(
-                timeout_ms=self.max_wait_ms or 1, max_records=self.max_records
-            )
             jobs = []
-            for tp, messages in batches.items():
-                owned = self._owned.get(tp.partition)
-                if owned is None or not owned.active or not messages:
+            for partition, records in batches.items():
+                owned = self._owned.get(partition)
+                if owned is None or not owned.active or not records:
                     continue  # not (yet) ours: never commit, the owner seeks on acquisition
-                jobs.append(self._process(owned, [from_consumer_record(m) for m in messages]))
+                jobs.append(self._process(owned, records))
             jobs += [
                 self._commit_skipped(owned)
                 for owned in list(self._owned.values())
-                if owned.active and not batches.get(owned.tp)
+                if owned.active and not batches.get(owned.tp.partition)
             ]
             results = await asyncio.gather(*jobs, return_exceptions=True)
             failures = [r for r in results if isinstance(r, BaseException)]
@@ -200,8 +197,7 @@ class TransactionalPartitionProcessor:
         self._stopping.set()
         for partition in list(self._owned):
             await self._release(partition, reason="stopping")
-        with contextlib.suppress(KafkaError):
-            await self._consumer.stop()
+        await self._consumer.stop()
         log.info("processor_stopped", service=self.service, stats=self.stats.__dict__)
 
     @property
@@ -215,6 +211,21 @@ class TransactionalPartitionProcessor:
 
     # -- ownership ---------------------------------------------------------------------------
 
+    async def _on_assigned(self, partitions: list[int]) -> None:
+        for partition in partitions:
+            if partition in self._owned:
+                continue
+            try:
+                await self._acquire(TopicPartition(self.input_topic, partition))
+            except Exception as exc:
+                # aiokafka swallows listener errors; surface it to run() instead of idling.
+                log.error("partition_acquire_failed", partition=partition, error=repr(exc))
+                self._fatal = exc
+
+    async def _on_revoked(self, partitions: list[int]) -> None:
+        for partition in partitions:
+            await self._release(partition, reason="revoked")
+
     async def _acquire(self, tp: TopicPartition) -> None:
         txn_id = transactional_id_for(self.service, tp.topic, tp.partition)
         producer = make_transactional_producer(
@@ -226,18 +237,21 @@ class TransactionalPartitionProcessor:
         await producer.start()
         try:
             await self.handler.on_assigned(tp.partition)
-            committed = await self._consumer.committed(tp)
+            committed = await self._consumer.committed(tp.partition)
             if committed is None:
-                await self._consumer.seek_to_beginning(tp)
+                await self._consumer.seek_to_beginning(tp.partition)
             else:
-                self._consumer.seek(tp, committed)
+                self._consumer.seek(tp.partition, committed)
             on_position = getattr(self.handler, "on_position", None)
             if on_position is not None:  # optional: handlers that track their progress
                 on_position(tp.partition, committed or 0)
-            start = committed if committed is not None else await self._consumer.position(tp)
+            start = (
+                committed
+                if committed is not None
+                else await self._consumer.position(tp.partition) or 0
+            )
         except BaseException:
-            with contextlib.suppress(KafkaError):
-                await producer.stop()
+            await stop_quietly(producer)
             raise
         self._owned[tp.partition] = _Owned(tp=tp, producer=producer, committed=start)
         log.info(
@@ -257,8 +271,7 @@ class TransactionalPartitionProcessor:
             self._owned.pop(partition, None)
             with contextlib.suppress(Exception):
                 await self.handler.on_revoked(partition)
-            with contextlib.suppress(KafkaError):
-                await owned.producer.stop()
+            await stop_quietly(owned.producer)
         log.info("partition_released", partition=partition, reason=reason)
         await self._notify()
 
@@ -268,7 +281,7 @@ class TransactionalPartitionProcessor:
         owned.active = False
         self._owned.pop(owned.tp.partition, None)
         with contextlib.suppress(Exception):
-            self._consumer.pause(owned.tp)
+            self._consumer.pause(owned.tp.partition)
         with contextlib.suppress(Exception):
             await self.handler.on_revoked(owned.tp.partition)
         with contextlib.suppress(Exception):
@@ -422,12 +435,10 @@ class TransactionalPartitionProcessor:
             self.stats.transactions += 1
 
     async def _skipped_to(self, owned: _Owned) -> int | None:
-        """The consumer's position if it is past the committed offset, else None."""
-        try:
-            position: int = await self._consumer.position(owned.tp)
-        except IllegalStateError:
-            return None  # no longer assigned: a rebalance is under way
-        return position if position > owned.committed else None
+        """The consumer's position if it is past the committed offset, else None (also when
+        the partition is no longer assigned: a rebalance is under way)."""
+        position = await self._consumer.position(owned.tp.partition)
+        return position if position is not None and position > owned.committed else None
 
     @staticmethod
     async def _send_all(producer: Any, outputs: Sequence[OutboundRecord]) -> list[Delivered]:
@@ -449,7 +460,7 @@ class TransactionalPartitionProcessor:
 
     async def _rewind(self, owned: _Owned, offset: int) -> None:
         """Seek back and rebuild the handler's state: it may hold effects of aborted records."""
-        self._consumer.seek(owned.tp, offset)
+        self._consumer.seek(owned.tp.partition, offset)
         await self.handler.on_revoked(owned.tp.partition)
         await self.handler.on_assigned(owned.tp.partition)
 
@@ -472,7 +483,7 @@ class TransactionalPartitionProcessor:
             await self._rewind(owned, record.offset)
             await self._dead_letter(owned, record, error)
         # Everything up to the last record is committed: continue after it.
-        self._consumer.seek(owned.tp, records[-1].offset + 1)
+        self._consumer.seek(owned.tp.partition, records[-1].offset + 1)
 
     async def _dead_letter(
         self, owned: _Owned, record: InboundRecord, error: BaseException
@@ -515,23 +526,3 @@ async def _guard(call: Awaitable[T]) -> T:
         raise
     except Exception as exc:
         raise _Poison() from exc
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base class
-    def __init__(self, processor: TransactionalPartitionProcessor) -> None:
-        self._p = processor
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        for tp in revoked:
-            await self._p._release(tp.partition, reason="revoked")
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        for tp in assigned:
-            if tp.partition in self._p._owned:
-                continue
-            try:
-                await self._p._acquire(tp)
-            except Exception as exc:
-                # aiokafka swallows listener errors; surface it to run() instead of idling.
-                log.error("partition_acquire_failed", partition=tp.partition, error=repr(exc))
-                self._p._fatal = exc

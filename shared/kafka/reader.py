@@ -7,12 +7,10 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError
-
 from shared.errors import InfrastructureUnavailable
-from shared.kafka.clients import make_consumer, topic_partitions
-from shared.kafka.records import InboundRecord, from_consumer_record
+from shared.kafka.clients import running
+from shared.kafka.consumer import TopicConsumer
+from shared.kafka.records import InboundRecord
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -39,40 +37,34 @@ async def read_partition_to_end(
     offset to read. With `isolation_level="read_uncommitted"` the records of aborted (and open)
     transactions are delivered too, up to the high watermark (bound it with `until`).
     """
-    consumer = make_consumer(
+    reader = TopicConsumer(
         bootstrap_servers,
+        topic,
         max_partition_fetch_bytes=8 * 1024 * 1024,
         isolation_level=isolation_level,
     )
-    tp = TopicPartition(topic, partition)
-    try:
-        await consumer.start()
-        consumer.assign([tp])
-        end: int = (await consumer.end_offsets([tp]))[tp]
+    async with running(reader, f"cannot read {topic}[{partition}]"):
+        reader.assign([partition])
+        end = (await reader.end_offsets([partition]))[partition]
         if until is not None:
             end = min(end, until)
         if start_offset >= end:
             return max(start_offset, end)
 
-        consumer.seek(tp, start_offset)
+        reader.seek(partition, start_offset)
         deadline = time.monotonic() + timeout_s
-        while await consumer.position(tp) < end:
+        while (await reader.position(partition) or 0) < end:
             if time.monotonic() > deadline:
                 raise InfrastructureUnavailable(
                     f"reading {topic}[{partition}] to offset {end} took over {timeout_s}s"
                 )
-            batches = await consumer.getmany(tp, timeout_ms=200, max_records=5000)
-            records = [from_consumer_record(m) for m in batches.get(tp, []) if m.offset < end]
+            fetched = await reader.fetch(timeout_ms=200, max_records=5000, partitions=[partition])
+            records = [r for r in fetched.get(partition, []) if r.offset < end]
             if records:
                 result = on_batch(records)
                 if result is not None:
                     await result
         return end
-    except KafkaError as exc:
-        raise InfrastructureUnavailable(f"cannot read {topic}[{partition}]: {exc}") from exc
-    finally:
-        with contextlib.suppress(KafkaError):
-            await consumer.stop()
 
 
 async def read_latest_by_key(
@@ -93,36 +85,16 @@ async def read_latest_by_key(
 
 async def start_offset(bootstrap_servers: str, topic: str, partition: int) -> int:
     """The first offset still in one partition (above 0 once the partition was pruned)."""
-    consumer = make_consumer(bootstrap_servers)
-    tp = TopicPartition(topic, partition)
-    try:
-        await consumer.start()
-        start: int = (await consumer.beginning_offsets([tp]))[tp]
-        return start
-    except KafkaError as exc:
-        raise InfrastructureUnavailable(
-            f"cannot read the start of {topic}[{partition}]: {exc}"
-        ) from exc
-    finally:
-        with contextlib.suppress(KafkaError):
-            await consumer.stop()
+    reader = TopicConsumer(bootstrap_servers, topic)
+    async with running(reader, f"cannot read the start of {topic}[{partition}]"):
+        return (await reader.beginning_offsets([partition]))[partition]
 
 
 async def end_offset(bootstrap_servers: str, topic: str, partition: int) -> int:
     """The end of one partition for a `read_committed` reader (its last stable offset)."""
-    consumer = make_consumer(bootstrap_servers)
-    tp = TopicPartition(topic, partition)
-    try:
-        await consumer.start()
-        end: int = (await consumer.end_offsets([tp]))[tp]
-        return end
-    except KafkaError as exc:
-        raise InfrastructureUnavailable(
-            f"cannot read the end of {topic}[{partition}]: {exc}"
-        ) from exc
-    finally:
-        with contextlib.suppress(KafkaError):
-            await consumer.stop()
+    reader = TopicConsumer(bootstrap_servers, topic)
+    async with running(reader, f"cannot read the end of {topic}[{partition}]"):
+        return (await reader.end_offsets([partition]))[partition]
 
 
 class TopicFollower:
@@ -143,25 +115,24 @@ class TopicFollower:
         self.topic = topic
         self._on_batch = on_batch
         self._start_at_ms = start_at_ms
-        self._consumer = make_consumer(bootstrap_servers)
-        self._tps: list[TopicPartition] = []
+        self._consumer = TopicConsumer(bootstrap_servers, topic)
+        self._partitions: list[int] = []
         self._task: asyncio.Task[None] | None = None
         self._progress = asyncio.Condition()
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         await self._consumer.start()
-        partitions = await topic_partitions(self._consumer, self.topic)
-        self._tps = [TopicPartition(self.topic, p) for p in partitions]
-        self._consumer.assign(self._tps)
+        self._partitions = await self._consumer.partitions()
+        self._consumer.assign(self._partitions)
         if self._start_at_ms is None:
-            await self._consumer.seek_to_beginning(*self._tps)
+            await self._consumer.seek_to_beginning(*self._partitions)
         else:
-            found = await self._consumer.offsets_for_times(
-                {tp: self._start_at_ms for tp in self._tps}
-            )
-            ends = await self._consumer.end_offsets(self._tps)
-            for tp in self._tps:
-                self._consumer.seek(tp, found[tp].offset if found.get(tp) else ends[tp])
+            found = await self._consumer.offsets_for_time(self._start_at_ms, self._partitions)
+            ends = await self._consumer.end_offsets(self._partitions)
+            for p in self._partitions:
+                at = found[p]
+                self._consumer.seek(p, at if at is not None else ends[p])
         self._task = asyncio.create_task(self._run(), name=f"follow-{self.topic}")
 
     async def _run(self) -> None:
@@ -172,10 +143,10 @@ class TopicFollower:
             raise
 
     async def _follow(self) -> None:
-        while True:
-            batches = await self._consumer.getmany(timeout_ms=100, max_records=5000)
-            for messages in batches.values():
-                records = [from_consumer_record(m) for m in messages]
+        async for fetched in self._consumer.batches(
+            self._stopping, timeout_ms=100, max_records=5000
+        ):
+            for records in fetched.values():
                 result = self._on_batch(records)
                 if result is not None:
                     await result
@@ -184,11 +155,11 @@ class TopicFollower:
 
     async def caught_up(self, timeout_s: float = 5.0) -> bool:
         """True once all records committed before this call were delivered (False on timeout)."""
-        ends = await self._consumer.end_offsets(self._tps)
+        ends = await self._consumer.end_offsets(self._partitions)
 
         async def reached() -> bool:
-            for tp in self._tps:
-                if await self._consumer.position(tp) < ends[tp]:
+            for p in self._partitions:
+                if (await self._consumer.position(p) or 0) < ends[p]:
                     return False
             return True
 
@@ -202,9 +173,9 @@ class TopicFollower:
         return True
 
     async def stop(self) -> None:
+        self._stopping.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        with contextlib.suppress(KafkaError):
-            await self._consumer.stop()
+        await self._consumer.stop()

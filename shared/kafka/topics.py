@@ -7,10 +7,9 @@ import time
 from dataclasses import dataclass, field
 
 from aiokafka.admin import NewTopic
-from aiokafka.errors import KafkaError
 
-from shared.errors import ConfigurationError, InfrastructureUnavailable
-from shared.kafka.clients import make_admin
+from shared.errors import ConfigurationError
+from shared.kafka.clients import make_admin, running
 from shared.logging import get_logger
 from shared.settings import KafkaSettings
 
@@ -128,14 +127,8 @@ def system_topic_specs(settings: KafkaSettings) -> list[TopicSpec]:
 
 async def describe_partition_counts(bootstrap_servers: str, names: list[str]) -> dict[str, int]:
     """Partition count of each existing topic among `names` (missing topics are absent)."""
-    admin = make_admin(bootstrap_servers)
-    try:
-        await admin.start()
+    async with running(make_admin(bootstrap_servers), "cannot describe topics") as admin:
         described = await admin.describe_topics(names)
-    except KafkaError as exc:
-        raise InfrastructureUnavailable(f"cannot describe topics: {exc}") from exc
-    finally:
-        await admin.close()
     return {
         t["topic"]: len(t["partitions"])
         for t in described
@@ -147,9 +140,7 @@ async def ensure_topics(
     bootstrap_servers: str, specs: list[TopicSpec], *, timeout_s: float = 30.0
 ) -> dict[str, int]:
     """Create missing topics (idempotent); return the partition count of each."""
-    admin = make_admin(bootstrap_servers)
-    try:
-        await admin.start()
+    async with running(make_admin(bootstrap_servers), "cannot create topics") as admin:
         response = await admin.create_topics(
             [
                 NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.configs)
@@ -162,10 +153,6 @@ async def ensure_topics(
                 raise ConfigurationError(f"cannot create topic {topic}: error {code} {message}")
             if code == 0:
                 log.info("topic_created", topic=topic)
-    except KafkaError as exc:
-        raise InfrastructureUnavailable(f"cannot create topics: {exc}") from exc
-    finally:
-        await admin.close()
     # The controller answers CreateTopics before every broker's metadata cache knows the new
     # topics: wait until a metadata request lists them all.
     names = [s.name for s in specs]

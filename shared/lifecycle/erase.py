@@ -25,7 +25,6 @@ In this order, each step safe to repeat (run the erasure again after any failure
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import uuid
@@ -33,13 +32,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from aiokafka import TopicPartition
-from aiokafka.admin import RecordsToDelete
-from aiokafka.errors import KafkaError
-
 from shared.errors import EsError, InfrastructureUnavailable
-from shared.kafka.clients import make_admin, make_consumer, make_producer, topic_partitions
+from shared.kafka.admin import Admin
+from shared.kafka.clients import make_producer, running
 from shared.kafka.commands import CommandClient
+from shared.kafka.consumer import TopicConsumer
 from shared.kafka.reader import read_partition_to_end
 from shared.kafka.records import InboundRecord
 from shared.kafka.topics import Topics
@@ -222,46 +219,33 @@ async def _purge_processed_commands(
 ) -> None:
     """Delete the commands the group has processed, once it has processed everything sent up
     to now (bounded wait); partitions it has not caught up on are reported as pending."""
-    consumer = make_consumer(bootstrap)
-    admin = make_admin(bootstrap)
-    try:
-        await consumer.start()
-        await admin.start()
-        tps = [TopicPartition(topic, p) for p in await topic_partitions(consumer, topic)]
-        starts = await consumer.beginning_offsets(tps)
-        ends = await consumer.end_offsets(tps)
+    async with (
+        running(
+            TopicConsumer(bootstrap, topic), lambda exc: f"cannot purge {topic}: {exc}; run again"
+        ) as consumer,
+        running(Admin(bootstrap), lambda exc: f"cannot purge {topic}: {exc}; run again") as admin,
+    ):
+        partitions = await consumer.partitions()
+        starts = await consumer.beginning_offsets(partitions)
+        ends = await consumer.end_offsets(partitions)
         deadline = time.monotonic() + wait_s
         while True:
-            offsets = await admin.list_consumer_group_offsets(group_id, partitions=tps)
-            committed = {
-                tp: max(offsets[tp].offset if tp in offsets else 0, starts[tp]) for tp in tps
-            }
-            behind: dict[TopicPartition, int] = {}
-            for tp in tps:
-                if committed[tp] < ends[tp]:
-                    n = await _visible_records(
-                        bootstrap, topic, tp.partition, committed[tp], ends[tp]
-                    )
+            offsets = await admin.group_offsets(group_id, topic, partitions)
+            committed = {p: max(offsets.get(p, 0), starts[p]) for p in partitions}
+            behind: dict[int, int] = {}
+            for p in partitions:
+                if committed[p] < ends[p]:
+                    n = await _visible_records(bootstrap, topic, p, committed[p], ends[p])
                     if n:
-                        behind[tp] = n
+                        behind[p] = n
             if not behind or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
-        below = {tp: committed[tp] if tp in behind else ends[tp] for tp in tps}
-        deletions = {tp: RecordsToDelete(o) for tp, o in below.items() if o > starts[tp]}
-        if deletions:
-            await admin.delete_records(deletions)
-        report.commands_deleted_below = {
-            tp.partition: d.before_offset for tp, d in deletions.items()
-        }
-        report.commands_pending = {tp.partition: n for tp, n in behind.items()}
-    except KafkaError as exc:
-        raise InfrastructureUnavailable(f"cannot purge {topic}: {exc}; run again") from exc
-    finally:
-        with contextlib.suppress(KafkaError):
-            await consumer.stop()
-        with contextlib.suppress(KafkaError):
-            await admin.close()
+        below = {p: committed[p] if p in behind else ends[p] for p in partitions}
+        deletions = {p: o for p, o in below.items() if o > starts[p]}
+        await admin.delete_records_before(topic, deletions)
+        report.commands_deleted_below = deletions
+        report.commands_pending = behind
 
 
 def _belongs_to(record: InboundRecord, subject: str) -> bool:
@@ -279,26 +263,18 @@ async def rewrite_without_subject(bootstrap: str, topic: str, subject: str) -> i
     or left by an aborted transaction): append the others' committed records again (same key,
     value and headers, plus where they came from), then delete everything below the old end.
     Returns the number of the subject's records removed."""
-    consumer = make_consumer(bootstrap)
-    try:
-        await consumer.start()
-        partitions = await topic_partitions(consumer, topic)
-        tps = [TopicPartition(topic, p) for p in partitions]
-        starts = await consumer.beginning_offsets(tps)
-    except KafkaError as exc:
-        raise InfrastructureUnavailable(f"cannot read {topic}: {exc}") from exc
-    finally:
-        with contextlib.suppress(KafkaError):
-            await consumer.stop()
+    async with running(TopicConsumer(bootstrap, topic), f"cannot read {topic}") as consumer:
+        partitions = await consumer.partitions()
+        starts = await consumer.beginning_offsets(partitions)
     removed = 0
-    for tp in tps:
+    for partition in partitions:
         records: list[InboundRecord] = []
 
         def keep(batch: Sequence[InboundRecord], out: list[InboundRecord] = records) -> None:
             out.extend(batch)
 
         end = await read_partition_to_end(
-            bootstrap, topic, tp.partition, keep, start_offset=starts[tp]
+            bootstrap, topic, partition, keep, start_offset=starts[partition]
         )
         # An aborted transaction's records stay in the log (read_uncommitted readers and the
         # segment files still hold them): the subject's are looked for among every record
@@ -311,9 +287,9 @@ async def rewrite_without_subject(bootstrap: str, topic: str, subject: str) -> i
         await read_partition_to_end(
             bootstrap,
             topic,
-            tp.partition,
+            partition,
             look,
-            start_offset=starts[tp],
+            start_offset=starts[partition],
             until=end,
             isolation_level="read_uncommitted",
         )
@@ -324,31 +300,29 @@ async def rewrite_without_subject(bootstrap: str, topic: str, subject: str) -> i
         # originals: keep one of each (the copy), so that running the erasure again is safe.
         copied = {int(v) for r in records if (v := r.header(REWRITTEN_FROM)) and v.isdigit()}
         others = [r for r in records if not _belongs_to(r, subject) and r.offset not in copied]
-        producer = make_producer(bootstrap)
-        admin = make_admin(bootstrap)
-        try:
-            await producer.start()
-            for r in others:
-                headers = [h for h in r.headers if h[0] != REWRITTEN_FROM]
-                headers.append((REWRITTEN_FROM, str(r.offset).encode()))
-                await producer.send(
-                    topic, r.value, key=r.key, partition=tp.partition, headers=headers
-                )
-            await producer.flush()
-            await admin.start()
-            await admin.delete_records({tp: RecordsToDelete(end)})
-        except KafkaError as exc:
-            raise InfrastructureUnavailable(
-                f"rewriting {topic}[{tp.partition}] failed ({exc}); run the erasure again"
-            ) from exc
-        finally:
-            with contextlib.suppress(KafkaError):
-                await producer.stop()
-            with contextlib.suppress(KafkaError):
-                await admin.close()
+        await _append_and_delete_below(bootstrap, topic, partition, others, end)
         removed += len(mine)
-        log.info("dead_letters_rewritten", topic=topic, partition=tp.partition, removed=len(mine))
+        log.info("dead_letters_rewritten", topic=topic, partition=partition, removed=len(mine))
     return removed
+
+
+async def _append_and_delete_below(
+    bootstrap: str, topic: str, partition: int, keep: list[InboundRecord], end: int
+) -> None:
+    """Append `keep` again to the partition (marked with where each came from), then delete
+    everything below `end`, the partition's end before the appends."""
+
+    def failed(exc: BaseException) -> str:
+        return f"rewriting {topic}[{partition}] failed ({exc}); run the erasure again"
+
+    async with running(make_producer(bootstrap), failed) as producer:
+        for r in keep:
+            headers = [h for h in r.headers if h[0] != REWRITTEN_FROM]
+            headers.append((REWRITTEN_FROM, str(r.offset).encode()))
+            await producer.send(topic, r.value, key=r.key, partition=partition, headers=headers)
+        await producer.flush()
+    async with running(Admin(bootstrap), failed) as admin:
+        await admin.delete_records_before(topic, {partition: end})
 
 
 __all__ = [

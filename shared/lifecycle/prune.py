@@ -3,8 +3,9 @@
 For each partition p of `posts.events` the safe offset is the lowest of:
 
 * the first offset at or after `--before` (nothing newer is pruned);
-* the partition's snapshot checkpoint (`posts.snapshots`, `__checkpoint__.next_offset`): every
-  aggregate whose events go has a snapshot, so the command service still restores it;
+* the partition's snapshot checkpoint (`posts.snapshots`, `__checkpoint__.next_offset`, the
+  contract in `shared/messages/snapshots.py`): every aggregate whose events go has a snapshot,
+  so the command service still restores it; a checkpoint it cannot read counts as 0;
 * the committed offset of every consumer group reading the topic (projector, workflows, any
   other): no reader loses events it has not processed;
 * nothing below the current log start is touched.
@@ -16,24 +17,20 @@ manifest and checksums, `shared/lifecycle/archive.py`), and only after that dele
 
 from __future__ import annotations
 
-import contextlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from aiokafka import TopicPartition
-from aiokafka.admin import RecordsToDelete
-from aiokafka.errors import KafkaError
-
-from shared.errors import InfrastructureUnavailable
-from shared.kafka.clients import make_admin, make_consumer, topic_partitions
+from shared.kafka.admin import Admin
+from shared.kafka.clients import running
+from shared.kafka.consumer import TopicConsumer
 from shared.kafka.reader import read_latest_by_key, read_partition_to_end
 from shared.kafka.records import InboundRecord
 from shared.kafka.topics import Topics
 from shared.lifecycle import archive
 from shared.logging import get_logger
+from shared.messages.snapshots import CHECKPOINT_KEY, UnreadableSnapshot, decode_checkpoint
 
 log = get_logger(__name__)
 
@@ -62,54 +59,50 @@ class PartitionPlan:
 
 
 async def _checkpoint(bootstrap: str, topic: str, partition: int) -> int:
-    value = (await read_latest_by_key(bootstrap, topic, partition)).get(b"__checkpoint__")
-    return int(json.loads(value).get("next_offset", 0)) if value else 0
+    value = (await read_latest_by_key(bootstrap, topic, partition)).get(CHECKPOINT_KEY)
+    if not value:
+        return 0
+    try:
+        return decode_checkpoint(value)
+    except UnreadableSnapshot as exc:
+        # the command service replays such a partition in full: it needs every event
+        log.warning("checkpoint_unreadable", topic=topic, partition=partition, error=str(exc))
+        return 0
 
 
 async def _group_offsets(bootstrap: str, topic: str) -> dict[str, dict[int, int]]:
     """Committed offsets on `topic`, per consumer group that has any."""
-    admin = make_admin(bootstrap)
     out: dict[str, dict[int, int]] = {}
-    try:
-        await admin.start()
-        for group in await admin.list_consumer_groups():
-            group_id = group[0]
-            offsets = await admin.list_consumer_group_offsets(group_id)
-            mine = {tp.partition: m.offset for tp, m in offsets.items() if tp.topic == topic}
+    async with running(Admin(bootstrap), "cannot read the consumer groups") as admin:
+        for group_id in await admin.consumer_groups():
+            mine = await admin.group_offsets(group_id, topic)
             if mine:
                 out[group_id] = mine
-    finally:
-        await admin.close()
     return out
 
 
 async def plan(bootstrap: str, topics: Topics, before: datetime) -> list[PartitionPlan]:
     topic = topics.events
-    consumer = make_consumer(bootstrap)
-    try:
-        await consumer.start()
-        tps = [TopicPartition(topic, p) for p in await topic_partitions(consumer, topic)]
-        starts = await consumer.beginning_offsets(tps)
-        ends = await consumer.end_offsets(tps)
-        found = await consumer.offsets_for_times({tp: int(before.timestamp() * 1000) for tp in tps})
-    except KafkaError as exc:
-        raise InfrastructureUnavailable(f"cannot read the offsets of {topic}: {exc}") from exc
-    finally:
-        with contextlib.suppress(KafkaError):
-            await consumer.stop()
+    async with running(
+        TopicConsumer(bootstrap, topic), f"cannot read the offsets of {topic}"
+    ) as consumer:
+        partitions = await consumer.partitions()
+        starts = await consumer.beginning_offsets(partitions)
+        ends = await consumer.end_offsets(partitions)
+        found = await consumer.offsets_for_time(int(before.timestamp() * 1000), partitions)
     groups = await _group_offsets(bootstrap, topic)
     plans = []
-    for tp in tps:
-        hit = found.get(tp)
+    for p in partitions:
+        hit = found[p]
         plans.append(
             PartitionPlan(
-                partition=tp.partition,
-                log_start=starts[tp],
-                log_end=ends[tp],
-                by_date=hit.offset if hit is not None else ends[tp],
-                checkpoint=await _checkpoint(bootstrap, topics.snapshots, tp.partition),
+                partition=p,
+                log_start=starts[p],
+                log_end=ends[p],
+                by_date=hit if hit is not None else ends[p],
+                checkpoint=await _checkpoint(bootstrap, topics.snapshots, p),
                 # a group that never committed on a partition has read nothing of it
-                groups={g: offs.get(tp.partition, 0) for g, offs in groups.items()},
+                groups={g: offs.get(p, 0) for g, offs in groups.items()},
             )
         )
     return plans
@@ -162,19 +155,15 @@ async def prune(
             raise
         entry = writer.finish(p.safe)
         written.append(entry)
-        admin = make_admin(bootstrap)
-        try:
-            await admin.start()
-            await admin.delete_records(
-                {TopicPartition(topics.events, p.partition): RecordsToDelete(p.safe)}
+
+        def deleting_failed(exc: BaseException, p: PartitionPlan = p) -> str:
+            return (
+                f"archived {topics.events}[{p.partition}] up to {p.safe}, but deleting "
+                f"failed ({exc}); the archive is complete, run prune again"
             )
-        except KafkaError as exc:
-            raise InfrastructureUnavailable(
-                f"archived {topics.events}[{p.partition}] up to {p.safe}, but deleting failed "
-                f"({exc}); the archive is complete, run prune again"
-            ) from exc
-        finally:
-            await admin.close()
+
+        async with running(Admin(bootstrap), deleting_failed) as admin:
+            await admin.delete_records_before(topics.events, {p.partition: p.safe})
         done += p.records
         events += entry.count
         on_progress(events, done, total)

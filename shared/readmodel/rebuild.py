@@ -13,17 +13,14 @@ positions are in the database.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError
-
-from shared.errors import ConfigurationError, InfrastructureUnavailable, MessageError
-from shared.kafka.clients import make_consumer, topic_partitions
-from shared.kafka.records import InboundRecord, from_consumer_record
+from shared.errors import ConfigurationError, MessageError
+from shared.kafka.clients import running
+from shared.kafka.consumer import TopicConsumer
+from shared.kafka.records import InboundRecord
 from shared.lifecycle import archive
 from shared.logging import get_logger
 from shared.messages.codec import decode_event
@@ -74,41 +71,35 @@ async def rebuild(
         await store.set_meta(REBUILD_KEY, str(target))
     await store.create_generation(target)
     positions = await store.positions(target)
-    consumer = make_consumer(bootstrap_servers, max_partition_fetch_bytes=8 * 1024 * 1024)
+    consumer = TopicConsumer(bootstrap_servers, topic, max_partition_fetch_bytes=8 * 1024 * 1024)
     applied = 0
-    try:
-        await consumer.start()
-        tps = [TopicPartition(topic, p) for p in await topic_partitions(consumer, topic)]
-        consumer.assign(tps)
-        starts = await consumer.beginning_offsets(tps)
-        for tp in tps:
-            if positions.get(tp.partition, 0) < starts[tp]:
+    async with running(consumer, f"rebuild could not read {topic}"):
+        partitions = await consumer.partitions()
+        consumer.assign(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+        for p in partitions:
+            if positions.get(p, 0) < starts[p]:
                 applied += await _from_archive(
-                    store, target, positions, archive_dir, topic, tp.partition, starts[tp], batch
+                    store, target, positions, archive_dir, topic, p, starts[p], batch
                 )
-            consumer.seek(tp, positions.get(tp.partition, 0))
+            consumer.seek(p, positions.get(p, 0))
         start_total = sum(positions.values())
         while True:
-            ends = await consumer.end_offsets(tps)
+            ends = await consumer.end_offsets(partitions)
             total = sum(ends.values())
-            done = sum(positions.get(tp.partition, 0) for tp in tps)
+            done = sum(positions.get(p, 0) for p in partitions)
             on_progress(
                 RebuildProgress(target, done - start_total, total - start_total, resumed, applied)
             )
             # Within one offset of the end everywhere: what is left is at most a commit marker
             # or one event that the live projector applies to the new generation after the
             # swap (it continues from this generation's positions), so nothing is lost.
-            if all(ends[tp] - positions.get(tp.partition, 0) <= 1 for tp in tps):
+            if all(ends[p] - positions.get(p, 0) <= 1 for p in partitions):
                 break
-            fetched = await consumer.getmany(timeout_ms=500, max_records=batch)
-            for messages in fetched.values():
-                if messages:
-                    applied += await _apply(store, target, positions, messages)
-    except KafkaError as exc:
-        raise InfrastructureUnavailable(f"rebuild could not read {topic}: {exc}") from exc
-    finally:
-        with contextlib.suppress(KafkaError):
-            await consumer.stop()
+            fetched = await consumer.fetch(timeout_ms=500, max_records=batch)
+            for records in fetched.values():
+                if records:
+                    applied += await _apply_records(store, target, positions, records)
     previous = await store.swap_generation(target)
     await store.set_meta(REBUILD_KEY, None)
     log.info("rebuild_swapped", generation=target, previous=previous, events=applied)
@@ -149,15 +140,6 @@ async def _from_archive(
     # last slot may be a commit marker) lands on the log start, which the store accepts.
     log.info("rebuild_read_archive", partition=partition, events=applied, up_to=log_start)
     return applied
-
-
-async def _apply(
-    store: ReadStore, target: int, positions: dict[int, int], messages: list[object]
-) -> int:
-    """Apply one partition's fetched records to the target generation; returns events applied."""
-    return await _apply_records(
-        store, target, positions, [from_consumer_record(m) for m in messages]
-    )
 
 
 async def _apply_records(
