@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["shared", "esctl", "command_service", "projector_service", "query_service", "workflow_service"]
+PACKAGES = [
+    "shared",
+    "esctl",
+    "command_service",
+    "projector_service",
+    "query_service",
+    "workflow_service",
+]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
