@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from command_service.adapters import KafkaAuthorDirectory, KafkaPartitionHistory
 from command_service.api import build_api
-from command_service.processor import CommandHandler
+from command_service.handler import CommandHandler
 from shared.kafka.clients import group_timing
 from shared.kafka.commands import CommandClient
 from shared.kafka.lag import report_lag_forever
