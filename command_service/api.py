@@ -25,6 +25,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.config import JsonDict
 
+from command_service.domain import Rejection
 from command_service.domain.decide import (
     BODY_MAX_BYTES,
     TAG_MAX,
@@ -32,7 +33,7 @@ from command_service.domain.decide import (
     TITLE_MAX,
     content_rejection,
 )
-from command_service.domain.rejections import Rejection, http_status
+from command_service.records import RECORD_CODES, RECORD_TOO_LARGE
 from shared.errors import EsError
 from shared.http import (
     CONSISTENCY_TOKEN,
@@ -275,6 +276,42 @@ def command_responses(success: int) -> dict[int | str, dict[str, Any]]:
         422: problem_doc("invalid request, or invalid content (the domain's rejection code)"),
         503: problem_doc("Kafka did not answer; retrying later can succeed"),
     }
+
+
+# code -> HTTP status. 404: the thing is not there; 409: it is there but in another state or
+# version; 422: the command itself is invalid whatever the state. Codes not listed: 422.
+HTTP_STATUS: dict[str, int] = {
+    "post_not_found": 404,
+    "author_not_found": 404,
+    "version_conflict": 409,
+    "post_already_exists": 409,
+    "author_already_registered": 409,
+    "already_published": 409,
+    "not_published": 409,
+    "not_approved": 409,
+    "not_in_review": 409,
+    "not_a_draft": 409,
+    "post_in_review": 409,
+    "post_archived": 409,
+    "no_scheduled_publication": 409,
+    "wrong_aggregate_type": 409,
+    "subject_erased": 409,
+    "already_erased": 409,
+    "title_required": 422,
+    "title_too_long": 422,
+    "body_too_large": 422,
+    "too_many_tags": 422,
+    "invalid_tag": 422,
+    "nothing_to_change": 422,
+    "system_command": 403,  # only the system issues it (the message says what to do instead)
+    # A command record that could not be read (command_service/records.py): no decision.
+    **dict.fromkeys(RECORD_CODES, 422),
+    RECORD_TOO_LARGE: 413,
+}
+
+
+def http_status(code: str) -> int:
+    return HTTP_STATUS.get(code, 422)
 
 
 def _rejected(rejection: Rejection) -> Response:

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from command_service.adapters import KafkaAuthorDirectory, KafkaPartitionHistory
 from command_service.api import CommandSender, Eraser, build_api
-from command_service.processor import CommandHandler
+from command_service.handler import CommandHandler
 from shared.http import HealthCheck
 from shared.kafka.clients import group_timing
 from shared.kafka.commands import CommandClient

@@ -13,7 +13,7 @@ import pytest
 
 from command_service.adapters import InMemoryAuthorDirectory, InMemoryPartitionHistory
 from command_service.bootstrap import readiness
-from command_service.processor import CommandHandler
+from command_service.handler import CommandHandler
 from command_service.snapshots import encode_state
 from shared.kafka.clients import partition_for_key
 from shared.kafka.records import Delivered, InboundRecord, OutboundRecord
@@ -77,12 +77,14 @@ def command_record(
 
 
 def handler(
-    history: InMemoryPartitionHistory | None = None, keys: InMemoryKeyStore | None = None
+    history: InMemoryPartitionHistory | None = None,
+    keys: InMemoryKeyStore | None = None,
+    authors: InMemoryAuthorDirectory | None = None,
 ) -> CommandHandler:
     return CommandHandler(
         topics=TOPICS,
         partitions=PARTITIONS,
-        authors=InMemoryAuthorDirectory({"ada"}),
+        authors=authors or InMemoryAuthorDirectory({"ada"}),
         history=history or InMemoryPartitionHistory(),
         keys=keys or InMemoryKeyStore(),
         clock=lambda: NOW,
@@ -216,8 +218,8 @@ async def test_restored_state_and_outcomes_drive_versions_and_idempotency() -> N
 async def test_an_author_in_the_same_partition_counts_before_the_directory_knows_it() -> None:
     """A registration earlier in the same transaction makes the author known to CreatePost
     (both commit or abort together); the directory is asked only on a miss."""
-    h = handler()
-    h.authors = directory = InMemoryAuthorDirectory()
+    directory = InMemoryAuthorDirectory()
+    h = handler(authors=directory)
     await h.on_assigned(0)
     author, post = key_in(0, "author"), key_in(0, "post")
     _, outcomes = await run_batch(

@@ -15,7 +15,6 @@ from command_service.domain import (
     decide,
     evolve,
 )
-from command_service.domain.rejections import HTTP_STATUS, http_status
 from shared.messages.base import Command, Event
 from shared.messages.blog import (
     ApprovePost,
@@ -390,15 +389,6 @@ def test_events_for_a_missing_aggregate_cannot_be_folded() -> None:
     """The log is corrupt if an aggregate's first event is not its creation; evolve refuses."""
     with pytest.raises(ValueError, match="no creation event"):
         given(PostPublished())
-
-
-def test_every_rejection_code_used_by_the_domain_has_an_http_status() -> None:
-    """Codes map to 404/409/422/413; unknown codes default to 422."""
-    assert http_status("post_not_found") == 404
-    assert http_status("version_conflict") == 409
-    assert http_status("title_too_long") == 422
-    assert http_status("something_new") == 422
-    assert set(HTTP_STATUS.values()) <= {403, 404, 409, 413, 422}
 
 
 # -- workflow commands (review and scheduling) ---------------------------------------------

@@ -1,0 +1,259 @@
+"""The command handler: the single writer of its partitions of the event log.
+
+Runs inside the partition-owned transactional processor. For commands partition p it holds the
+state of every aggregate of events partition p (same key, same partition count) and the
+outcomes of the commands it processed, both restored from Kafka when p is assigned:
+
+* events partition p  -> aggregate states (and the ids of commands that produced events),
+* results partition p -> outcomes, including rejections (which left no event).
+
+Per batch, in ONE transaction: events to events partition p, outcomes (with the events'
+offsets) to results partition p, bad records to the dead-letter topic, misrouted commands to
+their right partition, snapshots, and the consumed offsets.
+
+One command, in order: its record is read (`records`: refused or re-routed when it must be),
+deduplicated (`dedup`), its issuer and author checked (`authors`), its aggregate's state
+loaded, decided on by the pure domain (`domain`), its events encoded with their personal
+fields sealed (`encoder`) and folded into the state; after the send, its outcome names the
+events' offsets and the snapshot policy (`snapshot_policy`) adds what is due.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from prometheus_client import Counter, Histogram
+
+from command_service.authors import AuthorCheck, issuer_refusal
+from command_service.book import PartitionBook
+from command_service.dedup import BatchOutcomes, OutcomeBook
+from command_service.domain import Decision, Rejection, decide, evolve
+from command_service.encoder import EventEncoder, Written
+from command_service.ports import AuthorDirectory, PartitionHistory, SubjectKeys
+from command_service.records import CommandRecords
+from command_service.snapshot_policy import SnapshotPolicy
+from shared.errors import MessageError
+from shared.kafka.records import Delivered, InboundRecord, OutboundRecord
+from shared.kafka.topics import Topics
+from shared.keystore import SubjectErasedError
+from shared.logging import get_logger, message_context
+from shared.messages.base import Command
+from shared.messages.blog import CreatePost, RenameAuthor
+from shared.messages.codec import DecodedCommand
+from shared.messages.results import CommandOutcome
+
+log = get_logger(__name__)
+
+COMMANDS_TOTAL = Counter(
+    "esctl_commands_total", "Commands processed, by outcome and code", ["status", "code"]
+)
+BATCH_SIZE = Histogram(
+    "esctl_command_batch_size", "Commands per transaction", buckets=(1, 5, 20, 100, 500, 2000)
+)
+QUEUE_SECONDS = Histogram(
+    "esctl_command_queue_seconds",
+    "Time from a command's occurred_at (set by its sender) to its decision",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+RESTORE_SECONDS = Histogram(
+    "esctl_partition_restore_seconds", "Time to restore one partition's state"
+)
+
+
+class CommandHandler:
+    """Decides commands of the partitions it is given; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        topics: Topics,
+        partitions: int,
+        authors: AuthorDirectory,
+        history: PartitionHistory,
+        keys: SubjectKeys,
+        clock: Callable[[], datetime],
+        max_command_bytes: int = 512 * 1024,
+        author_wait_s: float = 2.0,
+        remembered_outcomes: int = 100_000,
+        snapshot_every: int = 0,
+        snapshots_per_transaction: int = 20_000,
+    ) -> None:
+        self.topics = topics
+        self.history = history
+        self.clock = clock
+        self.remembered = remembered_outcomes
+        self.records = CommandRecords(topics, partitions, max_command_bytes)
+        self.authors = AuthorCheck(authors, author_wait_s)
+        self.encoder = EventEncoder(topics.events, keys)
+        self.snapshots = SnapshotPolicy(
+            topics.snapshots, clock, snapshot_every, snapshots_per_transaction
+        )
+        self.books: dict[int, PartitionBook] = {}
+        self._batches: dict[int, BatchOutcomes] = {}
+        #: partitions being restored now (for readiness: /health answers 503 meanwhile)
+        self.restoring: set[int] = set()
+
+    # -- restore -----------------------------------------------------------------------------
+
+    async def on_assigned(self, partition: int) -> None:
+        self.restoring.add(partition)
+        try:
+            await self._restore(partition)
+        finally:
+            self.restoring.discard(partition)
+
+    async def _restore(self, partition: int) -> None:
+        book = PartitionBook(OutcomeBook(self.remembered))
+        with RESTORE_SECONDS.time():
+            start = await self.snapshots.load(self.history, partition, book)
+            book.log_end = await self.history.replay(
+                partition, book.fold_events, book.outcomes.restore_outcomes, events_from=start
+            )
+        # The replayed tail counts towards the next checkpoint: a long replay is written down.
+        book.since_checkpoint = book.events_applied
+        self.books[partition] = book
+        log.info(
+            "partition_restored",
+            partition=partition,
+            aggregates=len(book.aggregates),
+            from_snapshots=book.from_snapshots,
+            events_from=start,
+            events=book.events_applied,
+            outcomes=len(book.outcomes.outcomes),
+        )
+
+    async def on_revoked(self, partition: int) -> None:
+        self.books.pop(partition, None)
+        self.encoder.forget(partition)
+        self._batches.pop(partition, None)
+
+    # -- decide ------------------------------------------------------------------------------
+
+    async def handle(
+        self, partition: int, records: Sequence[InboundRecord]
+    ) -> Sequence[OutboundRecord]:
+        """Phase one: the batch's events (and dead letters, re-routed commands)."""
+        book = self.books[partition]
+        now = self.clock()
+        await self.encoder.prefetch(partition, records)
+        batch = BatchOutcomes(book.outcomes)
+        outputs: list[OutboundRecord] = []
+        BATCH_SIZE.observe(len(records))
+        for record in records:
+            try:
+                command = self.records.read(record)
+            except MessageError as exc:
+                refused = self.records.refuse(record, exc, now)
+                outputs.append(refused.dead_letter)
+                if refused.outcome is not None:
+                    batch.refused(refused.outcome)
+                log.warning(
+                    "command_record_rejected",
+                    partition=partition,
+                    offset=record.offset,
+                    code=exc.code,
+                    error=exc.message,
+                )
+                continue
+            moved = self.records.reroute(record, partition)
+            if moved is not None:
+                outputs.append(moved)
+                continue
+            env = command.envelope
+            with message_context(correlation_id=env.correlation_id, message_id=str(env.command_id)):
+                if batch.repeat(env.command_id):
+                    continue
+                await self._decide(book, partition, command, now, outputs, batch)
+        self._batches[partition] = batch
+        return outputs
+
+    async def _decide(
+        self,
+        book: PartitionBook,
+        partition: int,
+        command: DecodedCommand[Command],
+        now: datetime,
+        outputs: list[OutboundRecord],
+        batch: BatchOutcomes,
+    ) -> None:
+        env, payload = command.envelope, command.payload
+        # Only with a timezone: other clients may send naive times, which cannot be compared.
+        if env.occurred_at is not None and env.occurred_at.tzinfo is not None:
+            QUEUE_SECONDS.observe(max(0.0, (now - env.occurred_at).total_seconds()))
+        state = book.aggregates.get(env.aggregate_id)
+        current = state.version if state else 0
+        decision: Decision | None = issuer_refusal(payload, env.issued_by)
+        if decision is None:
+            author_exists = isinstance(payload, CreatePost) and await self.authors.exists(
+                payload.author_id, book.aggregates
+            )
+            decision = decide(
+                payload,
+                # a rename compares names: the decision sees the author's opened state
+                await self.encoder.opened(partition, state)
+                if isinstance(payload, RenameAuthor)
+                else state,
+                aggregate_id=env.aggregate_id,
+                expected_version=env.expected_version,
+                author_exists=author_exists,
+            )
+        base = {
+            "command_id": env.command_id,
+            "command_type": env.type,
+            "aggregate_id": env.aggregate_id,
+            "processed_at": now,
+        }
+        written: list[Written] = []
+        if not isinstance(decision, Rejection):
+            try:
+                written = await self.encoder.encode(
+                    partition, env, decision, version=current, at=now
+                )
+            except SubjectErasedError as exc:
+                decision = Rejection(exc.code, exc.message)
+        if isinstance(decision, Rejection):
+            COMMANDS_TOTAL.labels("rejected", decision.code).inc()
+            batch.decided(
+                CommandOutcome(
+                    **base,
+                    status="rejected",
+                    version=current,
+                    code=decision.code,
+                    message=decision.message,
+                    details=decision.details,
+                )
+            )
+            return
+        # The state folds the events as written (sealed): what a restore from the log holds.
+        for item in written:
+            state = evolve(state, item.event, aggregate_id=env.aggregate_id, at=now)
+        if state is not None:
+            book.keep(env.aggregate_id, state, len(written))
+        COMMANDS_TOTAL.labels("accepted", "").inc()
+        batch.decided(
+            CommandOutcome(**base, status="accepted", version=current + len(written)),
+            first_output=len(outputs),
+            event_count=len(written),
+        )
+        outputs.extend(item.record for item in written)
+
+    async def after_send(
+        self, partition: int, delivered: Sequence[Delivered]
+    ) -> Sequence[OutboundRecord]:
+        """Phase two: outcomes, now that the events' offsets are known; then the snapshots
+        the policy says are due."""
+        book = self.books[partition]
+        batch = self._batches.pop(partition, None)
+        outcomes = batch.complete(delivered) if batch is not None else []
+        results = [
+            OutboundRecord.of(self.topics.command_results, o.encode(), partition=partition)
+            for o in outcomes
+        ]
+        ends = [d.offset + 1 for d in delivered if d.record.topic == self.topics.events]
+        if ends:
+            book.log_end = max(book.log_end, *ends)
+        return results + self.snapshots.records(partition, book)
+
+
+__all__ = ["CommandHandler"]
