@@ -20,6 +20,7 @@ from shared.messages.blog import (
     PostCreated,
     PostPublished,
     PostSubmittedForReview,
+    SubjectErased,
 )
 from shared.personal import seal
 from shared.readmodel.pipeline import (
@@ -194,6 +195,14 @@ async def test_an_author_view_opens_with_its_key_and_reads_as_erased_without() -
     assert (erased["name"], erased["email"]) == (None, None)
     assert erased["erased"] is True and erased["erased_fields"] == ["name", "email"]
 
+    subject_erased = read_record(event_record(SubjectErased(), 2, aggregate="ada"))
+    assert isinstance(subject_erased, IndexedEvent)
+    after = fold([registered, subject_erased], apply_author)
+    assert after is not None and after["erased_at"] is not None
+    shown = await open_author(after, keys)
+    assert (shown["name"], shown["email"], shown["erased"]) == (None, None, True)
+    assert shown["erased_fields"] == ["name", "email"]
+
 
 def test_fold_gives_the_view_after_the_events_and_none_for_another_kind() -> None:
     """A post's events fold into its view; author events under a post's fold give None."""
@@ -222,7 +231,8 @@ def test_fold_batch_folds_posts_and_authors_over_the_views_before_the_batch() ->
     )
     before = fold(read_records([event_record(CREATED, 1)])[0], apply_post)
     assert before is not None
-    posts, authors = fold_batch({"post-1": before}, {}, events)
+    stored = {"post-1": before}
+    posts, authors = fold_batch(stored, {}, events)
     assert posts["post-1"]["status"] == "in_review" and posts["post-1"]["version"] == 2
     assert authors["bob"]["name"] == "Bob"
-    assert before["status"] == "draft"  # the views before the batch are left as they were
+    assert stored == {"post-1": before} and before["status"] == "draft"  # left as they were
