@@ -16,14 +16,13 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from shared.errors import MessageError
 from shared.kafka.clients import make_producer, stop_quietly
 from shared.kafka.consumer import TopicConsumer
 from shared.kafka.errors import KafkaError
 from shared.kafka.records import InboundRecord, dead_letter
 from shared.logging import get_logger
-from shared.messages.codec import decode_event
-from shared.readmodel.store import IndexedEvent, PartitionBatch, ReadStore, StaleBatch
+from shared.readmodel.pipeline import IndexedEvent, read_records
+from shared.readmodel.store import PartitionBatch, ReadStore, StaleBatch
 
 log = get_logger(__name__)
 
@@ -146,27 +145,20 @@ class Projector:
             self._committed[p] = offset
 
     async def _decode(self, records: list[InboundRecord]) -> list[IndexedEvent]:
-        events: list[IndexedEvent] = []
-        for record in records:
-            try:
-                decoded = decode_event(record.value)
-            except MessageError as exc:
-                # Never block the partition: keep the record, with the reason, in the DLQ.
-                BAD_EVENTS.inc()
-                log.error(
-                    "event_dead_lettered",
-                    partition=record.partition,
-                    offset=record.offset,
-                    error=exc.message,
-                )
-                out = dead_letter(record, exc, self.dlq_topic)
-                await self._dlq.send_and_wait(
-                    out.topic, out.value, key=out.key, headers=out.headers
-                )
-                continue
-            events.append(
-                IndexedEvent(decoded.envelope, decoded.payload, record.partition, record.offset)
+        """The readable events of `records`; the unreadable ones are parked (the read
+        pipeline's rule, shared/readmodel/pipeline.py)."""
+        events, unreadable = read_records(records)
+        for bad in unreadable:
+            # Never block the partition: keep the record, with the reason, in the DLQ.
+            BAD_EVENTS.inc()
+            log.error(
+                "event_dead_lettered",
+                partition=bad.partition,
+                offset=bad.offset,
+                error=bad.reason,
             )
+            out = dead_letter(bad.record, bad.error, self.dlq_topic)
+            await self._dlq.send_and_wait(out.topic, out.value, key=out.key, headers=out.headers)
         return events
 
     async def _apply(self, fetched: dict[int, list[InboundRecord]]) -> None:

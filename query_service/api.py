@@ -10,9 +10,9 @@ headers give, per partition, the next offset to apply and when the last batch wa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Header, Path, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
@@ -30,10 +30,10 @@ from shared.http import (
     problem_doc,
     service_app,
 )
-from shared.messages.base import AGGREGATE_ID_PATTERN, EVENTS, Event, EventEnvelope
-from shared.personal import open_tree, subjects_in
+from shared.messages.base import AGGREGATE_ID_PATTERN
+from shared.readmodel.pipeline import KeyReader, event_of_row, open_author, open_rows
 from shared.readmodel.store import ReadStore
-from shared.readmodel.views import View, apply_author, apply_post
+from shared.readmodel.views import Apply, View, apply_author, apply_post, fold
 
 Id = Annotated[str, Path(pattern=AGGREGATE_ID_PATTERN)]
 Limit = Annotated[int, Query(ge=1, le=200, description="page size (max 200)")]
@@ -146,23 +146,6 @@ class PositionWatcher:
         return self._latest
 
 
-class KeyReader(Protocol):
-    """Opens personal fields: the keys of the subjects that still have one."""
-
-    async def keys(self, subjects: Iterable[str]) -> dict[str, bytes]: ...
-
-
-def open_author(view: View, keys: dict[str, bytes]) -> dict[str, Any]:
-    """An author view for people: name and email opened, or None and listed as erased."""
-    out = dict(view)
-    if out.get("erased_at") is not None:
-        out.update(name=None, email=None, erased=True, erased_fields=["name", "email"])
-        return out
-    opened, gone = open_tree({"name": out["name"], "email": out["email"]}, keys)
-    out.update(opened, erased=bool(gone), erased_fields=gone)
-    return out
-
-
 def _error_handlers(app: FastAPI, consistency_wait_s: float) -> None:
     @app.exception_handler(NotConsistentYet)
     async def not_yet(_: Request, exc: NotConsistentYet) -> Response:
@@ -262,7 +245,7 @@ def build_api(
         version: int | None,
         at: datetime | None,
         current: Callable[[str], Awaitable[View | None]],
-        apply: Callable[[View | None, EventEnvelope, Event], View],
+        apply: Apply,
     ) -> View | Response:
         """The view now, or folded from its events up to `version` / time `at`; 404 if none."""
         if version is None and at is None:
@@ -312,8 +295,7 @@ def build_api(
         view = await view_at("author", author_id, version, at, store.get_author, apply_author)
         if isinstance(view, Response):
             return view
-        erased = view.get("erased_at") is not None  # then there is no key to look up
-        return answer(open_author(view, {} if erased else await keys.keys([author_id])), fresh)
+        return answer(await open_author(view, keys), fresh)
 
     @app.get("/streams/{aggregate_id}/events", tags=["events"], responses=answers())
     async def stream(
@@ -329,10 +311,9 @@ def build_api(
             aggregate_id, from_version=from_version, to_version=to_version, limit=limit
         )
         # personal fields opened; those whose subject was erased read as null, listed per event
-        found = await keys.keys(subjects_in([e["payload"] for e in events]))
-        for e in events:
-            e["payload"], e["erased_fields"] = open_tree(e["payload"], found)
-        return answer({"aggregate_id": aggregate_id, "events": events}, fresh)
+        return answer(
+            {"aggregate_id": aggregate_id, "events": await open_rows(events, keys)}, fresh
+        )
 
     @app.get("/stats", tags=["stats"], responses=answers())
     async def stats(token: Token = None) -> Response:
@@ -352,27 +333,11 @@ async def _as_of(
     aggregate_id: str,
     version: int | None,
     at: datetime | None,
-    apply: Callable[[View | None, EventEnvelope, Event], View],
+    apply: Apply,
 ) -> View | None:
-    """The view of an aggregate at `version` or time `at`, folded from its indexed events."""
+    """The view of an aggregate at `version` or time `at`, folded from its stored events."""
     rows = await store.events(aggregate_id, to_version=version, until=at)
-    view: View | None = None
-    for row in rows:
-        envelope = EventEnvelope(
-            type=row["type"],
-            event_id=row["event_id"],
-            aggregate_id=row["aggregate_id"],
-            aggregate_version=row["aggregate_version"],
-            occurred_at=row["occurred_at"],
-            schema_version=row["schema_version"],
-        )
-        payload = EVENTS.get(row["type"]).model_validate(
-            EVENTS.upcast(row["type"], row["schema_version"], row["payload"])
-        )
-        try:
-            view = apply(view, envelope, payload)
-        except ValueError:
-            return None  # the id names an aggregate of another kind
+    view = fold(map(event_of_row, rows), apply)
     if view is None or (version is not None and view["version"] != version):
         return None
     return view

@@ -12,8 +12,9 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from query_service.api import KeyReader, build_api
+from query_service.api import build_api
 from shared.keystore import KeyStore
+from shared.readmodel.pipeline import KeyReader
 from shared.readmodel.store import ReadStore
 from shared.service import serve
 from shared.settings import QueryServiceSettings

@@ -17,14 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.errors import ConfigurationError, MessageError
+from shared.errors import ConfigurationError
 from shared.kafka.clients import running
 from shared.kafka.consumer import TopicConsumer
 from shared.kafka.records import InboundRecord
 from shared.lifecycle import archive
 from shared.logging import get_logger
-from shared.messages.codec import decode_event
-from shared.readmodel.store import IndexedEvent, ReadStore
+from shared.readmodel.pipeline import read_records
+from shared.readmodel.store import ReadStore
 
 log = get_logger(__name__)
 
@@ -145,16 +145,11 @@ async def _from_archive(
 async def _apply_records(
     store: ReadStore, target: int, positions: dict[int, int], records: list[InboundRecord]
 ) -> int:
-    events = []
-    for r in records:
-        try:
-            d = decode_event(r.value)
-        except MessageError as exc:
-            log.error(
-                "rebuild_skipped_event", partition=r.partition, offset=r.offset, error=exc.message
-            )
-            continue
-        events.append(IndexedEvent(d.envelope, d.payload, r.partition, r.offset))
+    events, unreadable = read_records(records)
+    for bad in unreadable:
+        log.error(
+            "rebuild_skipped_event", partition=bad.partition, offset=bad.offset, error=bad.reason
+        )
     partition = records[0].partition
     await store.apply_batch(
         target,

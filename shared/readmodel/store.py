@@ -31,8 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from shared.db import async_url
 from shared.errors import ConfigurationError
-from shared.messages.base import EVENTS, Event, EventEnvelope
-from shared.readmodel.views import View, apply_author, apply_post, is_author_event, is_post_event
+from shared.readmodel.pipeline import IndexedEvent, upcast_row
+from shared.readmodel.views import View, fold_batch, is_author_event, is_post_event
 
 SCHEMA_VERSION = 2  # 2: authors_g*.erased_at (erasure)
 T = TypeVar("T")
@@ -133,16 +133,6 @@ def _authors_erased_at(conn: Connection) -> None:
 
 #: schema version -> the migration that reaches it from the version before
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _authors_erased_at}
-
-
-@dataclass(frozen=True)
-class IndexedEvent:
-    """One decoded event with its position in the log, ready to be applied."""
-
-    envelope: EventEnvelope
-    payload: Event
-    partition: int
-    offset: int
 
 
 @dataclass(frozen=True)
@@ -424,12 +414,7 @@ class ReadStore:
         author_ids = {e.envelope.aggregate_id for e in events if is_author_event(e.payload)}
         posts = self._load(conn, t.posts, t.posts.c.post_id, post_ids)
         authors = self._load(conn, t.authors, t.authors.c.author_id, author_ids)
-        for e in events:
-            agg = e.envelope.aggregate_id
-            if is_post_event(e.payload):
-                posts[agg] = apply_post(posts.get(agg), e.envelope, e.payload)
-            elif is_author_event(e.payload):
-                authors[agg] = apply_author(authors.get(agg), e.envelope, e.payload)
+        posts, authors = fold_batch(posts, authors, events)
         self._upsert(conn, t.posts, [posts[i] for i in post_ids])
         self._upsert(conn, t.authors, [authors[i] for i in author_ids])
         if post_ids:
@@ -580,13 +565,7 @@ class ReadStore:
             for row in conn.execute(query).mappings():
                 view = dict(row)
                 view["occurred_at"] = _utc(view["occurred_at"])
-                current = EVENTS.get(view["type"]).schema_version
-                if view["schema_version"] < current:  # written by older code: upcast
-                    view["payload"] = EVENTS.upcast(
-                        view["type"], view["schema_version"], view["payload"]
-                    )
-                    view["schema_version"] = current
-                out.append(view)
+                out.append(upcast_row(view))
             return out
 
         return await self._run(body)

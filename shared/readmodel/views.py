@@ -1,14 +1,16 @@
-"""Pure projections: `apply(view, event) -> view` for post and author views.
+"""Pure projections: `apply(view, event) -> view` for post and author views, and the folds.
 
-Views are plain dicts (rows of the read store). The projector loads the current row of every
-aggregate a batch touches, folds the batch's events over them with these functions, and writes
-the rows back; the query service folds an aggregate's indexed events for time travel.
+Views are plain dicts (rows of the read store). The read store loads the current row of every
+aggregate a batch touches, folds the batch's events over them (`fold_batch`), and writes the
+rows back; the query service folds an aggregate's stored events for time travel (`fold`). The
+events come out of the read pipeline (`shared/readmodel/pipeline.py`), readable and upcast.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from shared.messages.base import Event, EventEnvelope
 from shared.messages.blog import (
@@ -30,6 +32,18 @@ from shared.messages.blog import (
 )
 
 View = dict[str, Any]
+Apply = Callable[[View | None, EventEnvelope, Event], View]
+
+
+class Readable(Protocol):
+    """A readable event, as the read pipeline yields it (`pipeline.IndexedEvent`)."""
+
+    @property
+    def envelope(self) -> EventEnvelope: ...
+
+    @property
+    def payload(self) -> Event: ...
+
 
 _STATUS = {
     PostSubmittedForReview: "in_review",
@@ -118,3 +132,31 @@ def is_post_event(event: Event) -> bool:
 
 def is_author_event(event: Event) -> bool:
     return isinstance(event, AUTHOR_EVENTS)
+
+
+def fold(events: Iterable[Readable], apply: Apply) -> View | None:
+    """One aggregate's view folded from its events in version order; None when there are none,
+    or when one does not fit `apply` (the id names an aggregate of another kind)."""
+    view: View | None = None
+    for event in events:
+        try:
+            view = apply(view, event.envelope, event.payload)
+        except ValueError:
+            return None
+    return view
+
+
+def fold_batch(
+    posts: dict[str, View], authors: dict[str, View], events: Iterable[Readable]
+) -> tuple[dict[str, View], dict[str, View]]:
+    """The post and author views (by aggregate id) after a batch of events in log order, from
+    the views before it. Events of neither kind leave both alone; an event that does not fit
+    its view raises ValueError."""
+    posts, authors = dict(posts), dict(authors)
+    for e in events:
+        agg = e.envelope.aggregate_id
+        if is_post_event(e.payload):
+            posts[agg] = apply_post(posts.get(agg), e.envelope, e.payload)
+        elif is_author_event(e.payload):
+            authors[agg] = apply_author(authors.get(agg), e.envelope, e.payload)
+    return posts, authors

@@ -24,7 +24,8 @@ from shared.messages.blog import (
     PostSubmittedForReview,
     SubjectErased,
 )
-from shared.readmodel.store import IndexedEvent, ReadStore, StaleBatch
+from shared.readmodel.pipeline import IndexedEvent
+from shared.readmodel.store import ReadStore, StaleBatch
 from tests.conftest import fresh_database
 
 T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
