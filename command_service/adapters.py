@@ -1,6 +1,7 @@
 """Adapters for the command service's ports, Kafka-backed and in memory, each pair held to one
-contract suite (tests/contract/test_command_adapters.py): the handler's partition history and
-author directory, and the HTTP edge's command client (on Kafka: shared.kafka.commands)."""
+contract suite: the handler's partition history and author directory
+(tests/contract/test_command_adapters.py), and the HTTP edge's command client (on Kafka:
+shared.kafka.commands; tests/contract/test_command_client.py)."""
 
 from __future__ import annotations
 
