@@ -93,9 +93,15 @@ async def test_create_review_publish_query_over_http_and_over_the_commands_topic
             return await _published(http, query, post)
 
         await wait_until(published, timeout_s=60, what="published by the review workflow")
-        r = await http.get(f"{workflow}/workflows", params={"post_id": post})
-        statuses = {w["kind"]: w["status"] for w in r.json()["workflows"]}
-        assert statuses["review"] == "published"
+
+        # The read model can show the post published a moment before the workflow service has
+        # read PostPublished back from the events topic and finished its workflow: wait for both.
+        async def review_finished() -> bool:
+            r = await http.get(f"{workflow}/workflows", params={"post_id": post})
+            statuses = {w["kind"]: w["status"] for w in r.json()["workflows"]}
+            return statuses.get("review") == "published"
+
+        await wait_until(review_finished, timeout_s=60, what="the review workflow published")
 
         # over the commands topic, as any Kafka client would
         other = f"tc-kafka-{uuid.uuid4().hex[:6]}"
