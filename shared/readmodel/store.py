@@ -595,8 +595,8 @@ class ReadStore:
         bulk.write(conn, t.authors, [authors[i] for i in author_ids], upsert=True)
         if post_ids:
             bulk.delete(conn, t.post_tags.c.post_id, list(post_ids))
-            tags = [{"post_id": i, "tag": tag} for i in post_ids for tag in posts[i]["tags"]]
-            bulk.write(conn, t.post_tags, tags, upsert=False)
+            tags = [(i, tag) for i in post_ids for tag in posts[i]["tags"]]  # post_id, tag
+            bulk.write_tuples(conn, t.post_tags, tags, upsert=False)
         stamp = bulk.stamp
         rows = [  # in the order of the events table's columns
             (
