@@ -52,7 +52,8 @@ def build_app(settings: ProjectorSettings, adapters: ProjectorAdapters) -> FastA
 
 async def main(settings: ProjectorSettings) -> None:
     topics = Topics.from_settings(settings)
-    store = ReadStore(settings.read_store_url, writer=True)
+    # relaxed: its rows and positions commit together and are rebuildable from Kafka (README)
+    store = ReadStore(settings.read_store_url, writer=True, relaxed_durability=True)
     projector = Projector(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         topic=topics.events,

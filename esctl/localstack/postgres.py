@@ -177,7 +177,8 @@ class LocalPostgres:
         )
         return result.returncode == 0
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> None:
+        """`pg_ctl stop -m <mode>`: fast, or immediate (a crash: recovery at the next start)."""
         bin_dir = find_bin_dir()
         if bin_dir is None or not self.is_running():
             return
@@ -187,7 +188,7 @@ class LocalPostgres:
                 "-D",
                 str(self.data_dir),
                 "-m",
-                "fast",
+                mode,
                 "-w",
                 "-t",
                 "60",

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import functools
 import json
+import operator
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from shared.db import async_url
 from shared.errors import ConfigurationError
+from shared.messages.blog import AuthorRegistered, PostCreated
 from shared.readmodel.pipeline import IndexedEvent, upcast_row
 from shared.readmodel.views import View, fold_batch, is_author_event, is_post_event
 
@@ -161,6 +163,153 @@ def _chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
         yield items[i : i + size]
 
 
+class JsonText(str):
+    """A JSON column's value already serialized (pydantic's `model_dump_json`): written as is."""
+
+    __slots__ = ()
+
+
+class _Bulk:
+    """A batch's rows of one table in ONE statement, not one per row: the projector's hot path.
+
+    On SQLite one `executemany` of the driver per statement shape (the rows as tuples, converted
+    by the column types' own SQLAlchemy bind processors, so the stored text is what SQLAlchemy
+    writes and reads back); on PostgreSQL one `INSERT ... SELECT FROM unnest($1, $2, ...)` with
+    one array per column (one round trip, one plan, and the server inserts the rows in one
+    executor run instead of one Bind/Execute per row). Both run inside the caller's transaction.
+    """
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        self.dialect = dialect
+        self.postgresql = dialect.name == "postgresql"
+        self._sql: dict[tuple[str, bool], str] = {}
+        self._convert: dict[str, list[tuple[int, Callable[[Any], Any]]]] = {}
+
+    def _statement(self, table: sa.Table, upsert: bool) -> str:
+        key = (table.name, upsert)
+        sql = self._sql.get(key)
+        if sql is None:
+            sql = self._sql[key] = self._render(table, upsert)
+        return sql
+
+    def _render(self, table: sa.Table, upsert: bool) -> str:
+        names = [c.name for c in table.columns]
+        columns = ", ".join(names)
+        if self.postgresql:
+            arrays = ", ".join(
+                f"${n}::{self._array_type(c)}[]" for n, c in enumerate(table.columns, 1)
+            )
+            values = ", ".join(
+                f"u.{c.name}::json" if isinstance(c.type, sa.JSON) else f"u.{c.name}"
+                for c in table.columns
+            )
+            sql = (
+                f"INSERT INTO {table.name} ({columns}) SELECT {values} "  # noqa: S608  # names from our own Table definitions
+                f"FROM unnest({arrays}) AS u({columns})"
+            )
+        else:
+            marks = ", ".join("?" for _ in names)
+            sql = f"INSERT INTO {table.name} ({columns}) VALUES ({marks})"  # noqa: S608  # names from our own Table definitions
+        if upsert:
+            keys = [c.name for c in table.primary_key.columns]
+            updates = ", ".join(f"{n} = excluded.{n}" for n in names if n not in keys)
+            sql += f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+        return sql
+
+    @staticmethod
+    def _array_type(column: sa.Column[Any]) -> str:
+        kind = column.type
+        if isinstance(kind, sa.BigInteger):
+            return "int8"
+        if isinstance(kind, sa.Integer):
+            return "int4"
+        if isinstance(kind, sa.DateTime):
+            return "timestamptz" if kind.timezone else "timestamp"
+        return "text"  # String, Text, and JSON (sent as its text, cast to json in the SELECT)
+
+    def _converters(self, table: sa.Table) -> list[tuple[int, Callable[[Any], Any]]]:
+        """(position, function) of the columns whose values the driver cannot take as they are."""
+        found = self._convert.get(table.name)
+        if found is None:
+            found = []
+            for i, c in enumerate(table.columns):
+                if isinstance(c.type, sa.JSON):
+                    found.append((i, _json_text))
+                elif not self.postgresql:  # asyncpg takes str, int and datetime as they are
+                    convert = c.type.dialect_impl(self.dialect).bind_processor(self.dialect)
+                    if convert is not None:
+                        found.append((i, convert))
+            self._convert[table.name] = found
+        return found
+
+    def stamp(self, value: datetime | None) -> Any:
+        """A timestamp as the driver takes it (SQLite: SQLAlchemy's text form)."""
+        if value is None or self.postgresql:
+            return value
+        return self._stamp(value)
+
+    @functools.cached_property
+    def _stamp(self) -> Callable[[datetime], str]:
+        convert = sa.DateTime(timezone=True).dialect_impl(self.dialect).bind_processor(self.dialect)
+        assert convert is not None
+        return convert
+
+    def write(
+        self, conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]], *, upsert: bool
+    ) -> None:
+        """INSERT `rows` (every column of `table`), or with `upsert` replace those whose key
+        exists. A row may appear once per statement."""
+        if not rows:
+            return
+        values = operator.itemgetter(*(c.name for c in table.columns))
+        converters = self._converters(table)
+        tuples = []
+        for row in rows:
+            out = list(values(row))
+            for i, convert in converters:
+                if out[i] is not None:
+                    out[i] = convert(out[i])
+            tuples.append(tuple(out))
+        self.write_tuples(conn, table, tuples, upsert=upsert)
+
+    def write_tuples(
+        self, conn: Connection, table: sa.Table, rows: Sequence[tuple[Any, ...]], *, upsert: bool
+    ) -> None:
+        """`write` of rows already in column order, converted (`stamp`, JSON as text)."""
+        if not rows:
+            return
+        sql = self._statement(table, upsert)
+        if self.postgresql:
+            conn.exec_driver_sql(sql, tuple(list(column) for column in zip(*rows, strict=True)))
+        else:
+            _sqlite_cursor(conn).executemany(sql, rows)
+
+    def delete(self, conn: Connection, column: sa.Column[Any], keys: Sequence[str]) -> None:
+        """DELETE the rows whose `column` is one of `keys`."""
+        if not keys:
+            return
+        table = column.table.name
+        if self.postgresql:
+            conn.exec_driver_sql(
+                f"DELETE FROM {table} WHERE {column.name} = ANY($1::text[])",  # noqa: S608  # our names
+                (list(keys),),
+            )
+        else:
+            _sqlite_cursor(conn).executemany(
+                f"DELETE FROM {table} WHERE {column.name} = ?",  # noqa: S608  # our names
+                [(k,) for k in keys],
+            )
+
+
+def _json_text(value: Any) -> str:
+    return value if isinstance(value, JsonText) else json.dumps(value)
+
+
+def _sqlite_cursor(conn: Connection) -> Any:
+    """The sqlite3 cursor of `conn`, inside SQLAlchemy's transaction (BEGIN IMMEDIATE)."""
+    return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+
+
 class ReadStore:
     """SQLite or PostgreSQL read store. `writer=True` for the projector and rebuilds.
 
@@ -170,7 +319,12 @@ class ReadStore:
     measured as the end-to-end bottleneck; see bench/RESULTS.md.)
     """
 
-    def __init__(self, url: str, *, writer: bool = False) -> None:
+    def __init__(self, url: str, *, writer: bool = False, relaxed_durability: bool = False) -> None:
+        """`relaxed_durability` (the projector): on PostgreSQL the session commits with
+        `synchronous_commit=off`, so a commit does not wait for its WAL flush; a crash of the
+        server may lose the last commits, rows and positions together, which the projector
+        then applies again from Kafka (README, "Read side"). SQLite always runs WAL with
+        `synchronous=NORMAL`."""
         self.url = url
         self._sync: sa.Engine | None = None
         self._async: AsyncEngine | None = None
@@ -182,9 +336,16 @@ class ReadStore:
             )
             self._configure_sqlite(self._sync, writer)
             self.dialect = "sqlite"
+            self._bulk = _Bulk(self._sync.dialect)
         else:
-            self._async = create_async_engine(async_url(url, "READ_STORE_URL"), pool_pre_ping=True)
+            server_settings = {"synchronous_commit": "off"} if relaxed_durability else {}
+            self._async = create_async_engine(
+                async_url(url, "READ_STORE_URL"),
+                pool_pre_ping=True,
+                connect_args={"server_settings": server_settings},
+            )
             self.dialect = self._async.dialect.name
+            self._bulk = _Bulk(self._async.dialect)
         self._active_cache: tuple[int, float] | None = None
 
     @staticmethod
@@ -410,38 +571,52 @@ class ReadStore:
         return found
 
     def _write(self, conn: Connection, t: GenerationTables, events: Sequence[IndexedEvent]) -> None:
-        post_ids = {e.envelope.aggregate_id for e in events if is_post_event(e.payload)}
-        author_ids = {e.envelope.aggregate_id for e in events if is_author_event(e.payload)}
-        posts = self._load(conn, t.posts, t.posts.c.post_id, post_ids)
-        authors = self._load(conn, t.authors, t.authors.c.author_id, author_ids)
+        """The batch's effect on the tables, one statement per table and shape (`_Bulk`).
+
+        Only the rows of aggregates that a batch continues are loaded: one that the batch creates
+        (its first event here is PostCreated or AuthorRegistered) folds from nothing whatever is
+        stored (those events ignore the view before them), so loading it would change nothing."""
+        post_ids: dict[str, bool] = {}  # aggregate id -> whether its first event here creates it
+        author_ids: dict[str, bool] = {}
+        for e in events:
+            if is_post_event(e.payload):
+                post_ids.setdefault(e.envelope.aggregate_id, isinstance(e.payload, PostCreated))
+            elif is_author_event(e.payload):
+                author_ids.setdefault(
+                    e.envelope.aggregate_id, isinstance(e.payload, AuthorRegistered)
+                )
+        continued = {i for i, created in post_ids.items() if not created}
+        posts = self._load(conn, t.posts, t.posts.c.post_id, continued)
+        continued = {i for i, created in author_ids.items() if not created}
+        authors = self._load(conn, t.authors, t.authors.c.author_id, continued)
         posts, authors = fold_batch(posts, authors, events)
-        self._upsert(conn, t.posts, [posts[i] for i in post_ids])
-        self._upsert(conn, t.authors, [authors[i] for i in author_ids])
+        bulk = self._bulk
+        bulk.write(conn, t.posts, [posts[i] for i in post_ids], upsert=True)
+        bulk.write(conn, t.authors, [authors[i] for i in author_ids], upsert=True)
         if post_ids:
-            for chunk in _chunks(sorted(post_ids)):
-                conn.execute(sa.delete(t.post_tags).where(t.post_tags.c.post_id.in_(chunk)))
-            tags = [{"post_id": i, "tag": tag} for i in post_ids for tag in posts[i]["tags"]]
-            for chunk in _chunks(tags):
-                conn.execute(sa.insert(t.post_tags), list(chunk))
-        rows = [
-            {
-                "log_partition": e.partition,
-                "log_offset": e.offset,
-                "event_id": str(e.envelope.event_id),
-                "aggregate_id": e.envelope.aggregate_id,
-                "aggregate_version": e.envelope.aggregate_version,
-                "type": e.envelope.type,
-                "occurred_at": e.envelope.occurred_at,
-                # the payload below is the upcast (current) model: store its version, so that
-                # a later reader upcasts rows from the version they are really in
-                "schema_version": e.payload.schema_version,
-                "command_id": str(e.envelope.command_id) if e.envelope.command_id else None,
-                "payload": e.payload.model_dump(mode="json"),
-            }
+            bulk.delete(conn, t.post_tags.c.post_id, list(post_ids))
+            tags = [(i, tag) for i in post_ids for tag in posts[i]["tags"]]  # post_id, tag
+            bulk.write_tuples(conn, t.post_tags, tags, upsert=False)
+        stamp = bulk.stamp
+        rows = [  # in the order of the events table's columns
+            (
+                e.partition,
+                e.offset,
+                str(e.envelope.event_id),
+                e.envelope.aggregate_id,
+                e.envelope.aggregate_version,
+                e.envelope.type,
+                stamp(e.envelope.occurred_at),
+                str(e.envelope.command_id) if e.envelope.command_id else None,
+                # the payload is the upcast (current) model: store its version, so that a
+                # later reader upcasts rows from the version they are really in
+                e.payload.schema_version,
+                JsonText(e.payload.model_dump_json()),
+            )
             for e in events
         ]
-        for chunk in _chunks(rows):
-            conn.execute(sa.insert(t.events), list(chunk))
+        # a plain INSERT: a second application of an event violates the stream's unique key
+        bulk.write_tuples(conn, t.events, rows, upsert=False)
 
     # -- reading -----------------------------------------------------------------------------
 
