@@ -119,7 +119,9 @@ def targets(r: dict[str, Any]) -> list[str]:
         "| target | this run | same-run yardstick | ratio / value | met |",
         "|---|---|---|---:|---|",
     ]
-    for target, fig, yardstick, value, threshold, higher in rows:
+    for target, fig_, yardstick_, value, threshold, higher in rows:
+        fig = "-" if "None" in fig_ else fig_  # a figure the run did not measure
+        yardstick = "-" if "None" in yardstick_ else yardstick_
         if value is None:
             verdict, shown = "not measured", "-"
         else:
