@@ -41,6 +41,16 @@ class Sizes:
     snapshot_events: int = 1_000_000
     snapshot_aggregates: int = 10_000
     pipeline_batches: tuple[int, ...] = (100, 500, 2000)
+    #: batch sizes of the 3-broker rows (replication factor 3, min.insync.replicas=2)
+    durable_batches: tuple[int, ...] = (2000,)
+    #: events of the read-model rebuild row
+    rebuild: int = 1_000_000
+    #: runs behind every headline figure (its median and spread)
+    repeat: int = 3
+    #: broker heap of the 3-broker cluster, per node
+    durable_heap_mb: int = 512
+    #: sequential one-command transactions of the latency floor rows
+    latency: int = 200
 
     @classmethod
     def smoke(cls) -> Sizes:
@@ -57,6 +67,11 @@ class Sizes:
             snapshot_events=1_000,
             snapshot_aggregates=100,
             pipeline_batches=(50, 500),
+            durable_batches=(500,),
+            rebuild=1_000,
+            repeat=1,
+            durable_heap_mb=256,
+            latency=20,
         )
 
 
@@ -68,6 +83,19 @@ class Results:
     def put(self, key: str, **values: Any) -> None:
         self.rows[key] = values
         console.print(f"[green]{key}[/green] {values}")
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """A headline figure of repeated runs: their median, min and max, and every run."""
+    ordered = sorted(values)
+    n = len(ordered)
+    mid = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+    return {
+        "median": round(mid, 2),
+        "min": round(ordered[0], 2),
+        "max": round(ordered[-1], 2),
+        "runs": [round(v, 2) for v in values],
+    }
 
 
 def machine_facts() -> dict[str, Any]:
@@ -156,6 +184,26 @@ async def register_author(bootstrap: str, topics: Topics, author: str, wait_s: f
             raise RuntimeError(f"no accepted outcome for RegisterAuthor within {wait_s}s: {out}")
     finally:
         await client.stop()
+
+
+_EVENT_LOGS: dict[tuple[str, int], str] = {}
+
+
+async def event_log(bootstrap: str, n: int) -> str:
+    """The topic prefix of a system whose events topic holds n PostCreated events (6
+    partitions), written once per run and shared by the scenarios that only read it."""
+    from shared.kafka.topics import bootstrap_system_topics  # noqa: PLC0415
+    from shared.settings import KafkaSettings  # noqa: PLC0415
+
+    if (bootstrap, n) not in _EVENT_LOGS:
+        prefix = f"blog{n}-{uuid.uuid4().hex[:6]}."
+        await bootstrap_system_topics(
+            KafkaSettings(kafka_bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=6)
+        )
+        topics = Topics.from_settings(KafkaSettings(topic_prefix=prefix))
+        await write_fake_events(bootstrap, topics.events, 6, n)
+        _EVENT_LOGS[(bootstrap, n)] = prefix
+    return _EVENT_LOGS[(bootstrap, n)]
 
 
 async def write_fake_events(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import TopicPartition
 
@@ -85,3 +87,132 @@ async def scenario_limits(bootstrap: str, sizes: Sizes, results: Results) -> Non
             f"raw_consume_{size}B",
             records_per_s=round(await raw_consume(bootstrap, topic, 6, sizes.raw)),
         )
+
+
+@dataclass(frozen=True)
+class Template:
+    """The value and headers of an output record of the real pipeline, copied as they are."""
+
+    value: bytes
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+#: stand-ins with the sizes of a PostCreated event and its accepted outcome, used only when no
+#: record of the real pipeline was sampled in the run
+FALLBACK_EVENT = Template(payload(420), [("type", b"PostCreated"), ("schema_version", b"1")])
+FALLBACK_OUTCOME = Template(payload(260), [("type", b"CommandOutcome")])
+
+
+@dataclass(frozen=True)
+class EosRun:
+    """One run of the raw exactly-once loop: commands, and the seconds from the first command
+    taken from a fetch to the last transaction committed."""
+
+    commands: int
+    seconds: float
+
+    @property
+    def commands_per_s(self) -> float:
+        return self.commands / self.seconds
+
+
+async def raw_eos_loop(
+    bootstrap: str,
+    *,
+    commands: str,
+    events: str,
+    results: str,
+    partitions: int,
+    n: int,
+    batch: int,
+    event: Template,
+    outcome: Template,
+) -> EosRun:
+    """The ceiling of the command pipeline in Python: its shape without its work.
+
+    A group consumer (read_committed) fetches up to `batch` command records at a time; for each
+    partition in the fetch, that partition's own transactional producer (one per partition, as
+    the processor fences) begins a transaction, produces one event per command to the same
+    partition of `events` and waits for the acks (the outcome carries the events' offsets),
+    then one outcome per command to `results`, waits, sends the offsets to the transaction and
+    commits; partitions run concurrently. No decoding, no deciding: the records are copies of
+    `event` and `outcome` (sampled from the real pipeline in the same run), keyed as the
+    commands. Same producer and consumer settings as the services (shared.kafka's factories).
+    """
+    group = f"bench-eos-{uuid.uuid4().hex[:8]}"
+    producers = {
+        p: make_transactional_producer(bootstrap, f"{group}.{commands}.{p}")
+        for p in range(partitions)
+    }
+    consumer = make_consumer(bootstrap, commands, group_id=group, max_poll_records=batch)
+    await asyncio.gather(*(p.start() for p in producers.values()))
+    await consumer.start()
+
+    async def transact(tp: TopicPartition, records: list[Any]) -> None:
+        producer = producers[tp.partition]
+        await producer.begin_transaction()
+        sent = [
+            await producer.send(
+                events, event.value, key=r.key, partition=tp.partition, headers=event.headers
+            )
+            for r in records
+        ]
+        await asyncio.gather(*sent)
+        sent = [
+            await producer.send(
+                results, outcome.value, key=r.key, partition=tp.partition, headers=outcome.headers
+            )
+            for r in records
+        ]
+        await asyncio.gather(*sent)
+        await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, group)
+        await producer.commit_transaction()
+
+    try:
+        done = 0
+        first: float | None = None
+        while done < n:
+            fetched = await consumer.getmany(timeout_ms=20, max_records=batch)
+            jobs = [transact(tp, recs) for tp, recs in fetched.items() if recs]
+            if not jobs:
+                continue
+            if first is None:
+                first = time.perf_counter()
+            await asyncio.gather(*jobs)
+            done += sum(len(recs) for recs in fetched.values())
+        assert first is not None
+        return EosRun(done, time.perf_counter() - first)
+    finally:
+        await consumer.stop()
+        await asyncio.gather(*(p.stop() for p in producers.values()))
+
+
+async def raw_eos_latency(
+    bootstrap: str, topic: str, n: int, event: Template, outcome: Template
+) -> dict[str, float]:
+    """The floor of one command's transaction, sequential, in ms: begin, produce the event and
+    wait for its ack, produce the outcome and wait, send an offset, commit (no fetch, no
+    decision). The first 10 transactions warm up and are not counted."""
+    group = f"bench-eos-lat-{uuid.uuid4().hex[:8]}"
+    producer = make_transactional_producer(bootstrap, group)
+    await producer.start()
+    tp = TopicPartition(topic, 0)
+    times: list[float] = []
+    try:
+        for i in range(n + 10):
+            start = time.perf_counter()
+            await producer.begin_transaction()
+            await (await producer.send(topic, event.value, partition=0, headers=event.headers))
+            await (await producer.send(topic, outcome.value, partition=0, headers=outcome.headers))
+            await producer.send_offsets_to_transaction({tp: i + 1}, group)
+            await producer.commit_transaction()
+            if i >= 10:
+                times.append((time.perf_counter() - start) * 1000)
+    finally:
+        await producer.stop()
+    times.sort()
+    return {
+        "p50_ms": round(times[len(times) // 2], 1),
+        "p99_ms": round(times[min(len(times) - 1, int(0.99 * len(times)))], 1),
+        "transactions": len(times),
+    }

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
-from bench.common import Results, Sizes
+from bench.common import Results, Sizes, spread
+from bench.durability import postgres_durability, sqlite_durability
 
 
 def scenario_peer(postgres_url: str, sizes: Sizes, results: Results, workdir: Path) -> None:
@@ -53,10 +55,27 @@ def scenario_peer(postgres_url: str, sizes: Sizes, results: Results, workdir: Pa
         },
     }
     for name, env in envs.items():
-        app = Blog(env=env)
-        start = time.perf_counter()
-        for i in range(sizes.peer):
-            app.create_then_publish(f"t{i}")
-        rate = 2 * sizes.peer / (time.perf_counter() - start)
-        results.put(f"peer_eventsourcing_{name}", events_per_s=round(rate))
-        app.close()
+        rates = []
+        for run in range(sizes.repeat):
+            run_env = dict(env)
+            if name == "sqlite":  # a new database file per run, as each run starts empty
+                run_env["SQLITE_DBNAME"] = str(workdir / f"peer-{run}.sqlite3")
+            app = Blog(env=run_env)
+            start = time.perf_counter()
+            for i in range(sizes.peer):
+                app.create_then_publish(f"t{run}-{i}")
+            rates.append(2 * sizes.peer / (time.perf_counter() - start))
+            app.close()
+        figure = spread(rates)
+        results.put(
+            f"peer_eventsourcing_{name}",
+            events_per_s=round(figure["median"]),
+            min=round(figure["min"]),
+            max=round(figure["max"]),
+            runs=[round(v) for v in figure["runs"]],
+        )
+    results.put(
+        "durability_peer",
+        sqlite=sqlite_durability(workdir / "peer-0.sqlite3"),
+        postgresql=asyncio.run(postgres_durability(postgres_url)),
+    )

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.common import Results, Sizes, write_fake_events
+from bench.common import Results, Sizes, spread, write_fake_events
 from projector_service.projector import Projector
 from shared.kafka.topics import Topics, bootstrap_system_topics
 from shared.readmodel.store import ReadStore
@@ -70,28 +70,44 @@ async def scenario_projector(
     )
     topics = Topics.from_settings(KafkaSettings(topic_prefix=prefix))
     await write_fake_events(bootstrap, topics.events, 6, sizes.projector)
-    results.put(
-        "projector_sqlite",
-        **await project_all(
-            bootstrap,
-            prefix,
-            f"sqlite:///{workdir / 'bench-read.sqlite3'}",
-            sizes.projector,
-            f"{prefix}projector-sqlite",
-        ),
-    )
-    database = f"bench_{uuid.uuid4().hex[:8]}"
     import asyncpg  # noqa: PLC0415
 
     admin = await asyncpg.connect(postgres_url)
-    await admin.execute(f'CREATE DATABASE "{database}"')
+    runs: dict[str, list[dict[str, Any]]] = {"sqlite": [], "postgresql": []}
     try:
-        url = postgres_url.rsplit("/", 1)[0] + f"/{database}"
-        # A second group over the same events: the projector reads them again.
-        results.put(
-            "projector_postgresql",
-            **await project_all(bootstrap, prefix, url, sizes.projector, f"{prefix}projector-pg"),
-        )
+        # Each run is a new consumer group over the same events into an empty store; the
+        # stores alternate so that both see the same moments of a noisy machine.
+        for run in range(sizes.repeat):
+            runs["sqlite"].append(
+                await project_all(
+                    bootstrap,
+                    prefix,
+                    f"sqlite:///{workdir / f'bench-read-{run}.sqlite3'}",
+                    sizes.projector,
+                    f"{prefix}projector-sqlite-{run}",
+                )
+            )
+            database = f"bench_{uuid.uuid4().hex[:8]}"
+            await admin.execute(f'CREATE DATABASE "{database}"')
+            try:
+                url = postgres_url.rsplit("/", 1)[0] + f"/{database}"
+                runs["postgresql"].append(
+                    await project_all(
+                        bootstrap, prefix, url, sizes.projector, f"{prefix}projector-pg-{run}"
+                    )
+                )
+            finally:
+                await admin.execute(f'DROP DATABASE "{database}" WITH (FORCE)')
     finally:
-        await admin.execute(f'DROP DATABASE "{database}" WITH (FORCE)')
         await admin.close()
+    for store, measured in runs.items():
+        figure = spread([m["events_per_s"] for m in measured])
+        results.put(
+            f"projector_{store}",
+            events_per_s=round(figure["median"]),
+            min=round(figure["min"]),
+            max=round(figure["max"]),
+            runs=[round(v) for v in figure["runs"]],
+            events=sizes.projector,
+            seconds=sorted(m["seconds"] for m in measured)[len(measured) // 2],
+        )

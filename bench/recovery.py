@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 
 import psutil
 
-from bench.common import Results, RssSampler, Sizes, register_author, service_env, write_fake_events
+from bench.common import Results, RssSampler, Sizes, event_log, register_author, service_env
 from esctl.localstack.services import ServiceProcess
-from shared.kafka.topics import Topics, bootstrap_system_topics
+from shared.kafka.topics import Topics
 from shared.settings import KafkaSettings
 
 
@@ -20,12 +19,8 @@ async def scenario_recovery(
     """Time from a command-service process start until it has restored its partitions and
     answered a command, against the number of events (one aggregate each) in the log."""
     for n in sizes.recovery:
-        prefix = f"brec{n}-{uuid.uuid4().hex[:6]}."
-        await bootstrap_system_topics(
-            KafkaSettings(kafka_bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=6)
-        )
+        prefix = await event_log(bootstrap, n)  # the rebuild scenario reads it again
         topics = Topics.from_settings(KafkaSettings(topic_prefix=prefix))
-        await write_fake_events(bootstrap, topics.events, 6, n)
         svc = ServiceProcess(
             "command_service",
             service_env(bootstrap, prefix, SNAPSHOT_EVERY_EVENTS="0"),  # full replay

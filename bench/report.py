@@ -12,6 +12,256 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a and b else "-"
 
 
+def figure(row: dict[str, Any] | None, field_: str = "commands_per_s") -> str:
+    """A headline figure: the median, with the spread of the runs when there were several."""
+    if not row or row.get(field_) is None:
+        return "-"
+    runs = row.get("runs") or []
+    if len(runs) > 1:
+        return f"{row[field_]} ({row['min']}-{row['max']})"
+    return str(row[field_])
+
+
+def _durability_text(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "not measured"
+    flush = "fsync per write" if d["fsync_per_write"] else "no fsync per write (page cache;"
+    flush += "" if d["fsync_per_write"] else f" flush.messages={d['flush_messages']})"
+    return (
+        f"{d['brokers']} broker(s), replication factor {d['replication_factor']}, "
+        f"min.insync.replicas={d['min_insync_replicas']}, acks=all, {flush}, "
+        f"unclean leader election {d['unclean_leader_election']}"
+    )
+
+
+def _best_pipeline(r: dict[str, Any], key: str) -> tuple[str, dict[str, Any]] | None:
+    rows = [
+        (k, v)
+        for k, v in r.items()
+        if k.startswith(f"{key}_batch") and isinstance(v, dict) and "commands_per_s" in v
+    ]
+    return max(rows, key=lambda kv: kv[1]["commands_per_s"]) if rows else None
+
+
+def targets(r: dict[str, Any]) -> list[str]:
+    """The issue's targets, each with its same-run figure, yardstick and verdict."""
+
+    def get(key: str, field_: str) -> Any:
+        row = r.get(key)
+        return row.get(field_) if isinstance(row, dict) else None
+
+    peer = get("peer_eventsourcing_memory", "events_per_s")
+    rows: list[tuple[str, str, str, float | None, float, bool]] = []
+    # (target, figure, yardstick, value, threshold, higher is better)
+    best = _best_pipeline(r, "pipeline")
+    pipe = best[1]["commands_per_s"] if best else None
+    label = f"(batch {best[0].removeprefix('pipeline_batch')})" if best else ""
+    rows.append(
+        (
+            "command pipeline, one process >= 1.0x the peer in memory (events/s)",
+            f"{pipe} events/s {label}",
+            f"peer in memory {peer} events/s",
+            pipe / peer if pipe and peer else None,
+            1.0,
+            True,
+        )
+    )
+    raw_eos = get(f"raw_eos_{best[0]}", "commands_per_s") if best else None
+    rows.append(
+        (
+            "command pipeline, one process >= 0.5x the raw exactly-once loop",
+            f"{pipe} commands/s {label}",
+            f"raw EOS loop {raw_eos} commands/s (same batch)",
+            best[1].get("ratio_to_raw_eos") if best else None,
+            0.5,
+            True,
+        )
+    )
+    for store, need in (("sqlite", 2.0), ("postgresql", 1.0)):
+        rate = get(f"projector_{store}", "events_per_s")
+        rows.append(
+            (
+                f"projector into {store} >= {need}x the peer in memory",
+                f"{rate} events/s",
+                f"peer in memory {peer} events/s",
+                rate / peer if rate and peer else None,
+                need,
+                True,
+            )
+        )
+    p50 = get("e2e_sequential", "p50_ms")
+    rows.append(
+        ("end to end, one sequential client p50 <= 15 ms", f"{p50} ms", "-", p50, 15, False)
+    )
+    p99 = get("e2e_250_per_s", "p99_ms")
+    rows.append(
+        ("end to end, p99 <= 100 ms at 250 commands/s offered", f"{p99} ms", "-", p99, 100, False)
+    )
+    top = get("e2e_highest_sustained", "commands_per_s")
+    rows.append(("end to end, highest sustained >= 1,000/s", f"{top}/s", "-", top, 1000, True))
+    recoveries = [k for k in r if k.startswith("recovery_") and k.endswith("_events")]
+    largest = max(recoveries, key=lambda k: int(k.split("_")[1]), default=None)
+    rec = get(largest, "events_per_s") if largest else None
+    consume = get("raw_consume_200B", "records_per_s")
+    rows.append(
+        (
+            "full-replay recovery >= 0.3x raw consume",
+            f"{rec} events/s ({int(largest.split('_')[1]):,} events)" if largest else "-",
+            f"raw consume (200 B) {consume} records/s",
+            rec / consume if rec and consume else None,
+            0.3,
+            True,
+        )
+    )
+    mem = get("memory_per_100k_aggregates", "mb")
+    rows.append(("RSS per 100k live aggregates <= 30 MB", f"{mem} MB", "-", mem, 30, False))
+    lines = [
+        "| target | this run | same-run yardstick | ratio / value | met |",
+        "|---|---|---|---:|---|",
+    ]
+    for target, fig_, yardstick_, value, threshold, higher in rows:
+        fig = "-" if "None" in fig_ else fig_  # a figure the run did not measure
+        yardstick = "-" if "None" in yardstick_ else yardstick_
+        if value is None:
+            verdict, shown = "not measured", "-"
+        else:
+            met = value >= threshold if higher else value <= threshold
+            verdict, shown = ("met" if met else "not met"), f"{value:.2f}"
+        lines.append(f"| {target} | {fig} | {yardstick} | {shown} | {verdict} |")
+    return lines
+
+
+def _get(r: dict[str, Any], key: str, field_: str) -> Any:
+    row = r.get(key)
+    return row.get(field_) if isinstance(row, dict) else None
+
+
+def _pipeline_section(r: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    raw_txn = _get(r, "raw_txn_produce_200B_batch500", "records_per_s")
+    peer_memory = _get(r, "peer_eventsourcing_memory", "events_per_s")
+    lines += [
+        "",
+        "## Command pipeline (one command-service process, CreatePost: ~440 B value, "
+        "~200 B of headers)",
+        "",
+        "A backlog of CreatePost commands (one new post each) is written while no command "
+        "service runs (a first process registered the author and stopped). A fresh process "
+        "then works through it; the clock runs from the first command decided (the earliest "
+        "`processed_at` of the backlog's outcomes) to the moment the group's committed offsets "
+        "were seen at the end of the backlog (polled every 20 ms), and every command of the "
+        "backlog is counted: start-up and restore are outside, nothing decided before the "
+        "clock started is counted. Each CreatePost makes one event, so commands/s = events/s.",
+        "",
+        "The raw exactly-once loop is the same shape without the work, in the same minute: a "
+        "group consumer fetches up to the batch size of the same CreatePost records, and per "
+        "partition its own transactional producer (as the processor fences) produces one "
+        "event per command and waits for the acks, then one outcome per command and waits, "
+        "sends the offsets to the transaction and commits; the event and outcome are copies "
+        "of records the pipeline wrote in this run (sizes below), no decoding or deciding. The "
+        "pipeline also writes snapshots, which the loop does not.",
+        "",
+        "| brokers | max commands per transaction | commands/s | raw EOS loop commands/s "
+        "| ratio to raw EOS loop | ratio to raw transactional produce (200 B, 500/txn) "
+        "| ratio to the peer in memory |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for prefix, brokers in (("pipeline", "1, RF 1"), ("pipeline_rf3", "3, RF 3, min ISR 2")):
+        for key, row in r.items():
+            if not key.startswith(f"{prefix}_batch"):
+                continue
+            raw_eos = r.get(f"raw_eos_{key}", {})
+            pairs = row.get("ratio_to_raw_eos")
+            pair_text = "-"
+            if pairs is not None:
+                pair_text = f"{pairs:.2f}"
+                if len(row.get("runs", [])) > 1:
+                    pair_text += (
+                        f" ({row['ratio_to_raw_eos_min']:.2f}-{row['ratio_to_raw_eos_max']:.2f})"
+                    )
+            lines.append(
+                f"| {brokers} | {key.removeprefix(f'{prefix}_batch')} | {figure(row)} | "
+                f"{figure(raw_eos)} | {pair_text} | "
+                f"{ratio(row['commands_per_s'], raw_txn) if prefix == 'pipeline' else '-'} | "
+                f"{ratio(row['commands_per_s'], peer_memory)} |"
+            )
+    sample = next((v for k, v in r.items() if k.startswith("raw_eos_pipeline_batch")), None)
+    if sample:
+        lines.append(
+            f"\nRecords of the raw loop: event value {sample['event_bytes']} B, outcome value "
+            f"{sample['outcome_bytes']} B"
+            + (
+                " (copied from the pipeline's output in this run)."
+                if sample.get("sampled_from_pipeline")
+                else " (stand-ins: no pipeline record was sampled)."
+            )
+        )
+    latency = [
+        (brokers, r[key])
+        for key, brokers in (
+            ("raw_eos_latency_pipeline", "1, RF 1"),
+            ("raw_eos_latency_pipeline_rf3", "3, RF 3, min ISR 2"),
+        )
+        if key in r
+    ]
+    if latency:
+        lines += [
+            "",
+            "Floor of one command's transaction, sequential (begin, event + ack, outcome + ack, "
+            "offsets, commit; no fetch, no decision; after 10 of warm-up):",
+            "",
+            "| brokers | transactions | p50 ms | p99 ms |",
+            "|---|---:|---:|---:|",
+        ]
+        for brokers, row in latency:
+            lines.append(
+                f"| {brokers} | {row['transactions']} | {row['p50_ms']} | {row['p99_ms']} |"
+            )
+    return lines
+
+
+def _durability_section(r: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    peer_d = r.get("durability_peer", {})
+    sqlite_d, pg_d = peer_d.get("sqlite"), peer_d.get("postgresql")
+    lines += [
+        "",
+        "## Durability of each side, as configured in this run (read from the running systems)",
+        "",
+        "| side | what a crash can lose |",
+        "|---|---|",
+        f"| this system, Kafka, 1 broker | {_durability_text(r.get('durability_pipeline'))} |",
+        f"| this system, Kafka, 3 brokers | {_durability_text(r.get('durability_pipeline_rf3'))} |",
+        "| `eventsourcing`, in memory | everything (no persistence) |",
+        "| `eventsourcing`, SQLite | "
+        + (
+            f"journal_mode={sqlite_d['journal_mode']}, synchronous={sqlite_d['synchronous']} "
+            "(the library leaves the connection default)"
+            if sqlite_d
+            else "not measured"
+        )
+        + " |",
+        "| `eventsourcing`, PostgreSQL | "
+        + (
+            f"fsync={pg_d['fsync']}, synchronous_commit={pg_d['synchronous_commit']}, "
+            f"wal_sync_method={pg_d['wal_sync_method']}, one server, no replica"
+            if pg_d
+            else "not measured"
+        )
+        + " |",
+        "",
+        "Kafka acknowledges a write once the in-sync replicas have it in memory (page cache); "
+        "without fsync per write, one broker promises less than a store that syncs each commit "
+        "to disk (a power loss can lose acknowledged writes), and three brokers with "
+        "min.insync.replicas=2 promise more (a write survives the loss of any one machine).",
+        "",
+        "## Targets (issue 16), from this run's figures",
+        "",
+        *targets(r),
+    ]
+    return lines
+
+
 def write_markdown(results: Results, path: Path, smoke: bool) -> None:
     r = results.rows
     m = results.machine
@@ -26,7 +276,11 @@ def write_markdown(results: Results, path: Path, smoke: bool) -> None:
         f"Python {m['python']}, Apache Kafka {m['kafka']} (local broker, heap "
         f"{m['broker_heap_mb']} MiB, same machine), aiokafka {m['aiokafka']}, eventsourcing "
         f"{m['eventsourcing']}. Broker and clients share the 2 cores. One run of "
-        "`make bench`; ratios compare with the raw-Kafka limits of the same run.",
+        "`make bench`; ratios compare with the raw-Kafka limits and the peer of the same run. "
+        f"Headline figures (pipeline, raw exactly-once loop, projector, peer) are the median of "
+        f"{m.get('repeat', 1)} run(s), with the spread (min-max) in brackets; a ratio to the "
+        "raw exactly-once loop is the median of the ratios of runs made pair by pair, a "
+        "minute apart.",
         "",
         "## Limits: raw aiokafka against the same broker",
         "",
@@ -46,32 +300,30 @@ def write_markdown(results: Results, path: Path, smoke: bool) -> None:
         f"{get('raw_consume_200B', 'records_per_s')} | "
         f"{get('raw_consume_1024B', 'records_per_s')} |"
     )
-    raw_txn = get("raw_txn_produce_200B_batch500", "records_per_s")
-    lines += [
-        "",
-        "## Command pipeline (one command-service process, CreatePost, ~300 B)",
-        "",
-        "| max commands per transaction | commands/s | ratio to raw transactional "
-        "produce (200 B, 500/txn) |",
-        "|---:|---:|---:|",
-    ]
-    for key, row in r.items():
-        if key.startswith("pipeline_batch"):
-            lines.append(
-                f"| {key.removeprefix('pipeline_batch')} | {row['commands_per_s']} | "
-                f"{ratio(row['commands_per_s'], raw_txn)} |"
-            )
+    peer_memory = get("peer_eventsourcing_memory", "events_per_s")
+    lines += _pipeline_section(r)
     raw_consume_rate = get("raw_consume_200B", "records_per_s")
     lines += [
         "",
-        "## Projector (one process, PostCreated events, ~400 B)",
+        "## Projector (one process, PostCreated events, ~600 B value)",
         "",
-        "| read store | events/s | ratio to raw consume (200 B) |",
-        "|---|---:|---:|",
+        "| read store | events/s | ratio to raw consume (200 B) | ratio to the peer in memory |",
+        "|---|---:|---:|---:|",
     ]
     for store in ("sqlite", "postgresql"):
         rate = get(f"projector_{store}", "events_per_s")
-        lines.append(f"| {store} | {rate} | {ratio(rate, raw_consume_rate)} |")
+        lines.append(
+            f"| {store} | {figure(r.get(f'projector_{store}'), 'events_per_s')} | "
+            f"{ratio(rate, raw_consume_rate)} | {ratio(rate, peer_memory)} |"
+        )
+    rebuilt = r.get("rebuild_sqlite")
+    if rebuilt:
+        lines.append(
+            f"\nRebuild of the read model (`esctl projections rebuild`'s function, a new "
+            f"generation of SQLite tables filled from offset 0): {rebuilt['events']:,} events in "
+            f"{rebuilt['seconds']} s, {rebuilt['events_per_s']} events/s "
+            f"({ratio(rebuilt['events_per_s'], raw_consume_rate)} of raw consume)."
+        )
     lines += [
         "",
         "## End to end: HTTP command accepted -> visible in the query service "
@@ -162,5 +414,6 @@ def write_markdown(results: Results, path: Path, smoke: bool) -> None:
         "|---|---:|",
     ]
     for name in ("memory", "sqlite", "postgresql"):
-        lines.append(f"| {name} | {get(f'peer_eventsourcing_{name}', 'events_per_s')} |")
+        lines.append(f"| {name} | {figure(r.get(f'peer_eventsourcing_{name}'), 'events_per_s')} |")
+    lines += _durability_section(r)
     path.write_text("\n".join(lines) + "\n")

@@ -1,6 +1,7 @@
 """Benchmarks: this system against raw Kafka and against a peer library, in one run.
 
-    python -m bench.run [--smoke] [--out bench/results]      (also: make bench, esctl bench)
+    python -m bench.run [--smoke] [--repeat N] [--only NAME] [--out bench/results]
+                                                            (also: make bench, esctl bench)
 
 Every figure is measured in the same run on the same machine, and throughput is reported as a
 ratio to the raw-Kafka limit measured minutes before: these machines are shared, so absolute
@@ -25,8 +26,9 @@ from bench.common import ROOT, Results, RssSampler, Sizes, console, machine_fact
 from bench.end_to_end import scenario_end_to_end
 from bench.limits import scenario_limits
 from bench.peer import scenario_peer
-from bench.pipeline import scenario_pipeline
+from bench.pipeline import scenario_pipeline, scenario_pipeline_durable
 from bench.projector import scenario_projector
+from bench.rebuild import scenario_rebuild
 from bench.recovery import scenario_recovery
 from bench.report import write_markdown
 from bench.snapshot_recovery import scenario_snapshot_recovery
@@ -40,9 +42,11 @@ __all__ = ["Sizes", "cli", "main"]  # Sizes: what the smoke test sends
 
 async def main(args: argparse.Namespace) -> Results:
     sizes = Sizes.smoke() if args.smoke else Sizes()
+    if args.repeat is not None:
+        sizes.repeat = args.repeat
     workdir = Path(tempfile.mkdtemp(prefix="esctl-bench-"))
     workdir.chmod(0o755)  # noqa: ASYNC240  # root-run PostgreSQL runs as `postgres`: let it in
-    results = Results(machine=machine_facts())
+    results = Results(machine=machine_facts() | {"repeat": sizes.repeat})
     cluster: LocalKafkaCluster | None = None
     pg: LocalPostgres | None = None
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
@@ -75,6 +79,7 @@ async def main(args: argparse.Namespace) -> Results:
             ),
             ("end to end", lambda: scenario_end_to_end(bootstrap, sizes, results, workdir, rss)),
             ("recovery", lambda: scenario_recovery(bootstrap, sizes, results, workdir, rss)),
+            ("rebuild", lambda: scenario_rebuild(bootstrap, sizes, results, workdir)),
             (
                 "workflow timers",
                 lambda: scenario_workflow_timers(bootstrap, sizes, results, workdir),
@@ -86,6 +91,10 @@ async def main(args: argparse.Namespace) -> Results:
             (
                 "peer",
                 lambda: asyncio.to_thread(scenario_peer, postgres_url, sizes, results, workdir),
+            ),
+            (
+                "durable pipeline (3 brokers)",
+                lambda: scenario_pipeline_durable(sizes, results, workdir, rss),
             ),
         ]
         if args.only:
@@ -121,13 +130,26 @@ def cli() -> None:
         default="",
         help="run the scenarios whose name starts so (development; RESULTS.md is then not written)",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="runs behind each headline figure (median and spread; default 3, --smoke 1)",
+    )
     args = parser.parse_args()
+    if args.repeat is not None and args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     configure_logging("console", "warning")
     results = asyncio.run(main(args))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(
         json.dumps(
-            {"machine": results.machine, "rows": results.rows, "smoke": args.smoke},
+            {
+                "machine": results.machine,
+                "rows": results.rows,
+                "smoke": args.smoke,
+                "repeat": args.repeat or (1 if args.smoke else Sizes().repeat),
+            },
             indent=2,
             default=str,
         )

@@ -20,6 +20,15 @@ SCENARIOS = [
     "raw_consume_1024B",
     "pipeline_batch50",
     "pipeline_batch500",
+    "raw_eos_pipeline_batch50",
+    "raw_eos_pipeline_batch500",
+    "raw_eos_latency_pipeline",
+    "durability_pipeline",
+    "pipeline_rf3_batch500",
+    "raw_eos_pipeline_rf3_batch500",
+    "raw_eos_latency_pipeline_rf3",
+    "durability_pipeline_rf3",
+    "rebuild_sqlite",
     "projector_sqlite",
     "projector_postgresql",
     "e2e_20_per_s",
@@ -65,8 +74,24 @@ def test_bench_smoke_runs_every_scenario_and_writes_the_report(
         for field in ("records_per_s", "commands_per_s", "events_per_s"):
             if field in row and name != "e2e_highest_sustained":
                 assert row[field] > 0, (name, row)
-    for batch in sizes.pipeline_batches:
-        assert rows[f"pipeline_batch{batch}"]["commands"] == sizes.pipeline
+    for key, batches in (
+        ("pipeline", sizes.pipeline_batches),
+        ("pipeline_rf3", sizes.durable_batches),
+    ):
+        for batch in batches:
+            for row in (rows[f"{key}_batch{batch}"], rows[f"raw_eos_{key}_batch{batch}"]):
+                assert row["commands"] == sizes.pipeline, row
+                assert len(row["runs"]) == sizes.repeat and row["min"] <= row["max"], row
+            assert rows[f"{key}_batch{batch}"]["ratio_to_raw_eos"] > 0
+    # the durable rows ran where they say: 3 brokers, the service's topics at RF 3, min ISR 2
+    durable = rows["durability_pipeline_rf3"]
+    assert (durable["brokers"], durable["replication_factor"], durable["min_insync_replicas"]) == (
+        3,
+        3,
+        2,
+    ), durable
+    assert rows["durability_pipeline"]["replication_factor"] == 1
+    assert rows["rebuild_sqlite"]["events"] >= sizes.rebuild  # its log may hold the author too
     for store in ("sqlite", "postgresql"):
         projected = rows[f"projector_{store}"]
         assert projected["events"] == sizes.projector, projected
@@ -98,3 +123,12 @@ def test_bench_smoke_runs_every_scenario_and_writes_the_report(
     assert rows["peak_rss"] and all(v > 0 for v in rows["peak_rss"].values()), rows["peak_rss"]
     report = (tmp_path / "RESULTS.smoke.md").read_text()
     assert "## A peer, side by side" in report and "| sqlite |" in report
+    # the targets table: every target listed, a verdict computed from the run's figures (the
+    # smoke run offers no 250/s and restores one log size, so those two are "not measured")
+    table = report.split("## Targets", 1)[1].splitlines()
+    targets = [t for t in table if t.startswith("| ") and not t.startswith("| target ")]
+    assert len(targets) == 9, targets
+    verdicts = [t.rsplit("|", 2)[1].strip() for t in targets]
+    assert set(verdicts) <= {"met", "not met", "not measured"}, verdicts
+    unmeasured = [t for t, v in zip(targets, verdicts, strict=True) if v == "not measured"]
+    assert len(unmeasured) == 2 and "250" in unmeasured[0] and "RSS" in unmeasured[1], targets
