@@ -128,6 +128,8 @@ async def main(settings: CommandServiceSettings) -> None:
         max_records=settings.batch_max_records,
         max_wait_ms=settings.batch_max_wait_ms,
         consumer_overrides=group_timing(settings.session_timeout_ms),
+        # the handler restores each partition on its own (PartitionBook per partition)
+        concurrent_restore=True,
     )
     client = CommandClient(bootstrap, topics)
 

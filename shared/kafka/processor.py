@@ -127,6 +127,7 @@ class TransactionalPartitionProcessor:
         hooks: ProcessorHooks | None = None,
         consumer_overrides: dict[str, Any] | None = None,
         producer_overrides: dict[str, Any] | None = None,
+        concurrent_restore: bool = False,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.service = service
@@ -139,6 +140,12 @@ class TransactionalPartitionProcessor:
         self.hooks = hooks or ProcessorHooks()
         self.stats = ProcessorStats()
         self._producer_overrides = producer_overrides or {}
+        # Partitions assigned together are acquired (fenced, restored) at once when the
+        # handler's on_assigned may run concurrently for different partitions: the group's
+        # heartbeat is stopped while the assignment callback runs (aiokafka), so a restore of
+        # all partitions one by one that outlasts the session timeout gets the member expelled,
+        # and the next assignment restores everything again.
+        self.concurrent_restore = concurrent_restore
         self._consumer = TopicConsumer(
             bootstrap_servers,
             input_topic,
@@ -212,15 +219,20 @@ class TransactionalPartitionProcessor:
     # -- ownership ---------------------------------------------------------------------------
 
     async def _on_assigned(self, partitions: list[int]) -> None:
-        for partition in partitions:
-            if partition in self._owned:
-                continue
-            try:
-                await self._acquire(TopicPartition(self.input_topic, partition))
-            except Exception as exc:
-                # aiokafka swallows listener errors; surface it to run() instead of idling.
-                log.error("partition_acquire_failed", partition=partition, error=repr(exc))
-                self._fatal = exc
+        new = [p for p in partitions if p not in self._owned]
+        if self.concurrent_restore:
+            await asyncio.gather(*(self._acquire_or_fail(p) for p in new))
+        else:
+            for partition in new:
+                await self._acquire_or_fail(partition)
+
+    async def _acquire_or_fail(self, partition: int) -> None:
+        try:
+            await self._acquire(TopicPartition(self.input_topic, partition))
+        except Exception as exc:
+            # aiokafka swallows listener errors; surface it to run() instead of idling.
+            log.error("partition_acquire_failed", partition=partition, error=repr(exc))
+            self._fatal = exc
 
     async def _on_revoked(self, partitions: list[int]) -> None:
         for partition in partitions:

@@ -10,12 +10,14 @@ consumer can always turn a bad record into a rejection or a dead-letter record.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 from pydantic import ValidationError
+from pydantic_core import to_json
 
 from shared.errors import (
     InvalidPayloadError,
@@ -24,6 +26,7 @@ from shared.errors import (
     UnsupportedSchemaVersionError,
 )
 from shared.messages.base import (
+    AGGREGATE_ID_PATTERN,
     COMMANDS,
     EVENTS,
     Command,
@@ -77,6 +80,22 @@ def _dumps(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
+_AGGREGATE_ID = re.compile(AGGREGATE_ID_PATTERN)
+
+
+def _fits(text: str | None, limit: int) -> bool:
+    return text is None or (isinstance(text, str) and len(text) <= limit)
+
+
+def _body(fields: list[tuple[str, Any]]) -> bytes:
+    """The record body in one pydantic-core pass: the envelope's fields in its order, None left
+    out (`exclude_none` of the envelope), the message itself serialized in place as its own
+    `model_dump(mode="json")` would be (its None fields kept). Byte for byte what the envelope
+    model dumped through `json.dumps(separators=(",", ":"), ensure_ascii=False)` gives:
+    tests/unit/test_wire_bytes.py holds the two to each other."""
+    return to_json({name: value for name, value in fields if value is not None})
+
+
 def encode_command(
     command: Command,
     *,
@@ -89,6 +108,50 @@ def encode_command(
     issued_by: str | None = None,
 ) -> EncodedMessage:
     """Encode a command as the documented command record (key = aggregate id)."""
+    correlation_id = correlation_id or str(command_id)
+    if (
+        isinstance(command_id, UUID)
+        and isinstance(aggregate_id, str)
+        and _AGGREGATE_ID.fullmatch(aggregate_id)
+        and (expected_version is None or (type(expected_version) is int and expected_version >= 0))
+        and (occurred_at is None or isinstance(occurred_at, datetime))
+        and _fits(correlation_id, 200)
+        and _fits(causation_id, 200)
+        and _fits(issued_by, 100)
+        and 1 <= len(command.message_type) <= 100
+    ):
+        # The envelope's checks held: no model to build, validate and dump.
+        value = _body(
+            [
+                ("type", command.message_type),
+                ("aggregate_id", aggregate_id),
+                ("schema_version", command.schema_version),
+                ("occurred_at", occurred_at),
+                ("correlation_id", correlation_id),
+                ("causation_id", causation_id),
+                ("payload", command),
+                ("command_id", command_id),
+                ("expected_version", expected_version),
+                ("issued_by", issued_by),
+            ]
+        )
+        return EncodedMessage(
+            key=aggregate_id.encode(),
+            value=value,
+            headers=_headers(
+                {
+                    "type": command.message_type,
+                    "message_id": command_id,
+                    "schema_version": command.schema_version,
+                    "aggregate_id": aggregate_id,
+                    "expected_version": expected_version,
+                    "correlation_id": correlation_id,
+                    "causation_id": causation_id,
+                    "issued_by": issued_by,
+                }
+            ),
+        )
+    # Anything else goes through the envelope model, which coerces or refuses it.
     envelope = CommandEnvelope(
         type=command.message_type,
         command_id=command_id,
@@ -132,6 +195,51 @@ def encode_event(
     causation_id: str | None = None,
 ) -> EncodedMessage:
     """Encode an event for the event log (key = aggregate id)."""
+    if (
+        isinstance(event_id, UUID)
+        and isinstance(aggregate_id, str)
+        and _AGGREGATE_ID.fullmatch(aggregate_id)
+        and type(aggregate_version) is int
+        and aggregate_version >= 1
+        and isinstance(occurred_at, datetime)
+        and (command_id is None or isinstance(command_id, UUID))
+        and _fits(correlation_id, 200)
+        and _fits(causation_id, 200)
+        and 1 <= len(event.message_type) <= 100
+    ):
+        # The envelope's checks held: no model to build, validate and dump (the hot path of
+        # the command service: one of these per event).
+        value = _body(
+            [
+                ("type", event.message_type),
+                ("aggregate_id", aggregate_id),
+                ("schema_version", event.schema_version),
+                ("occurred_at", occurred_at),
+                ("correlation_id", correlation_id),
+                ("causation_id", causation_id),
+                ("payload", event),
+                ("event_id", event_id),
+                ("aggregate_version", aggregate_version),
+                ("command_id", command_id),
+            ]
+        )
+        return EncodedMessage(
+            key=aggregate_id.encode(),
+            value=value,
+            headers=_headers(
+                {
+                    "type": event.message_type,
+                    "message_id": event_id,
+                    "schema_version": event.schema_version,
+                    "aggregate_id": aggregate_id,
+                    "aggregate_version": aggregate_version,
+                    "occurred_at": occurred_at,
+                    "correlation_id": correlation_id,
+                    "causation_id": causation_id,
+                }
+            ),
+        )
+    # Anything else goes through the envelope model, which coerces or refuses it.
     envelope = EventEnvelope(
         type=event.message_type,
         event_id=event_id,
@@ -206,6 +314,18 @@ def _payload(
 
 def decode_command(value: bytes | None) -> DecodedCommand[Command]:
     """Parse a command record. Raises only `MessageError` subclasses, with the reason."""
+    if value is not None and len(value) <= MAX_RECORD_BYTES:
+        # The usual case in one pydantic-core pass over the bytes (no json.loads, no dict of
+        # the whole record); any failure takes the path below, which names the reason.
+        try:
+            envelope = CommandEnvelope.model_validate_json(value)
+        except ValidationError:
+            pass
+        else:
+            if envelope.type not in COMMANDS:
+                raise UnknownMessageTypeError(envelope.type, list(COMMANDS.types()))
+            payload = _payload(COMMANDS, envelope.type, envelope.schema_version, envelope.payload)
+            return DecodedCommand(envelope=envelope, payload=payload)
     obj = _parse_object(value)
     message_type = obj.get("type")
     if isinstance(message_type, str) and message_type not in COMMANDS:
@@ -220,6 +340,16 @@ def decode_command(value: bytes | None) -> DecodedCommand[Command]:
 
 def decode_event(value: bytes | None) -> DecodedEvent[Event]:
     """Parse an event record, upcasting older schema versions to the current model."""
+    if value is not None and len(value) <= MAX_RECORD_BYTES:
+        try:  # one pydantic-core pass in the usual case, as in decode_command
+            envelope = EventEnvelope.model_validate_json(value)
+        except ValidationError:
+            pass
+        else:
+            if envelope.type not in EVENTS:
+                raise UnknownMessageTypeError(envelope.type, list(EVENTS.types()))
+            payload = _payload(EVENTS, envelope.type, envelope.schema_version, envelope.payload)
+            return DecodedEvent(envelope=envelope, payload=payload)
     obj = _parse_object(value)
     message_type = obj.get("type")
     if isinstance(message_type, str) and message_type not in EVENTS:

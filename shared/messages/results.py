@@ -7,7 +7,6 @@ which is what makes idempotency survive restarts and partition moves.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
@@ -70,6 +69,6 @@ class CommandOutcome(BaseModel):
     @classmethod
     def decode(cls, value: bytes | None) -> CommandOutcome:
         try:
-            return cls.model_validate(json.loads(value or b""))
+            return cls.model_validate_json(value or b"")
         except (ValueError, ValidationError) as exc:
             raise MalformedRecordError(f"not a command outcome: {exc}") from None
