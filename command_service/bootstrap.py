@@ -129,7 +129,7 @@ async def main(settings: CommandServiceSettings) -> None:
         max_wait_ms=settings.batch_max_wait_ms,
         consumer_overrides=group_timing(settings.session_timeout_ms),
         # the handler restores each partition on its own (PartitionBook per partition)
-        concurrent_restore=True,
+        fence_concurrently=True,
     )
     client = CommandClient(bootstrap, topics)
 
