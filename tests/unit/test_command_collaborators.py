@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime
 
 import pytest
 
@@ -22,12 +21,10 @@ from command_service.records import RECORD_CODES, CommandRecords
 from command_service.snapshot_policy import SnapshotPolicy
 from command_service.snapshots import CHECKPOINT_KEY, encode_checkpoint, encode_state
 from shared.errors import MalformedRecordError, MessageError
-from shared.kafka.clients import partition_for_key
 from shared.kafka.records import Delivered, InboundRecord, OutboundRecord
-from shared.kafka.topics import Topics
 from shared.keystore import InMemoryKeyStore, SubjectErasedError
-from shared.messages import decode_event, encode_command, encode_event
-from shared.messages.base import Command, CommandEnvelope, Event
+from shared.messages import decode_event, encode_event
+from shared.messages.base import CommandEnvelope, Event
 from shared.messages.blog import (
     ERASURE_ISSUER,
     AuthorRegistered,
@@ -38,28 +35,7 @@ from shared.messages.blog import (
 )
 from shared.messages.results import CommandOutcome
 from shared.personal import is_sealed, open_value
-from shared.settings import KafkaSettings
-
-NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
-TOPICS = Topics.from_settings(KafkaSettings())
-PARTITIONS = 4
-
-
-def key_in(partition: int, prefix: str = "post") -> str:
-    return next(
-        k
-        for k in (f"{prefix}-{i}" for i in range(1000))
-        if partition_for_key(k.encode(), PARTITIONS) == partition
-    )
-
-
-def command_record(
-    command: Command, aggregate: str, *, partition: int = 0, offset: int = 0
-) -> InboundRecord:
-    message = encode_command(command, command_id=uuid.uuid4(), aggregate_id=aggregate)
-    return InboundRecord(
-        TOPICS.commands, partition, offset, message.key, message.value, message.headers
-    )
+from tests.unit.test_command_handler import NOW, PARTITIONS, TOPICS, command_record, key_in
 
 
 def envelope(aggregate: str, command_id: uuid.UUID | None = None) -> CommandEnvelope:
