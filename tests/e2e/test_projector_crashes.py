@@ -21,7 +21,6 @@ import tempfile
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -30,27 +29,20 @@ import pytest
 from esctl.localstack.kafka import free_port
 from esctl.localstack.postgres import LocalPostgres
 from shared.kafka import make_transactional_producer
-from shared.kafka.clients import partition_for_key
 from shared.kafka.records import InboundRecord
 from shared.kafka.topics import Topics, bootstrap_system_topics
-from shared.messages import encode_event
-from shared.messages.base import Event
-from shared.messages.blog import (
-    PostApproved,
-    PostCreated,
-    PostEdited,
-    PostPublished,
-    PostRejected,
-    PostSubmittedForReview,
-    PostUnpublished,
-)
 from shared.readmodel.pipeline import IndexedEvent, read_records
 from shared.readmodel.store import ReadStore
 from shared.readmodel.views import fold_batch
 from shared.settings import KafkaSettings
 from tests.conftest import unique
 from tests.e2e.harness import ServiceProcess
-from tests.e2e.test_read_side import first_positions, projector_env, stored_positions
+from tests.e2e.test_read_side import (
+    first_positions,
+    projector_env,
+    send_next_event,
+    stored_positions,
+)
 from tests.kafka_helpers import read_all, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -184,44 +176,12 @@ async def keep_writing(bootstrap: str, topic: str, stop: asyncio.Event, *, seed:
     producer = make_transactional_producer(bootstrap, f"test-writer-{uuid.uuid4().hex[:8]}")
     await producer.start()
     versions: dict[str, int] = {}
-    posts = [f"post-{i}" for i in range(400)]
-    moves: list[Event] = [
-        PostSubmittedForReview(),
-        PostApproved(),
-        PostPublished(),
-        PostUnpublished(),
-        PostRejected(reason="r"),
-    ]
     written = 0
     try:
         while not stop.is_set():
             await producer.begin_transaction()
             for _ in range(100):
-                post = rng.choice(posts)
-                version = versions.get(post, 0) + 1
-                versions[post] = version
-                event: Event
-                if version == 1:
-                    event = PostCreated(author_id="a", title=f"{post} v1", body="b", tags=["t"])
-                elif rng.random() < 0.4:
-                    tags = rng.sample(["t", "u", "v", "w"], rng.randint(0, 3))
-                    event = PostEdited(title=f"{post} v{version}", tags=tags)
-                else:
-                    event = rng.choice(moves)
-                m = encode_event(
-                    event,
-                    event_id=uuid.uuid4(),
-                    aggregate_id=post,
-                    aggregate_version=version,
-                    occurred_at=datetime.now(UTC),
-                )
-                await producer.send(
-                    topic,
-                    m.value,
-                    key=m.key,
-                    headers=m.headers,
-                    partition=partition_for_key(m.key, PARTITIONS),
-                )
+                await send_next_event(producer, topic, PARTITIONS, rng, versions, edit_tags=True)
                 written += 1
             await producer.commit_transaction()
             await asyncio.sleep(0.05)

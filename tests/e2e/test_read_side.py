@@ -107,6 +107,51 @@ async def all_rows(store: ReadStore) -> dict[str, dict[str, Any]]:
             return rows
 
 
+POSTS = [f"post-{i}" for i in range(400)]
+MOVES: list[Event] = [
+    PostSubmittedForReview(),
+    PostApproved(),
+    PostPublished(),
+    PostUnpublished(),
+    PostRejected(reason="r"),
+]
+
+
+async def send_next_event(
+    producer: Any,
+    topic: str,
+    partitions: int,
+    rng: random.Random,
+    versions: dict[str, int],
+    *,
+    edit_tags: bool = False,
+) -> None:
+    """Send the next event of one of 400 posts the way the command service does: key = post id,
+    partition = murmur2(key), versions 1..n (`versions` keeps them); edits change tags too when
+    `edit_tags`."""
+    post = rng.choice(POSTS)
+    version = versions.get(post, 0) + 1
+    versions[post] = version
+    event: Event
+    if version == 1:
+        event = PostCreated(author_id="a", title=f"{post} v1", body="b", tags=["t"])
+    elif rng.random() < 0.4:
+        tags = rng.sample(["t", "u", "v", "w"], rng.randint(0, 3)) if edit_tags else None
+        event = PostEdited(title=f"{post} v{version}", tags=tags)
+    else:
+        event = rng.choice(MOVES)
+    m = encode_event(
+        event,
+        event_id=uuid.uuid4(),
+        aggregate_id=post,
+        aggregate_version=version,
+        occurred_at=datetime.now(UTC),
+    )
+    await producer.send(
+        topic, m.value, key=m.key, headers=m.headers, partition=partition_for_key(m.key, partitions)
+    )
+
+
 async def write_events(
     bootstrap: str, topic: str, partitions: int, total: int, *, rate_per_s: float, seed: int = 3
 ) -> None:
@@ -116,14 +161,6 @@ async def write_events(
     producer = make_transactional_producer(bootstrap, f"test-writer-{uuid.uuid4().hex[:8]}")
     await producer.start()
     versions: dict[str, int] = {}
-    posts = [f"post-{i}" for i in range(400)]
-    choices: list[Event] = [
-        PostSubmittedForReview(),
-        PostApproved(),
-        PostPublished(),
-        PostUnpublished(),
-        PostRejected(reason="r"),
-    ]
     loop = asyncio.get_running_loop()
     started = loop.time()
     written = 0
@@ -131,30 +168,7 @@ async def write_events(
         while written < total:
             await producer.begin_transaction()
             for _ in range(100):
-                post = rng.choice(posts)
-                version = versions.get(post, 0) + 1
-                event: Event
-                if version == 1:
-                    event = PostCreated(author_id="a", title=f"{post} v1", body="b", tags=["t"])
-                elif rng.random() < 0.4:
-                    event = PostEdited(title=f"{post} v{version}")
-                else:
-                    event = rng.choice(choices)
-                versions[post] = version
-                m = encode_event(
-                    event,
-                    event_id=uuid.uuid4(),
-                    aggregate_id=post,
-                    aggregate_version=version,
-                    occurred_at=datetime.now(UTC),
-                )
-                await producer.send(
-                    topic,
-                    m.value,
-                    key=m.key,
-                    headers=m.headers,
-                    partition=partition_for_key(m.key, partitions),
-                )
+                await send_next_event(producer, topic, partitions, rng, versions)
                 written += 1
             await producer.commit_transaction()
             ahead = written / rate_per_s - (loop.time() - started)
