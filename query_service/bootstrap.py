@@ -49,6 +49,7 @@ def build_app(settings: QueryServiceSettings, adapters: QueryAdapters) -> FastAP
         health=health,
         consistency_wait_s=settings.consistency_wait_ms / 1000,
         body_limit=settings.http_body_limit_bytes,
+        consistency_poll_s=settings.consistency_poll_ms / 1000,
     )
 
 

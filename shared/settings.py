@@ -92,6 +92,14 @@ class QueryServiceSettings(ServiceSettings):
     http_port: int = 8002
     read_store_url: str = "sqlite:///./var/read-store.sqlite3"
     consistency_wait_ms: int = Field(default=5_000, ge=0)
+    consistency_poll_ms: float = Field(
+        default=10,
+        gt=0,
+        le=1_000,
+        description="while a request waits for its consistency token, the read store's "
+        "positions are read at least this often: 1 ms after a waiter arrives or the positions "
+        "move, doubling up to this while nothing moves",
+    )
     key_store_url: str = Field(
         default=KEY_STORE_DEFAULT, description="keys to open personal fields with"
     )
