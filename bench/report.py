@@ -220,6 +220,30 @@ def _pipeline_section(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _processes_section(r: dict[str, Any]) -> list[str]:
+    rows = [r[k] for k in ("pipeline_processes1", "pipeline_processes2") if k in r]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## One or two command-service processes (one consumer group, 1 broker, batch 2000)",
+        "",
+        "The processes start first and the group settles (Stable, all members); then the "
+        "backlog is written in one transaction, which their read_committed consumers see at "
+        "once; the clock as above (first command decided -> committed offsets at the end). "
+        "Broker, processes and the producer of the backlog share the 2 cores.",
+        "",
+        "| processes | commands | commands/s | ratio to 1 process (pair by pair) |",
+        "|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        pair = f"{row['ratio_to_one']:.2f}"
+        if row["processes"] > 1 and len(row.get("runs", [])) > 1:
+            pair += f" ({row['ratio_to_one_min']:.2f}-{row['ratio_to_one_max']:.2f})"
+        lines.append(f"| {row['processes']} | {row['commands']} | {figure(row)} | {pair} |")
+    return lines
+
+
 def _durability_section(r: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     peer_d = r.get("durability_peer", {})
@@ -302,6 +326,7 @@ def write_markdown(results: Results, path: Path, smoke: bool) -> None:
     )
     peer_memory = get("peer_eventsourcing_memory", "events_per_s")
     lines += _pipeline_section(r)
+    lines += _processes_section(r)
     raw_consume_rate = get("raw_consume_200B", "records_per_s")
     lines += [
         "",

@@ -27,6 +27,7 @@ from bench.end_to_end import scenario_end_to_end
 from bench.limits import scenario_limits
 from bench.peer import scenario_peer
 from bench.pipeline import scenario_pipeline, scenario_pipeline_durable
+from bench.processes import scenario_processes
 from bench.projector import scenario_projector
 from bench.rebuild import scenario_rebuild
 from bench.recovery import scenario_recovery
@@ -72,6 +73,10 @@ async def main(args: argparse.Namespace) -> Results:
             (
                 "command pipeline",
                 lambda: scenario_pipeline(bootstrap, sizes, results, workdir, rss),
+            ),
+            (
+                "processes (1 and 2 command services)",
+                lambda: scenario_processes(bootstrap, sizes, results, workdir, rss),
             ),
             (
                 "projector",

@@ -28,6 +28,8 @@ SCENARIOS = [
     "raw_eos_pipeline_rf3_batch500",
     "raw_eos_latency_pipeline_rf3",
     "durability_pipeline_rf3",
+    "pipeline_processes1",
+    "pipeline_processes2",
     "rebuild_sqlite",
     "projector_sqlite",
     "projector_postgresql",
@@ -83,6 +85,13 @@ def test_bench_smoke_runs_every_scenario_and_writes_the_report(
                 assert row["commands"] == sizes.pipeline, row
                 assert len(row["runs"]) == sizes.repeat and row["min"] <= row["max"], row
             assert rows[f"{key}_batch{batch}"]["ratio_to_raw_eos"] > 0
+    # 1 and 2 processes: each over the same (doubled) backlog, a ratio from the pairs
+    for processes in (1, 2):
+        row = rows[f"pipeline_processes{processes}"]
+        assert (row["processes"], row["commands"]) == (processes, 2 * sizes.pipeline), row
+        assert len(row["runs"]) == sizes.repeat and row["min"] <= row["max"], row
+    assert rows["pipeline_processes2"]["ratio_to_one"] > 0
+    assert "## One or two command-service processes" in (tmp_path / "RESULTS.smoke.md").read_text()
     # the durable rows ran where they say: 3 brokers, the service's topics at RF 3, min ISR 2
     durable = rows["durability_pipeline_rf3"]
     assert (durable["brokers"], durable["replication_factor"], durable["min_insync_replicas"]) == (
