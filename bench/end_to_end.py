@@ -55,16 +55,25 @@ async def scenario_end_to_end(
                 p99_ms=round(percentile(sequential, 0.99) * 1000, 1),
             )
             me = psutil.Process()
+            processes = {
+                "command_service": psutil.Process(cmd.pid),
+                "projector": psutil.Process(proj.pid),
+                "query_service": psutil.Process(query.pid),
+                "load_generator": me,
+            } | _broker_processes(bootstrap)
             for rate in sizes.e2e_rates:
-                cpu0 = me.cpu_times()
+                cpu0 = _cpu_seconds(processes)
                 wall0 = time.perf_counter()
                 latencies, errors, achieved = await _open_loop(
                     http, cmd.url, query.url, rate, sizes.e2e_seconds
                 )
-                cpu1 = me.cpu_times()
-                generator_cpu = ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / (
-                    time.perf_counter() - wall0
-                )
+                cpu1 = _cpu_seconds(processes)
+                wall = time.perf_counter() - wall0
+                generator_cpu = (cpu1["load_generator"] - cpu0["load_generator"]) / wall
+                answered = max(len(latencies), 1)
+                cpu_ms = {
+                    name: round((cpu1[name] - cpu0[name]) / answered * 1000, 2) for name in cpu1
+                }
                 sustained = (
                     errors == 0 and achieved >= 0.95 * rate and (percentile(latencies, 0.99) < 1.0)
                 )
@@ -79,11 +88,40 @@ async def scenario_end_to_end(
                     errors=errors,
                     sustained=sustained,
                     generator_cpu_cores=round(generator_cpu, 2),
+                    # CPU (user + system) per answered command, by process, over the same
+                    # interval: where the 2 cores go when the load is offered
+                    cpu_ms_per_command=cpu_ms,
                 )
             results.put("e2e_highest_sustained", commands_per_s=best)
     finally:
         for svc in (cmd, proj, query):
             await svc.stop()
+
+
+def _broker_processes(bootstrap: str) -> dict[str, psutil.Process]:
+    """The broker process(es) listening on the bootstrap ports of this machine (none when the
+    broker is elsewhere)."""
+    ports = {int(address.rsplit(":", 1)[1]) for address in bootstrap.split(",")}
+    found: dict[str, psutil.Process] = {}
+    try:
+        for conn in psutil.net_connections("tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port in ports and conn.pid:
+                name = "broker" if len(ports) == 1 else f"broker:{conn.laddr.port}"
+                found[name] = psutil.Process(conn.pid)
+    except psutil.AccessDenied:  # not root on macOS: no broker row
+        pass
+    return found
+
+
+def _cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
+    out = {}
+    for name, proc in processes.items():
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        out[name] = times.user + times.system
+    return out
 
 
 async def _create_then_read(

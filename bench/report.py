@@ -244,6 +244,34 @@ def _processes_section(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _e2e_cpu_section(r: dict[str, Any]) -> list[str]:
+    """Where the CPU of one end-to-end command goes, per offered rate and process."""
+    rows = [
+        (row["offered"], row["cpu_ms_per_command"])
+        for key, row in r.items()
+        if key.startswith("e2e_") and isinstance(row, dict) and row.get("cpu_ms_per_command")
+    ]
+    if not rows:
+        return []
+    names = sorted({name for _, cpu in rows for name in cpu})
+    lines = [
+        "",
+        "CPU per answered command (user + system ms, each process over the same interval; the "
+        "broker found by its listening port; at low rates its own background work, spread over "
+        "few commands, dominates). Their sum bounds what 2 cores can sustain: 2000 / sum "
+        "commands/s.",
+        "",
+        "| offered/s | " + " | ".join(names) + " | sum | 2 cores / sum, commands/s |",
+        "|---:|" + "---:|" * (len(names) + 2),
+    ]
+    for offered, cpu in rows:
+        total = sum(cpu.values())
+        cells = " | ".join(f"{cpu[n]:.2f}" if n in cpu else "-" for n in names)
+        bound = round(2000 / total) if total else "-"
+        lines.append(f"| {offered} | {cells} | {total:.2f} | {bound} |")
+    return lines
+
+
 def _durability_section(r: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     peer_d = r.get("durability_peer", {})
@@ -370,6 +398,7 @@ def write_markdown(results: Results, path: Path, smoke: bool) -> None:
         f"queueing; {get('e2e_sequential', 'requests')} requests, run first): p50 "
         f"{get('e2e_sequential', 'p50_ms')} ms, p99 {get('e2e_sequential', 'p99_ms')} ms."
     )
+    lines += _e2e_cpu_section(r)
     timers = r.get("workflow_timers")
     if timers:
         lines += [

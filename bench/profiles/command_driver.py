@@ -26,6 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 from aiokafka import TopicPartition
 
 from bench.common import register_author, service_env
@@ -73,6 +74,11 @@ async def _produce_creates(bootstrap: str, topic: str, n: int, author: str) -> N
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
+
+
+def _cpu_s(procs: list[psutil.Process]) -> float:
+    """User + system CPU seconds of the processes so far."""
+    return sum(sum(p.cpu_times()[:2]) for p in procs)
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
@@ -124,15 +130,18 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
+        procs = [psutil.Process(svc.pid) for svc in services if svc.pid is not None]
         first: float | None = None
         first_done = base
+        first_cpu = 0.0
         deadline = time.perf_counter() + args.timeout
         while time.perf_counter() < deadline:
             done = await _committed_total(probe, topics.commands)
             now = time.perf_counter()
             if first is None and done > base:
-                first, first_done = now, done
+                first, first_done, first_cpu = now, done, _cpu_s(procs)
             if done >= end:
+                cpu = _cpu_s(procs) - first_cpu
                 break
             await asyncio.sleep(0.02)
         else:
@@ -154,6 +163,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "batch": args.batch,
         "seconds": round(elapsed, 3),
         "commands_per_s": round(counted / max(elapsed, 1e-6)),
+        # CPU of the service processes (user + system) per command over the same interval:
+        # what the machine's other load changes least
+        "cpu_us_per_command": round(cpu / max(counted, 1) * 1e6, 1),
         "env": extra,
     }
 
