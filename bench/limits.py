@@ -110,6 +110,8 @@ class EosRun:
 
     commands: int
     seconds: float
+    #: CPU (user + system) of this process over the same interval, per command
+    cpu_us_per_command: float = 0.0
 
     @property
     def commands_per_s(self) -> float:
@@ -171,17 +173,19 @@ async def raw_eos_loop(
     try:
         done = 0
         first: float | None = None
+        cpu0 = 0.0
         while done < n:
             fetched = await consumer.getmany(timeout_ms=20, max_records=batch)
             jobs = [transact(tp, recs) for tp, recs in fetched.items() if recs]
             if not jobs:
                 continue
             if first is None:
-                first = time.perf_counter()
+                first, cpu0 = time.perf_counter(), time.process_time()
             await asyncio.gather(*jobs)
             done += sum(len(recs) for recs in fetched.values())
         assert first is not None
-        return EosRun(done, time.perf_counter() - first)
+        cpu_us = (time.process_time() - cpu0) / done * 1e6
+        return EosRun(done, time.perf_counter() - first, round(cpu_us, 1))
     finally:
         await consumer.stop()
         await asyncio.gather(*(p.stop() for p in producers.values()))

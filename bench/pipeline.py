@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -29,6 +30,7 @@ from bench.durability import kafka_durability
 from bench.limits import (
     FALLBACK_EVENT,
     FALLBACK_OUTCOME,
+    EosRun,
     Template,
     raw_eos_latency,
     raw_eos_loop,
@@ -52,6 +54,8 @@ class PipelineRun:
     event: Template | None
     outcome: Template | None
     events_topic: str
+    #: the service's CPU (user + system) from the clock's start to its end, per command
+    cpu_us_per_command: float
 
     @property
     def commands_per_s(self) -> float:
@@ -114,14 +118,25 @@ async def produce_creates(bootstrap: str, topic: str, n: int, author: str) -> No
 
 
 async def _wait_committed(
-    bootstrap: str, group: str, topic: str, end: int, svc: ServiceProcess, timeout_s: float
+    bootstrap: str,
+    group: str,
+    topic: str,
+    end: int,
+    svc: ServiceProcess,
+    timeout_s: float,
+    cpu: list[tuple[float, float]] | None = None,
 ) -> float:
-    """Poll the group's committed offsets until they reach `end`; the wall time it was seen."""
+    """Poll the group's committed offsets until they reach `end`; the wall time it was seen.
+    With `cpu`, append (wall time, the service's CPU seconds) at every poll."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
+    process = psutil.Process(svc.pid) if cpu is not None and svc.pid is not None else None
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            if process is not None and cpu is not None:
+                times = process.cpu_times()
+                cpu.append((time.time(), times.user + times.system))
             offsets = await admin.list_consumer_group_offsets(group)
             done = sum(m.offset for tp, m in offsets.items() if tp.topic == topic and m.offset > 0)
             if done >= end:
@@ -177,8 +192,9 @@ async def run_pipeline_once(
     svc.start()
     try:
         rss.watch(f"command_service (pipeline{label}, batch {batch})", svc.pid)
+        cpu: list[tuple[float, float]] = []
         finished = await _wait_committed(
-            bootstrap, group, topics.commands, end, svc, timeout_s=max(120.0, n / 50)
+            bootstrap, group, topics.commands, end, svc, timeout_s=max(120.0, n / 50), cpu=cpu
         )
     finally:
         await svc.stop()
@@ -188,25 +204,29 @@ async def run_pipeline_once(
     if not decided:
         raise RuntimeError("the pipeline wrote no outcome for the backlog")
     started = min(datetime.fromisoformat(d.replace("Z", "+00:00")).timestamp() for d in decided)
+    # the service's CPU at the clock's start: the last sample before it (polls are 20 ms apart)
+    cpu_start = max((c for t, c in cpu if t <= started), default=cpu[0][1] if cpu else 0.0)
+    cpu_end = cpu[-1][1] if cpu else 0.0
     return PipelineRun(
         commands=n,
         seconds=max(finished - started, 1e-6),
         event=_template(events[0]) if events else None,
         outcome=_template(outcomes[0]) if outcomes else None,
         events_topic=topics.events,
+        cpu_us_per_command=round((cpu_end - cpu_start) / n * 1e6, 1),
     )
 
 
 async def run_raw_eos_once(
     bootstrap: str, n: int, batch: int, event: Template, outcome: Template, *, replication: int
-) -> float:
-    """The raw exactly-once loop over its own backlog of the same commands: commands/s."""
+) -> EosRun:
+    """The raw exactly-once loop over its own backlog of the same commands."""
     base = f"bench-eos-{uuid.uuid4().hex[:6]}"
     durable = {"min.insync.replicas": str(min(2, replication))}
     names = [f"{base}.commands", f"{base}.events", f"{base}.results"]
     await ensure_topics(bootstrap, [TopicSpec(t, PARTITIONS, replication, durable) for t in names])
     await produce_creates(bootstrap, names[0], n, AUTHOR)
-    run = await raw_eos_loop(
+    return await raw_eos_loop(
         bootstrap,
         commands=names[0],
         events=names[1],
@@ -217,7 +237,6 @@ async def run_raw_eos_once(
         event=event,
         outcome=outcome,
     )
-    return run.commands_per_s
 
 
 async def scenario_pipeline(
@@ -241,6 +260,8 @@ async def scenario_pipeline(
     for batch in batches or sizes.pipeline_batches:
         pipeline_rates: list[float] = []
         raw_rates: list[float] = []
+        pipeline_cpu: list[float] = []
+        raw_cpu: list[float] = []
         for _ in range(sizes.repeat):
             run = await run_pipeline_once(
                 bootstrap, sizes.pipeline, batch, workdir, rss, replication=replication, label=label
@@ -249,12 +270,13 @@ async def scenario_pipeline(
                 event, outcome, sampled = run.event, run.outcome, True
             events_topic = run.events_topic
             pipeline_rates.append(run.commands_per_s)
-            raw_rates.append(
-                await run_raw_eos_once(
-                    bootstrap, sizes.pipeline, batch, event, outcome, replication=replication
-                )
+            pipeline_cpu.append(run.cpu_us_per_command)
+            raw = await run_raw_eos_once(
+                bootstrap, sizes.pipeline, batch, event, outcome, replication=replication
             )
-        pipe, raw = spread(pipeline_rates), spread(raw_rates)
+            raw_rates.append(raw.commands_per_s)
+            raw_cpu.append(raw.cpu_us_per_command)
+        pipe, raw_spread = spread(pipeline_rates), spread(raw_rates)
         pairs = spread([p / r for p, r in zip(pipeline_rates, raw_rates, strict=True)])
         results.put(
             f"{key}_batch{batch}",
@@ -267,13 +289,15 @@ async def scenario_pipeline(
             ratio_to_raw_eos=pairs["median"],
             ratio_to_raw_eos_min=pairs["min"],
             ratio_to_raw_eos_max=pairs["max"],
+            cpu_us_per_command=spread(pipeline_cpu)["median"],
         )
         results.put(
             f"raw_eos_{key}_batch{batch}",
-            commands_per_s=round(raw["median"]),
-            min=round(raw["min"]),
-            max=round(raw["max"]),
-            runs=[round(v) for v in raw["runs"]],
+            commands_per_s=round(raw_spread["median"]),
+            min=round(raw_spread["min"]),
+            max=round(raw_spread["max"]),
+            runs=[round(v) for v in raw_spread["runs"]],
+            cpu_us_per_command=spread(raw_cpu)["median"],
             commands=sizes.pipeline,
             replication_factor=replication,
             event_bytes=len(event.value),

@@ -159,12 +159,16 @@ def _pipeline_section(r: dict[str, Any]) -> list[str]:
         "event per command and waits for the acks, then one outcome per command and waits, "
         "sends the offsets to the transaction and commits; the event and outcome are copies "
         "of records the pipeline wrote in this run (sizes below), no decoding or deciding. The "
-        "pipeline also writes snapshots, which the loop does not.",
+        "pipeline also writes snapshots, which the loop does not. CPU per command: user + "
+        "system time of the command-service process (the raw loop: of its own process) over "
+        "the clock's interval, divided by the commands (medians of the runs); what the "
+        "machine's other load changes least, and what shows where the time goes: both sides "
+        "run one Python process on one core.",
         "",
         "| brokers | max commands per transaction | commands/s | raw EOS loop commands/s "
         "| ratio to raw EOS loop | ratio to raw transactional produce (200 B, 500/txn) "
-        "| ratio to the peer in memory |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| ratio to the peer in memory | CPU us per command: service / raw loop |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for prefix, brokers in (("pipeline", "1, RF 1"), ("pipeline_rf3", "3, RF 3, min ISR 2")):
         for key, row in r.items():
@@ -183,7 +187,8 @@ def _pipeline_section(r: dict[str, Any]) -> list[str]:
                 f"| {brokers} | {key.removeprefix(f'{prefix}_batch')} | {figure(row)} | "
                 f"{figure(raw_eos)} | {pair_text} | "
                 f"{ratio(row['commands_per_s'], raw_txn) if prefix == 'pipeline' else '-'} | "
-                f"{ratio(row['commands_per_s'], peer_memory)} |"
+                f"{ratio(row['commands_per_s'], peer_memory)} | "
+                f"{row.get('cpu_us_per_command', '-')} / {raw_eos.get('cpu_us_per_command', '-')} |"
             )
     sample = next((v for k, v in r.items() if k.startswith("raw_eos_pipeline_batch")), None)
     if sample:

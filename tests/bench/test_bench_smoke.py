@@ -85,6 +85,9 @@ def test_bench_smoke_runs_every_scenario_and_writes_the_report(
                 assert row["commands"] == sizes.pipeline, row
                 assert len(row["runs"]) == sizes.repeat and row["min"] <= row["max"], row
             assert rows[f"{key}_batch{batch}"]["ratio_to_raw_eos"] > 0
+            # the CPU each side spent per command: sampled from the processes, so positive
+            assert rows[f"{key}_batch{batch}"]["cpu_us_per_command"] > 0
+            assert rows[f"raw_eos_{key}_batch{batch}"]["cpu_us_per_command"] > 0
     # 1 and 2 processes: each over the same (doubled) backlog, a ratio from the pairs
     for processes in (1, 2):
         row = rows[f"pipeline_processes{processes}"]
@@ -112,6 +115,9 @@ def test_bench_smoke_runs_every_scenario_and_writes_the_report(
     for rate in sizes.e2e_rates:
         row = rows[f"e2e_{rate}_per_s"]
         assert row["offered"] == rate and row["achieved"] > 0, row
+        # CPU per command of every process of the run, the services' and the broker's included
+        cpu = row["cpu_ms_per_command"]
+        assert {"command_service", "projector", "query_service", "broker"} <= set(cpu), row
         assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"], row
     sustained = [rate for rate in sizes.e2e_rates if rows[f"e2e_{rate}_per_s"]["sustained"]]
     assert rows["e2e_highest_sustained"]["commands_per_s"] == max(sustained, default=0)
