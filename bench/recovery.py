@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 
 from bench.common import Results, RssSampler, Sizes, event_log, register_author, service_env
@@ -32,6 +34,9 @@ async def scenario_recovery(
         try:
             await svc.wait_healthy(timeout_s=600)
             rss.watch(f"command_service (recovery {n:,})", svc.pid)
+            # /health answers 200 before the group assigns anything (nothing is restoring
+            # yet): wait until the process owns all six partitions and restores none.
+            await all_partitions_restored(svc.url, 6, timeout_s=900)
             # Ready = its partitions are restored and it answers a command.
             await register_author(bootstrap, topics, "rec-author", wait_s=900)
             ready = time.perf_counter() - start
@@ -49,3 +54,17 @@ async def scenario_recovery(
         a = results.rows[f"recovery_{small}_events"]["rss_mb"]
         b = results.rows[f"recovery_{large}_events"]["rss_mb"]
         results.put("memory_per_100k_aggregates", mb=round((b - a) / ((large - small) / 1e5), 1))
+
+
+async def all_partitions_restored(url: str, partitions: int, timeout_s: float) -> None:
+    """Until the service's /health reports `partitions` owned and none restoring."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        while True:
+            body = (await client.get(f"{url}/health")).json()
+            state = body.get("partitions", {})
+            if len(state.get("owned", [])) == partitions and not state.get("restoring"):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"partitions not restored in {timeout_s} s: {state}")
+            await asyncio.sleep(0.05)
