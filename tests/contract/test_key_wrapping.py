@@ -167,12 +167,14 @@ async def test_a_wrong_or_missing_kek_is_a_clear_error_and_nothing_is_created(ur
     ]
 
 
-async def test_keys_in_the_clear_from_before_wrapping_are_wrapped_when_first_opened(
-    url: str,
+@pytest.mark.parametrize("by", ["first open", "rotate-kek"])
+async def test_keys_in_the_clear_from_before_wrapping_are_wrapped_in_place(
+    url: str, by: str
 ) -> None:
     """A key table as written before wrapping (no kek_id column, keys in the clear): the first
-    open with a KEK adds the column and wraps every key in place; the keys read the same; the
-    table holds no key in the clear afterwards; erased rows stay erased."""
+    open with a KEK (a service's start), or `esctl keys rotate-kek`, adds the column and wraps
+    every key in place; the keys read the same; the table holds no key in the clear afterwards;
+    erased rows stay erased."""
     sqlite = url.startswith("sqlite")
     binary, time = ("BLOB", "TIMESTAMP") if sqlite else ("BYTEA", "TIMESTAMPTZ")
     await sql(
@@ -200,6 +202,8 @@ async def test_keys_in_the_clear_from_before_wrapping_are_wrapped_when_first_ope
     async with opened(url, None) as store:
         assert (await store.status()).unwrapped == 3
     async with opened(url, KeyRing(NEW)) as store:
+        if by == "rotate-kek":
+            assert await store.rotate() == 3
         assert await store.keys([*clear, "gone"]) == clear
         assert (await store.status()).by_kek == {KeyRing(NEW).current_id: 3}
     dump = await sql(url, "SELECT * FROM subject_keys")
