@@ -36,9 +36,19 @@ from bench.snapshot_recovery import scenario_snapshot_recovery
 from bench.workflow_timers import scenario_workflow_timers
 from esctl.localstack.kafka import LocalKafkaCluster
 from esctl.localstack.postgres import LocalPostgres
+from shared.kek import ensure_kek_file
 from shared.logging import configure_logging
 
 __all__ = ["Sizes", "cli", "main"]  # Sizes: what the smoke test sends
+
+
+def use_local_kek(workdir: Path) -> None:
+    """The services' key store wraps its keys (shared/kek.py): unless a KEK is configured, one
+    of this run's, as `esctl up` makes one, inherited by every service process started."""
+    if not (os.environ.get("KEY_ENCRYPTION_KEY") or os.environ.get("KEY_ENCRYPTION_KEY_FILE")):
+        kek = workdir / "key-encryption-key"
+        ensure_kek_file(kek)
+        os.environ["KEY_ENCRYPTION_KEY_FILE"] = str(kek)
 
 
 async def main(args: argparse.Namespace) -> Results:
@@ -47,6 +57,7 @@ async def main(args: argparse.Namespace) -> Results:
         sizes.repeat = args.repeat
     workdir = Path(tempfile.mkdtemp(prefix="esctl-bench-"))
     workdir.chmod(0o755)  # noqa: ASYNC240  # root-run PostgreSQL runs as `postgres`: let it in
+    use_local_kek(workdir)
     results = Results(machine=machine_facts() | {"repeat": sizes.repeat})
     cluster: LocalKafkaCluster | None = None
     pg: LocalPostgres | None = None

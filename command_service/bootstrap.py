@@ -25,7 +25,12 @@ from shared.keystore import KeyStore
 from shared.lifecycle.erase import ErasureReport, erase_subject
 from shared.logging import get_logger
 from shared.messages.codec import utcnow
-from shared.service import kafka_health, serve, wait_for_kafka_at_start
+from shared.service import (
+    kafka_health,
+    open_key_store_at_start,
+    serve,
+    wait_for_kafka_at_start,
+)
 from shared.settings import CommandServiceSettings
 
 log = get_logger(__name__)
@@ -101,12 +106,13 @@ def build_app(settings: CommandServiceSettings, adapters: CommandAdapters) -> Fa
 async def main(settings: CommandServiceSettings) -> None:
     bootstrap = settings.kafka_bootstrap_servers
     topics = Topics.from_settings(settings)
+    # first: a missing or wrong key-encryption key ends the process here, in one line
+    keys = await open_key_store_at_start(settings.key_store_url, settings)
     # Idempotent; refuses to start when commands and events differ in partition count.
     await wait_for_kafka_at_start(settings)
     counts = await bootstrap_system_topics(settings)
     log.info("topics_ready", partitions=counts)
     authors = KafkaAuthorDirectory(bootstrap, topics)
-    keys = KeyStore(settings.key_store_url)
     handler = CommandHandler(
         topics=topics,
         partitions=counts[topics.commands],

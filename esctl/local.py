@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from esctl.common import STATE_DIR, DataDir, console, say
+from esctl.common import STATE_DIR, DataDir, console, say, say_and_exit
 from esctl.kafka import kafka_start
 from esctl.localstack import kafka as lk
 
@@ -30,6 +30,34 @@ SERVICES = {
 def _local_key_store_url() -> str:
     """The key store `esctl up` gives the services: under ESCTL_STATE_DIR, made absolute."""
     return f"sqlite:///{(STATE_DIR / 'keys.sqlite3').resolve()}"
+
+
+#: The key-encryption key `esctl up` makes for its key store when none is configured.
+LOCAL_KEK_FILE = "key-encryption-key"
+
+
+def local_key_encryption_key(env: dict[str, str]) -> None:
+    """Give the services a key-encryption key: the configured one (KEY_ENCRYPTION_KEY or
+    KEY_ENCRYPTION_KEY_FILE), else the local one under ESCTL_STATE_DIR, made (mode 0600) the
+    first time. Local only: a KEK beside the keys protects nothing from whoever copies the
+    directory."""
+    from shared.errors import EsError
+    from shared.kek import ensure_kek_file
+
+    if env.get("KEY_ENCRYPTION_KEY") or env.get("KEY_ENCRYPTION_KEY_FILE"):
+        return
+    path = (STATE_DIR / LOCAL_KEK_FILE).resolve()
+    try:
+        made = ensure_kek_file(path)
+    except (EsError, OSError) as exc:
+        say_and_exit(f"the local key-encryption key {path}: {exc}")
+    env["KEY_ENCRYPTION_KEY_FILE"] = str(path)
+    say(
+        f"no KEY_ENCRYPTION_KEY set: the key store's keys are wrapped with the local "
+        f"key-encryption key in {path}" + (" (made now, mode 0600)" if made else ""),
+        label="keys",
+        style="yellow",
+    )
 
 
 def local_erasure_token_file(command_port: int) -> Path:
@@ -98,6 +126,7 @@ def up(
             "WORKFLOW_STORE_URL", f"sqlite:///{(STATE_DIR / 'workflows.sqlite3').resolve()}"
         )
         env.setdefault("KEY_STORE_URL", _local_key_store_url())
+        local_key_encryption_key(env)
         if not env.get("ERASURE_TOKEN"):  # `esctl erase` finds it there, from any directory
             token_file.parent.mkdir(parents=True, exist_ok=True)
             token_file.touch(mode=0o600)

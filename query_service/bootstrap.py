@@ -13,10 +13,9 @@ from typing import Any
 from fastapi import FastAPI
 
 from query_service.api import build_api
-from shared.keystore import KeyStore
 from shared.readmodel.pipeline import KeyReader
 from shared.readmodel.store import ReadStore
-from shared.service import serve
+from shared.service import open_key_store_at_start, serve
 from shared.settings import QueryServiceSettings
 
 #: The settings class this service reads (environment variables: `env_var_names(SETTINGS)`).
@@ -54,8 +53,8 @@ def build_app(settings: QueryServiceSettings, adapters: QueryAdapters) -> FastAP
 
 
 async def main(settings: QueryServiceSettings) -> None:
+    keys = await open_key_store_at_start(settings.key_store_url, settings)
     store = ReadStore(settings.read_store_url)
-    keys = KeyStore(settings.key_store_url)
 
     async def startup() -> None:
         # The projector owns the schema; migrating here too lets either start first.

@@ -13,10 +13,12 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from shared.errors import InfrastructureUnavailable
+from shared.errors import EsError, InfrastructureUnavailable
 from shared.kafka.clients import wait_for_brokers
+from shared.kek import KeyRing
+from shared.keystore import KeyStore
 from shared.logging import configure_logging, get_logger
-from shared.settings import ServiceSettings
+from shared.settings import KeyEncryptionSettings, ServiceSettings
 
 log = get_logger(__name__)
 
@@ -97,6 +99,30 @@ async def wait_for_kafka_at_start(settings: ServiceSettings) -> None:
     finally:
         aiokafka_log.setLevel(level)
     log.info("kafka_reachable", kafka=bootstrap, waited_s=round(time.monotonic() - started, 1))
+
+
+async def open_key_store_at_start(url: str, settings: KeyEncryptionSettings) -> KeyStore:
+    """The service's key store, opened before anything else starts: without a key-encryption
+    key, or with one that does not open the stored keys, the process ends with one line
+    (`key_store_refused`: the code and why) instead of failing on its first personal field. A
+    database that does not answer yet is only noted: the first use opens the store."""
+    try:
+        ring = KeyRing.from_settings(settings)
+    except EsError as exc:
+        log.error("key_store_refused", code=exc.code, error=exc.message)
+        raise SystemExit(1) from None
+    store = KeyStore(url, ring)
+    try:
+        await store.open()
+    except InfrastructureUnavailable as exc:
+        log.warning("key_store_not_reachable_at_start", key_store=store.where, error=exc.message)
+    except EsError as exc:
+        await store.close()
+        log.error("key_store_refused", code=exc.code, error=exc.message, key_store=store.where)
+        raise SystemExit(1) from None
+    else:
+        log.info("key_store_opened", key_store=store.where, kek_id=ring.current_id)
+    return store
 
 
 def run(

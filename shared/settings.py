@@ -9,11 +9,44 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The key store of personal data: shared by the command service, the query service and `esctl`.
 KEY_STORE_DEFAULT = "sqlite:///./var/keys.sqlite3"
+
+
+# --- key store: envelope encryption of the per-subject keys (issue 17, item 5: stores) ---------
+
+
+class KeyEncryptionSettings(BaseSettings):
+    """The key-encryption key (KEK) that wraps every key of the key store (`shared/kek.py`):
+    whoever opens the key store needs it. Base64 of 32 random bytes (`esctl keys new-kek`)."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    key_encryption_key: SecretStr = Field(
+        default=SecretStr(""), description="the current KEK (base64); or KEY_ENCRYPTION_KEY_FILE"
+    )
+    key_encryption_key_file: str = Field(
+        default="", description="a file holding the current KEK (base64), e.g. a mounted secret"
+    )
+    key_encryption_key_previous: SecretStr = Field(
+        default=SecretStr(""),
+        description="KEKs being rotated away from (base64, comma-separated): read, never written",
+    )
+    key_encryption_key_previous_file: str = Field(
+        default="", description="a file holding previous KEKs (base64, one per line)"
+    )
+
+
+class KeyStoreSettings(KeyEncryptionSettings):
+    """`esctl keys`: the key store and its KEKs."""
+
+    key_store_url: str = KEY_STORE_DEFAULT
+
+
+# --- end of the key store block ---------------------------------------------------------------
 
 
 class KafkaSettings(BaseSettings):
@@ -50,7 +83,7 @@ class ServiceSettings(KafkaSettings):
     )
 
 
-class CommandServiceSettings(ServiceSettings):
+class CommandServiceSettings(ServiceSettings, KeyEncryptionSettings):
     """Command service: HTTP intake on 8001 and the transactional command processor."""
 
     service_name: str = "command-service"
@@ -85,7 +118,7 @@ class ProjectorSettings(ServiceSettings):
     session_timeout_ms: int = Field(default=10_000, ge=6_000)
 
 
-class QueryServiceSettings(ServiceSettings):
+class QueryServiceSettings(ServiceSettings, KeyEncryptionSettings):
     """Query service: read-only HTTP on 8002 over the read store."""
 
     service_name: str = "query-service"

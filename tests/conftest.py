@@ -13,7 +13,9 @@ import pytest
 
 from esctl.localstack.services import ServiceProcess
 from shared.kafka.topics import TopicSpec, ensure_topics
+from shared.kek import KeyRing, ensure_kek_file
 from shared.logging import configure_logging
+from shared.settings import KeyEncryptionSettings
 from tests import infra
 from tests.kafka_helpers import delete_topics
 
@@ -32,6 +34,26 @@ def key_store_of_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterat
         os.environ.pop("KEY_STORE_URL", None)
     else:
         os.environ["KEY_STORE_URL"] = before
+
+
+@pytest.fixture(scope="session", autouse=True)
+def key_encryption_key_of_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Services started by tests wrap their keys with a KEK of the session (made like `esctl
+    up` makes its local one): every child process inherits KEY_ENCRYPTION_KEY_FILE. A KEK
+    configured in the environment is used as it is."""
+    if os.environ.get("KEY_ENCRYPTION_KEY") or os.environ.get("KEY_ENCRYPTION_KEY_FILE"):
+        yield os.environ.get("KEY_ENCRYPTION_KEY_FILE", "")
+        return
+    path = tmp_path_factory.mktemp("kek") / "key-encryption-key"
+    ensure_kek_file(path)
+    os.environ["KEY_ENCRYPTION_KEY_FILE"] = str(path)
+    yield str(path)
+    os.environ.pop("KEY_ENCRYPTION_KEY_FILE", None)
+
+
+def session_keyring() -> KeyRing:
+    """The KEKs the session's services use (for tests that open their key store directly)."""
+    return KeyRing.from_settings(KeyEncryptionSettings())
 
 
 @pytest.fixture(autouse=True)

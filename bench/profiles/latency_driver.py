@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -33,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
 from esctl.localstack.services import ServiceProcess  # noqa: E402
+from shared.kek import ensure_kek_file  # noqa: E402
 
 
 class ProbedService(ServiceProcess):
@@ -301,6 +303,10 @@ async def main() -> None:
     variants = [parse_variant(v) for v in args.variant] or [Variant("this", HERE.parents[1])]
     results = []
     with tempfile.TemporaryDirectory(prefix="latency-") as tmp:
+        # a tree whose key store wraps its keys needs a KEK (older trees ignore the variable)
+        if not (os.environ.get("KEY_ENCRYPTION_KEY") or os.environ.get("KEY_ENCRYPTION_KEY_FILE")):
+            ensure_kek_file(Path(tmp) / "key-encryption-key")
+            os.environ["KEY_ENCRYPTION_KEY_FILE"] = str(Path(tmp) / "key-encryption-key")
         for i in range(args.runs):
             for v in variants:
                 r = await one_run(

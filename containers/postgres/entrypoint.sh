@@ -1,6 +1,7 @@
 #!/bin/sh
 # PostgreSQL configured like the official image: POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB;
-# data in $PGDATA; listens on every address, port 5432; password authentication from outside.
+# data in $PGDATA; listens on every address, port 5432; password authentication from outside; the
+# scripts of /docker-entrypoint-initdb.d run when the data directory is first made.
 set -eu
 export PGDATA="${PGDATA:-/var/lib/postgresql/data}"
 BIN=/usr/lib/postgresql/15/bin
@@ -25,6 +26,13 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   if [ "$DB" != postgres ]; then
     runuser -u postgres -- psql -v ON_ERROR_STOP=1 -q -c "CREATE DATABASE \"$DB\" OWNER \"$USER_NAME\""
   fi
+  # like the official image: the scripts of /docker-entrypoint-initdb.d, in order, once
+  for f in /docker-entrypoint-initdb.d/*; do
+    case "$f" in
+      *.sh) echo "entrypoint: running $f"; runuser -u postgres -- sh "$f" ;;
+      *.sql) echo "entrypoint: running $f"; runuser -u postgres -- psql -v ON_ERROR_STOP=1 -q -f "$f" ;;
+    esac
+  done
   runuser -u postgres -- "$BIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null
 fi
 exec runuser -u postgres -- "$BIN/postgres" -D "$PGDATA"

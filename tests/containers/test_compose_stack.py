@@ -11,13 +11,16 @@ import shlex
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
 from esctl.localstack.kafka import free_port
 from shared.kafka.clients import wait_for_brokers
 from shared.kafka.topics import Topics
+from shared.kek import KeyRing, decode_kek
 from shared.messages import encode_command
 from shared.messages.blog import CreatePost, EditPost, PublishPost
 from shared.settings import KafkaSettings
@@ -38,9 +41,19 @@ SERVICES = (
 )
 
 
+def compose_secrets(where: Path) -> dict[str, str]:
+    """The stack's secrets, made by the script the README names (`containers/compose-env.sh`)."""
+    env_file = where / "compose.env"
+    subprocess.run(["bash", str(ROOT / "containers" / "compose-env.sh"), str(env_file)], check=True)
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    pairs = (line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    return dict(pairs)
+
+
 class Stack:
-    def __init__(self) -> None:
+    def __init__(self, secrets: dict[str, str]) -> None:
         self.project = f"esctl{uuid.uuid4().hex[:8]}"
+        self.secrets = secrets
         self.ports = {
             "KAFKA_PORT": free_port(),
             "POSTGRES_PORT": free_port(),
@@ -48,15 +61,19 @@ class Stack:
             "projector": free_port(),
             "workflow": free_port(),
         }
-        self.env = dict(os.environ) | {
-            "KAFKA_PORT": str(self.ports["KAFKA_PORT"]),
-            "POSTGRES_PORT": str(self.ports["POSTGRES_PORT"]),
-            # one free host port per replica: the command service is scaled
-            "COMMAND_SERVICE_PORTS": "8001",
-            "QUERY_SERVICE_PORTS": f"{self.ports['query']}:8002",
-            "PROJECTOR_PORTS": f"{self.ports['projector']}:8003",
-            "WORKFLOW_SERVICE_PORTS": f"{self.ports['workflow']}:8004",
-        }
+        self.env = (
+            dict(os.environ)
+            | secrets
+            | {
+                "KAFKA_PORT": str(self.ports["KAFKA_PORT"]),
+                "POSTGRES_PORT": str(self.ports["POSTGRES_PORT"]),
+                # one free host port per replica: the command service is scaled
+                "COMMAND_SERVICE_PORTS": ":8001",
+                "QUERY_SERVICE_PORTS": f"{self.ports['query']}:8002",
+                "PROJECTOR_PORTS": f"{self.ports['projector']}:8003",
+                "WORKFLOW_SERVICE_PORTS": f"{self.ports['workflow']}:8004",
+            }
+        )
 
     @property
     def bootstrap(self) -> str:
@@ -151,8 +168,8 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(engine_ready: None) -> Iterator[Stack]:
-    stack = Stack()
+def stack(engine_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = Stack(compose_secrets(tmp_path_factory.mktemp("compose")))
     up = stack.compose("up", "-d", "--scale", "command-service=2")
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
@@ -281,3 +298,50 @@ async def test_two_command_service_replicas_process_every_command_exactly_once(
         )
     ]
     assert len(owners) == 2, "one replica owned no partition"
+
+
+async def test_the_key_store_is_apart_its_keys_wrapped_and_the_ports_on_loopback(
+    stack: Stack,
+) -> None:
+    """The key store has its own database and role: the read store's role cannot even connect
+    to it; its table holds only keys wrapped by the stack's KEK (none of them in the clear in
+    the dump); every published port is bound to 127.0.0.1."""
+    port = stack.http_port(stack.containers()["command-service"][0], 8001)
+
+    async def author() -> bool:
+        async with httpx.AsyncClient(timeout=10) as http:
+            try:
+                r = await http.post(
+                    f"http://127.0.0.1:{port}/authors",
+                    json={"author_id": "cz-ada", "name": "Ada", "email": "a@b.c"},
+                )
+            except httpx.HTTPError:
+                return False
+            return r.status_code in (201, 409)
+
+    await wait_until(author, timeout_s=240, interval_s=2, what="an author registered")
+    pg = f"127.0.0.1:{stack.ports['POSTGRES_PORT']}"
+    read_role = f"postgresql://readstore:{stack.secrets['READ_STORE_PASSWORD']}@{pg}"
+    with pytest.raises(asyncpg.PostgresError, match="permission denied"):
+        await asyncpg.connect(f"{read_role}/keystore", timeout=10)
+    conn = await asyncpg.connect(
+        f"postgresql://keystore:{stack.secrets['KEY_STORE_PASSWORD']}@{pg}/keystore", timeout=10
+    )
+    try:
+        dump = [dict(r) for r in await conn.fetch("SELECT * FROM subject_keys")]
+    finally:
+        await conn.close()
+    ring = KeyRing(decode_kek(stack.secrets["KEY_ENCRYPTION_KEY"], "KEY_ENCRYPTION_KEY"))
+    assert "cz-ada" in {r["subject"] for r in dump}
+    raw = b"".join(bytes(r["key"]) for r in dump if r["key"] is not None)
+    for row in dump:
+        if row["key"] is not None:
+            assert row["kek_id"] == ring.current_id
+            assert ring.unwrap(row["subject"], row["kek_id"], bytes(row["key"])) not in raw
+    for containers in stack.containers().values():
+        for name in containers:
+            published = subprocess.run(
+                [ENGINE, "port", name], capture_output=True, text=True, check=True
+            ).stdout.split()
+            hosts = {p.rsplit(":", 1)[0] for p in published if ":" in p and "->" not in p}
+            assert hosts <= {"127.0.0.1"}, f"{name} publishes on {hosts}"

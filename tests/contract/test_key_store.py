@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from shared.kek import KeyRing, new_kek
 from shared.keystore import InMemoryKeyStore, KeyStore, SubjectErasedError
 from shared.personal import open_value, seal
 from tests.conftest import fresh_database
+
+#: the KEK of these tests' stores
+RING = KeyRing(new_kek())
 
 
 @contextlib.asynccontextmanager
@@ -24,13 +29,13 @@ async def open_store(
         yield InMemoryKeyStore()  # type: ignore[misc]
         return
     if kind == "sqlite":
-        ks = KeyStore(f"sqlite:///{tmp_path / 'keys.sqlite3'}")
+        ks = KeyStore(f"sqlite:///{tmp_path / 'keys.sqlite3'}", RING)
         yield ks
         await ks.close()
         return
     server_url: str = request.getfixturevalue("postgres_url")
     async with fresh_database(server_url, "keys") as url:
-        ks = KeyStore(url)
+        ks = KeyStore(url, RING)
         try:
             yield ks
         finally:
@@ -108,36 +113,58 @@ async def _pg_table_file(store: KeyStore) -> Path | None:
     return path
 
 
+async def _wrapped_key(store: KeyStore, subject: str) -> bytes:
+    """The subject's key as the table stores it (wrapped), read around the store."""
+    if store.dialect == "sqlite":
+        with sqlite3.connect(store.url.split(":///", 1)[1]) as db:
+            row = db.execute(
+                "SELECT key FROM subject_keys WHERE subject = ?", (subject,)
+            ).fetchone()
+        return bytes(row[0])
+    conn = await asyncpg.connect(store.url, timeout=10)
+    try:
+        return bytes(
+            await conn.fetchval("SELECT key FROM subject_keys WHERE subject = $1", subject)
+        )
+    finally:
+        await conn.close()
+
+
 async def test_erased_key_bytes_are_gone_from_the_store_files(durable: KeyStore) -> None:
+    """The erased subject's stored (wrapped) key is in no file of the store once erase returns;
+    the other subject's is; no data key is ever in a file in the clear."""
     store = durable
     ada, bob = await store.key_for("ada"), await store.key_for("bob")
+    ada_stored, bob_stored = await _wrapped_key(store, "ada"), await _wrapped_key(store, "bob")
     if store.dialect == "sqlite":
         db = Path(store.url.split(":///", 1)[1])
         await store.close()  # nothing cached in a connection
-        assert ada in db.read_bytes()  # noqa: ASYNC240
+        before = db.read_bytes()  # noqa: ASYNC240
+        assert ada_stored in before and ada not in before and bob not in before
         await store.erase("ada")
         await store.close()
         files = [p for p in db.parent.iterdir() if p.name.startswith(db.name)]
         assert files == [db], "no journal or WAL file may outlive the erasure"
         data = db.read_bytes()  # noqa: ASYNC240
     else:
-        before = await _pg_table_file(store)
-        if before is None:
+        table = await _pg_table_file(store)
+        if table is None:
             pytest.skip("the PostgreSQL server's files are not readable from this process")
-        assert ada in before.read_bytes()
+        before = table.read_bytes()
+        assert ada_stored in before and ada not in before and bob not in before
         await store.erase("ada")
         after = await _pg_table_file(store)
-        assert after is not None and after != before, "VACUUM FULL rewrites the table"
-        assert not before.exists() or ada not in before.read_bytes()
+        assert after is not None and after != table, "VACUUM FULL rewrites the table"
+        assert not table.exists() or ada_stored not in table.read_bytes()
         data = after.read_bytes()
-    assert ada not in data
-    assert bob in data
+    assert ada_stored not in data
+    assert bob_stored in data
 
 
 async def test_processes_creating_the_table_at_once_all_succeed(postgres_url: str) -> None:
     """The command service and the query service open a new key store at the same moment."""
     async with fresh_database(postgres_url, "keys") as url:
-        stores = [KeyStore(url) for _ in range(4)]
+        stores = [KeyStore(url, RING) for _ in range(4)]
         try:
             keys = await asyncio.gather(*(s.key_for("ada") for s in stores))
             assert len(set(keys)) == 1

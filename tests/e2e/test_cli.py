@@ -141,6 +141,8 @@ async def test_esctl_up_serves_the_system_and_ctrl_c_stops_everything_it_started
         "PARTITIONS",
         "GROUP_ID",
         "KEY_STORE_URL",
+        "KEY_ENCRYPTION_KEY",
+        "KEY_ENCRYPTION_KEY_FILE",
         "READ_STORE_URL",
         "WORKFLOW_STORE_URL",
     }
@@ -189,6 +191,10 @@ async def test_esctl_up_serves_the_system_and_ctrl_c_stops_everything_it_started
             )
             assert read.status_code == 200, read.text
             assert read.json()["name"] == "Ada"
+        # no KEK configured: a local one, made for its key store (0600) and said so
+        kek = state / "key-encryption-key"
+        assert kek.stat().st_mode & 0o777 == 0o600
+        assert f"key-encryption key in {kek.resolve()} (made now" in log_path.read_text()
 
         cluster = LocalKafkaCluster.load(data_dir)
         assert cluster is not None and cluster.status() == {1: True}

@@ -24,7 +24,7 @@ from shared.keystore import KeyStore
 from shared.messages import encode_command
 from shared.messages.blog import AssignReviewer, EraseSubject
 from shared.settings import KafkaSettings
-from tests.conftest import unique
+from tests.conftest import session_keyring, unique
 from tests.e2e.harness import ServiceProcess, command_service_env
 from tests.kafka_helpers import wait_until
 
@@ -137,21 +137,27 @@ async def test_esctl_erase_from_elsewhere_erases_in_the_services_key_store_or_re
                 return got.status_code == 200 and len(got.json()["events"]) == 1
 
             await wait_until(projected, timeout_s=60, what="the authors projected")
-            # the stray query service opens cyd's data with its own copy of cyd's key
-            stray_keys = KeyStore(other_keys)
-            own_keys = KeyStore(pg_database)
+            # the stray query service opens cyd's data with its own copy of cyd's key (as
+            # wrapped in the command service's store, under the same KEK)
+            stray_keys = KeyStore(other_keys, session_keyring())
             try:
-                cyd_key = (await own_keys.keys([cyd]))[cyd]
                 await stray_keys.keys_for(["warm-up"])  # creates the table
-                with sqlite3.connect(other_keys.removeprefix("sqlite:///")) as db:
-                    db.execute(
-                        "INSERT INTO subject_keys (subject, key, created_at) "
-                        "VALUES (?, ?, '2026-01-01 00:00:00')",
-                        (cyd, cyd_key),
-                    )
             finally:
                 await stray_keys.close()
-                await own_keys.close()
+            conn = await asyncpg.connect(pg_database, timeout=10)
+            try:
+                row = await conn.fetchrow(
+                    "SELECT key, kek_id FROM subject_keys WHERE subject = $1", cyd
+                )
+            finally:
+                await conn.close()
+            assert row is not None
+            with sqlite3.connect(other_keys.removeprefix("sqlite:///")) as db:
+                db.execute(
+                    "INSERT INTO subject_keys (subject, key, kek_id, created_at) "
+                    "VALUES (?, ?, ?, '2026-01-01 00:00:00')",
+                    (cyd, bytes(row["key"]), row["kek_id"]),
+                )
             stray_view = (await http.get(f"{stray.url}/streams/{cyd}/events")).json()
             assert stray_view["events"][0]["payload"]["name"] == f"Name {cyd}"
 
