@@ -1,8 +1,8 @@
 """`esctl`: one CLI for people running the system.
 
 Groups: `kafka`, `postgres`, `topics`, `schema`, `projections`, `workflows`; and `lag`, `send`,
-`bench`, `up`. One module per group (`esctl.kafka`, ...); this one assembles them, in the order
-`esctl --help` lists them. Every module imports what only some commands use inside those
+`bench`, `up`, `token`. One module per group (`esctl.kafka`, ...); this one assembles them, in
+the order `esctl --help` lists them. Every module imports what only some commands use inside those
 commands, so that `esctl kafka stop` does not pay for pydantic models it never uses.
 """
 
@@ -13,7 +13,19 @@ import sys
 
 import typer
 
-from esctl import contract, erase, kafka, lag, local, postgres, projections, prune, send, workflows
+from esctl import (
+    contract,
+    erase,
+    kafka,
+    lag,
+    local,
+    postgres,
+    projections,
+    prune,
+    send,
+    tokens,
+    workflows,
+)
 
 app = typer.Typer(help="Operate the event-sourced blog system on Kafka.", no_args_is_help=True)
 app.add_typer(kafka.app, name="kafka")
@@ -28,6 +40,7 @@ app.command("send")(send.send)
 app.command("bench")(local.bench)
 app.add_typer(workflows.app, name="workflows")
 app.command("up")(local.up)
+app.command("token")(tokens.token_command)
 
 
 def main() -> None:

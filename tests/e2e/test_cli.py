@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -123,8 +124,9 @@ def _listening(port: int) -> bool:
 async def test_esctl_up_serves_the_system_and_ctrl_c_stops_everything_it_started(
     tmp_path: Path,
 ) -> None:
-    """`esctl up` starts a broker and the four services, which answer over HTTP; Ctrl-C (SIGINT)
-    stops every process it started (the services and the broker) and frees their ports."""
+    """`esctl up` starts a broker and the four services, which answer over HTTP to the admin
+    token it prints (and 401 without one); Ctrl-C (SIGINT) stops every process it started (the
+    services and the broker) and frees their ports."""
     state = tmp_path / "var"
     data_dir = state / "kafka"
     kafka_port = free_port()
@@ -143,6 +145,7 @@ async def test_esctl_up_serves_the_system_and_ctrl_c_stops_everything_it_started
         "KEY_STORE_URL",
         "READ_STORE_URL",
         "WORKFLOW_STORE_URL",
+        "AUTH_HS256_SECRET",  # esctl up's own (the local stack's secret)
     }
     env = {k: v for k, v in os.environ.items() if k not in session}
     env["ESCTL_STATE_DIR"] = str(state)
@@ -174,12 +177,16 @@ async def test_esctl_up_serves_the_system_and_ctrl_c_stops_everything_it_started
                 return True
 
             await wait_until(all_healthy, timeout_s=180, interval_s=0.5, what="esctl up healthy")
+            printed = log_path.read_text()
+            admin = re.search(r"^ADMIN_TOKEN=(\S+)$", printed, re.MULTILINE)
+            assert admin and re.search(r"^AUTHOR_TOKEN=\S+", printed, re.MULTILINE), printed
             author = f"ada-{uuid.uuid4().hex[:6]}"
-            r = await http.post(
-                f"http://127.0.0.1:{ports['command_service']}/authors",
-                json={"author_id": author, "name": "Ada", "email": "ada@example.org"},
-                timeout=30,
-            )
+            url = f"http://127.0.0.1:{ports['command_service']}/authors"
+            body = {"author_id": author, "name": "Ada", "email": "ada@example.org"}
+            r = await http.post(url, json=body, timeout=30)
+            assert r.status_code == 401, r.text
+            http.headers["Authorization"] = f"Bearer {admin.group(1)}"
+            r = await http.post(url, json=body, timeout=30)
             assert r.status_code == 201, r.text
             token = r.headers["x-consistency-token"]
             read = await http.get(
