@@ -20,7 +20,14 @@ from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+)
 from pydantic.config import JsonDict
 
 from command_service.domain import Rejection
@@ -165,7 +172,7 @@ class RegisterAuthorRequest(_Request):
 
 class EraseRequest(_Request):
     reason: str | None = Field(default=None, max_length=2000)
-    force: bool = Field(
+    force: StrictBool = Field(  # a JSON boolean (not 0/1, not "false"), as the schema says
         default=False,
         description="erase an id that never had personal data stored (refused otherwise, as a "
         "likely typo); personal data for it is refused from then on",

@@ -675,6 +675,7 @@ async def test_erasure_without_a_key_store_is_off_even_with_the_right_token(
         ("/subjects/-x/erase", {}, "path.subject_id"),
         ("/subjects/ada/erase", {"json": {"reason": "r" * 2001}}, "body.reason"),
         ("/subjects/ada/erase", {"json": {"force": "maybe"}}, "body.force"),
+        ("/subjects/ada/erase", {"json": {"force": 0}}, "body.force"),
     ],
 )
 @route("command", ERASE)
@@ -686,7 +687,7 @@ async def test_an_invalid_erasure_request_is_a_422_naming_the_field(
     kwargs: dict[str, Any],
     field: str,
 ) -> None:
-    """A malformed subject id, a reason too long, a force that is no boolean: 422."""
+    """A malformed subject id, a reason too long, a force that is no JSON boolean (also 0): 422."""
     headers = {"Authorization": f"Bearer {TOKEN}"}
     r = await http(app).post(path, headers=headers, **kwargs)
     assert field in [e["field"] for e in assert_problem(r, 422, "invalid_request")["errors"]]
