@@ -104,6 +104,7 @@ class Denied(HTTPException):
         headers = {"WWW-Authenticate": 'Bearer realm="esctl"'} if status == 401 else None
         super().__init__(status, detail, headers=headers)
         self.code = code
+        self.title = "Authentication required" if status == 401 else "Forbidden"
 
 
 def decide(rule: Rule | None, principal: Principal) -> int | None:

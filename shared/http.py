@@ -290,7 +290,8 @@ def service_app(
         detail = str(exc.detail)
         if reads_elsewhere and request.method == "GET" and exc.status_code in (404, 405):
             detail = f"{detail}: {reads_elsewhere}"
-        response = problem(exc.status_code, code, str(exc.detail), detail)
+        title = getattr(exc, "title", None) or str(exc.detail)
+        response = problem(exc.status_code, code, title, detail)
         response.headers.update(exc.headers or {})  # e.g. Allow of a 405
         return response
 

@@ -96,10 +96,11 @@ async def test_each_route_answers_each_caller_as_the_readme_table_says(
     assert sent.sent == []
     if answer == "401":
         assert (r.status_code, code) == (401, "unauthenticated"), r.text
+        assert r.json()["title"] == "Authentication required"
         assert r.headers["WWW-Authenticate"].startswith("Bearer")
     else:
         assert (answer, r.status_code, code) == ("403", 403, "forbidden"), r.text
-        assert caller in r.json()["detail"]
+        assert r.json()["title"] == "Forbidden" and caller in r.json()["detail"]
 
 
 def test_the_readme_table_is_the_access_table() -> None:
