@@ -199,14 +199,16 @@ async def seed(url: str, submit: bool = False) -> dict[str, str]:
         author = await post(
             http,
             "/authors",
-            {"author_id": "fuzz-author", "name": "Ada Fuzz", "email": "ada@example.org"},
+            # a new subject each time: the key store is the session's, and the token runs
+            # erase the known author (POST /subjects/{id}/erase with its id)
+            {"author_id": unique("fuzz-author"), "name": "Ada Fuzz", "email": "ada@example.org"},
         )
         created = await post(
             http,
             "/posts",
             {
                 "post_id": "fuzz-post",
-                "author_id": "fuzz-author",
+                "author_id": author["aggregate_id"],
                 "title": "Hello",
                 "tags": ["kafka"],
             },
