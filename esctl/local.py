@@ -41,8 +41,13 @@ def _print_tokens(secret_file: Path) -> None:
 
     admin = mint_local("admin", ["admin"], PRINTED_TOKEN_TTL_S)
     author = mint_local("alice", ["author"], PRINTED_TOKEN_TTL_S)
+    secret = (
+        "AUTH_HS256_SECRET"
+        if os.environ.get("AUTH_HS256_SECRET")
+        else f"the secret in {secret_file}"
+    )
     console.print(
-        f"authentication on: tokens valid 12 h (signed with the secret in {secret_file}; "
+        f"authentication on: tokens valid 12 h (signed with {secret}; "
         "`esctl token --sub NAME --role ROLE` mints more)",
         highlight=False,
     )
