@@ -121,12 +121,14 @@ def _listening(port: int) -> bool:
     )
 
 
+@pytest.mark.parametrize("insecure", [False, True], ids=["tokens", "insecure"])
 async def test_esctl_up_serves_the_system_and_ctrl_c_stops_everything_it_started(
-    tmp_path: Path,
+    tmp_path: Path, insecure: bool
 ) -> None:
     """`esctl up` starts a broker and the four services, which answer over HTTP to the admin
-    token it prints (and 401 without one); Ctrl-C (SIGINT) stops every process it started (the
-    services and the broker) and frees their ports."""
+    token it prints (and 401 without one; with `--insecure`: no token printed, a warning, and
+    no token needed); Ctrl-C (SIGINT) stops every process it started (the services and the
+    broker) and frees their ports."""
     state = tmp_path / "var"
     data_dir = state / "kafka"
     kafka_port = free_port()
@@ -151,6 +153,7 @@ async def test_esctl_up_serves_the_system_and_ctrl_c_stops_everything_it_started
     env["ESCTL_STATE_DIR"] = str(state)
     log_path = tmp_path / "up.log"
     args = ["up", "--port", str(kafka_port), "--data-dir", str(data_dir)]
+    args += ["--insecure"] if insecure else []
     for module, port in ports.items():
         args += [f"--{module.split('_')[0]}-port", str(port)]
     with log_path.open("wb") as log:
@@ -179,13 +182,16 @@ async def test_esctl_up_serves_the_system_and_ctrl_c_stops_everything_it_started
             await wait_until(all_healthy, timeout_s=180, interval_s=0.5, what="esctl up healthy")
             printed = log_path.read_text()
             admin = re.search(r"^ADMIN_TOKEN=(\S+)$", printed, re.MULTILINE)
-            assert admin and re.search(r"^AUTHOR_TOKEN=\S+", printed, re.MULTILINE), printed
             author = f"ada-{uuid.uuid4().hex[:6]}"
             url = f"http://127.0.0.1:{ports['command_service']}/authors"
             body = {"author_id": author, "name": "Ada", "email": "ada@example.org"}
-            r = await http.post(url, json=body, timeout=30)
-            assert r.status_code == 401, r.text
-            http.headers["Authorization"] = f"Bearer {admin.group(1)}"
+            if insecure:
+                assert admin is None and "authentication is OFF" in printed, printed
+            else:
+                assert admin and re.search(r"^AUTHOR_TOKEN=\S+", printed, re.MULTILINE), printed
+                r = await http.post(url, json=body, timeout=30)
+                assert r.status_code == 401, r.text
+                http.headers["Authorization"] = f"Bearer {admin.group(1)}"
             r = await http.post(url, json=body, timeout=30)
             assert r.status_code == 201, r.text
             token = r.headers["x-consistency-token"]
