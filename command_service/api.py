@@ -12,17 +12,22 @@ bounded, for its outcome from the results topic.
 
 from __future__ import annotations
 
-import hmac
 import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal, Protocol
 
-from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
+from fastapi import FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+)
 from pydantic.config import JsonDict
 
 from command_service.domain import Rejection
@@ -34,6 +39,7 @@ from command_service.domain.decide import (
     content_rejection,
 )
 from command_service.records import RECORD_CODES, RECORD_TOO_LARGE
+from shared.access import ACCESS
 from shared.errors import EsError
 from shared.http import (
     CONSISTENCY_TOKEN,
@@ -166,7 +172,7 @@ class RegisterAuthorRequest(_Request):
 
 class EraseRequest(_Request):
     reason: str | None = Field(default=None, max_length=2000)
-    force: bool = Field(
+    force: StrictBool = Field(  # a JSON boolean (not 0/1, not "false"), as the schema says
         default=False,
         description="erase an id that never had personal data stored (refused otherwise, as a "
         "likely typo); personal data for it is refused from then on",
@@ -365,7 +371,6 @@ def build_api(
     clock: Callable[[], datetime],
     new_id: Callable[[], uuid.UUID] = uuid.uuid4,
     eraser: Eraser | None = None,
-    erasure_token: str = "",
 ) -> FastAPI:
     app = service_app(
         service,
@@ -377,6 +382,7 @@ def build_api(
         description="Commands for the blog: every endpoint enqueues a "
         "command on Kafka and waits for its outcome.",
         version="1",
+        access=ACCESS["command"],
     )
 
     async def submit(
@@ -585,7 +591,7 @@ def build_api(
     )
     transition("archive", lambda _: ArchivePost(), None, "Archive a post (final).")
 
-    _erasure_route(app, eraser, erasure_token)
+    _erasure_route(app, eraser)
 
     @app.get(
         "/commands/{command_id}",
@@ -637,20 +643,16 @@ class ErasureReportBody(BaseModel):
     complete: bool
 
 
-_bearer = HTTPBearer(auto_error=False, description="`Bearer <ERASURE_TOKEN>`")
-
-
-def _erasure_route(app: FastAPI, eraser: Eraser | None, erasure_token: str) -> None:
+def _erasure_route(app: FastAPI, eraser: Eraser | None) -> None:
     @app.post(
         "/subjects/{subject_id}/erase",
         tags=["erasure"],
         responses={
             200: {"description": "erased: the report", "model": ErasureReportBody},
-            401: problem_doc(
-                "missing or wrong bearer token",
-                **{"WWW-Authenticate": header_doc("`Bearer`", {"type": "string"}, True)},
+            403: problem_doc(
+                "`forbidden`: the admin role is needed; `erasure_disabled`: this instance has "
+                "no key store to erase in"
             ),
-            403: problem_doc("erasure over HTTP is off: ERASURE_TOKEN is empty"),
             409: problem_doc(
                 "the id is no data subject: never had personal data stored "
                 "(`not_a_data_subject`, nothing changed; `force` erases it anyway), or a post "
@@ -667,35 +669,21 @@ def _erasure_route(app: FastAPI, eraser: Eraser | None, erasure_token: str) -> N
     async def erase_subject(
         subject_id: AggregateId,
         body: EraseRequest | None = None,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
     ) -> Response:
         """Erase a data subject (an author) for good: its key is deleted, so its name and email
         are unreadable in every event, snapshot, read model and archive; `SubjectErased` is
         appended, the processed plaintext commands and its dead letters are purged.
-        Needs `Authorization: Bearer <ERASURE_TOKEN>`. 200 with the report when complete:
+        Needs the admin role (a JWT; the deprecated ERASURE_TOKEN still counts as an admin
+        credential of this service). 200 with the report when complete:
         every step done and the key's deletion confirmed in this service's key store
         (`key_check`); 503 when a step is left (calling again finishes it)."""
-        # No credentials: 401 (authenticate first). Credentials while erasure over HTTP is
-        # off: 403, whatever they are. Wrong credentials: 401.
-        token = credentials.credentials.strip() if credentials else ""
-        if token and (not erasure_token or eraser is None):
+        if eraser is None:  # the caller is an admin (the access table): no key store here
             return problem(
                 403,
                 "erasure_disabled",
                 "Erasure over HTTP is disabled",
-                "set ERASURE_TOKEN on the command service to enable it (or use `esctl erase`)",
+                "this instance has no key store to erase in (use `esctl erase`)",
             )
-        if not token or not hmac.compare_digest(token.encode(), erasure_token.encode()):
-            response = problem(
-                401,
-                "unauthorized",
-                "Authentication required",
-                "send Authorization: Bearer <ERASURE_TOKEN>",
-            )
-            response.headers["WWW-Authenticate"] = 'Bearer realm="erasure"'
-            return response
-        if eraser is None:  # a token without a key store: erasure is off (see above)
-            return problem(403, "erasure_disabled", "Erasure over HTTP is disabled", "")
         try:
             done = await eraser(
                 subject_id, body.reason if body else None, body.force if body else False

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from command_service.adapters import KafkaAuthorDirectory, KafkaPartitionHistory
 from command_service.api import CommandSender, Eraser, build_api
 from command_service.handler import CommandHandler
+from shared.auth import secure
 from shared.http import HealthCheck
 from shared.kafka.clients import group_timing
 from shared.kafka.commands import CommandClient
@@ -25,6 +26,7 @@ from shared.keystore import KeyStore
 from shared.lifecycle.erase import ErasureReport, erase_subject
 from shared.logging import get_logger
 from shared.messages.codec import utcnow
+from shared.principal import ADMIN, Principal
 from shared.service import (
     kafka_health,
     open_key_store_at_start,
@@ -34,6 +36,11 @@ from shared.service import (
 from shared.settings import CommandServiceSettings
 
 log = get_logger(__name__)
+
+#: Who a request with `Authorization: Bearer <ERASURE_TOKEN>` is (deprecated; an admin JWT).
+ERASURE_TOKEN_PRINCIPAL = Principal(
+    subject="erasure-token", roles=frozenset({ADMIN}), authenticated=True
+)
 
 #: The settings class this service reads (environment variables: `env_var_names(SETTINGS)`).
 SETTINGS = CommandServiceSettings
@@ -65,7 +72,7 @@ class CommandAdapters:
 
     client: CommandSender
     health: HealthCheck
-    #: erasure over HTTP (None: off, also when ERASURE_TOKEN is set)
+    #: erasure over HTTP (None: off, for every caller)
     eraser: Eraser | None = None
     clock: Callable[[], datetime] = utcnow
 
@@ -91,7 +98,7 @@ def kafka_eraser(settings: CommandServiceSettings, keys: KeyStore, client: Comma
 
 def build_app(settings: CommandServiceSettings, adapters: CommandAdapters) -> FastAPI:
     """The HTTP app on `adapters`; nothing is started or served."""
-    return build_api(
+    app = build_api(
         service=settings.service_name,
         client=adapters.client,
         health=adapters.health,
@@ -99,11 +106,18 @@ def build_app(settings: CommandServiceSettings, adapters: CommandAdapters) -> Fa
         body_limit=settings.http_body_limit_bytes,
         clock=adapters.clock,
         eraser=adapters.eraser,
-        erasure_token=settings.erasure_token,
     )
+    # ERASURE_TOKEN, deprecated: the static credential of erasure before tokens had roles
+    return secure(app, settings, static={settings.erasure_token: ERASURE_TOKEN_PRINCIPAL})
 
 
 async def main(settings: CommandServiceSettings) -> None:
+    if settings.erasure_token:
+        log.warning(
+            "erasure_token_deprecated",
+            advice="ERASURE_TOKEN is a static admin credential of this service; use an admin "
+            "JWT (`esctl token --sub you --role admin`) and unset it",
+        )
     bootstrap = settings.kafka_bootstrap_servers
     topics = Topics.from_settings(settings)
     # first: a missing or wrong key-encryption key ends the process here, in one line

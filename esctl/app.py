@@ -1,7 +1,7 @@
 """`esctl`: one CLI for people running the system.
 
 Groups: `kafka`, `postgres`, `topics`, `schema`, `projections`, `workflows`, `keys`; and `lag`,
-`send`, `bench`, `up`. One module per group (`esctl.kafka`, ...); this one assembles them, in the
+`send`, `bench`, `up`, `token`. One module per group (`esctl.kafka`, ...); this one assembles them, in the
 order `esctl --help` lists them. Every module imports what only some commands use inside those
 commands, so that `esctl kafka stop` does not pay for pydantic models it never uses.
 """
@@ -24,6 +24,7 @@ from esctl import (
     projections,
     prune,
     send,
+    tokens,
     workflows,
 )
 
@@ -41,6 +42,7 @@ app.command("send")(send.send)
 app.command("bench")(local.bench)
 app.add_typer(workflows.app, name="workflows")
 app.command("up")(local.up)
+app.command("token")(tokens.token_command)
 
 
 def main() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from typing import Annotated, Any
@@ -10,23 +9,15 @@ from typing import Annotated, Any
 import typer
 
 from esctl.common import CONNECT_TIMEOUT_S, console, http_why, json_or_none, say_and_exit
-from esctl.local import local_erasure_token_file
+from esctl.tokens import bearer_headers
+from shared.principal import ADMIN
 
 
-def _port_of(url: str) -> int:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    return parts.port or (443 if parts.scheme == "https" else 80)
-
-
-def _erasure_token(url: str) -> str:
+def _credentials() -> dict[str, str]:
+    """ERASURE_TOKEN (deprecated), else an admin token: ESCTL_TOKEN, or minted with the local
+    secret (AUTH_HS256_SECRET, or the local stack's)."""
     token = os.environ.get("ERASURE_TOKEN", "")
-    if token:
-        return token
-    with contextlib.suppress(OSError, ValueError):
-        return local_erasure_token_file(_port_of(url)).read_text().strip()
-    return ""
+    return {"Authorization": f"Bearer {token}"} if token else bearer_headers(ADMIN)
 
 
 CommandUrl = Annotated[
@@ -65,8 +56,9 @@ def erase_command(
     personal fields still opens.
 
     Prints the report as JSON. Exit code: 0 complete (confirmed), 1 incomplete (run again),
-    2 refused, not confirmed or error (the reason on stderr). The bearer token is ERASURE_TOKEN,
-    else the one `esctl up` gave its command service on --url's port."""
+    2 refused, not confirmed or error (the reason on stderr). The caller must hold the admin
+    role: ESCTL_TOKEN, else a token minted with AUTH_HS256_SECRET or the local stack's secret
+    (ERASURE_TOKEN, deprecated, is still sent when set)."""
     import httpx
 
     if not yes:
@@ -80,19 +72,14 @@ def erase_command(
             confirmed = False
         if not confirmed:
             say_and_exit(f"{subject} not erased: not confirmed (--yes: do not ask)")
-    token = _erasure_token(url)
-    if not token:
-        say_and_exit(
-            "no erasure token: set ERASURE_TOKEN to the command service's (a local stack's is "
-            f"in {local_erasure_token_file(_port_of(url))} while `esctl up` runs)"
-        )
+    credentials = _credentials()
     endpoint = f"{url.rstrip('/')}/subjects/{subject}/erase"
     try:
         with console.status(f"erasing {subject} through {url}"):  # on a terminal only
             response = httpx.post(
                 endpoint,
                 json={"reason": reason, "force": force},
-                headers={"Authorization": f"Bearer {token}"},
+                headers=credentials,
                 timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_S),
             )
     except httpx.HTTPError as exc:
@@ -147,7 +134,11 @@ def _still_opening(query_url: str, subject: str) -> list[str] | None:
     from shared.personal import is_sealed
 
     try:
-        response = httpx.get(f"{query_url.rstrip('/')}/streams/{subject}/events", timeout=10)
+        response = httpx.get(
+            f"{query_url.rstrip('/')}/streams/{subject}/events",
+            headers=bearer_headers(ADMIN),  # an admin is shown every personal field
+            timeout=10,
+        )
     except httpx.HTTPError:
         return None
     if response.status_code != 200:

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -18,6 +16,7 @@ import typer
 from esctl.common import STATE_DIR, DataDir, console, say, say_and_exit
 from esctl.kafka import kafka_start
 from esctl.localstack import kafka as lk
+from esctl.tokens import local_auth_secret_file, local_secret
 
 SERVICES = {
     "command_service": 8001,
@@ -60,12 +59,28 @@ def local_key_encryption_key(env: dict[str, str]) -> None:
     )
 
 
-def local_erasure_token_file(command_port: int) -> Path:
-    """Where `esctl up` keeps the erasure token it gives its command service on that port (an
-    absolute place, whatever the working directory: `esctl erase` reads it from anywhere). One
-    file per port: a second stack beside the first (`esctl up --command-port ...`) does not
-    replace the first one's token."""
-    return lk.cache_dir() / "local-stack" / f"erasure-token-{command_port}"
+#: How long the tokens `esctl up` prints stay valid.
+PRINTED_TOKEN_TTL_S = 12 * 3600
+
+
+def _print_tokens(secret_file: Path) -> None:
+    """Ready-to-use tokens for the stack, on stdout in full (never cut: one per line)."""
+    from esctl.tokens import mint_local
+
+    admin = mint_local("admin", ["admin"], PRINTED_TOKEN_TTL_S)
+    author = mint_local("alice", ["author"], PRINTED_TOKEN_TTL_S)
+    secret = (
+        "AUTH_HS256_SECRET"
+        if os.environ.get("AUTH_HS256_SECRET")
+        else f"the secret in {secret_file}"
+    )
+    console.print(
+        f"authentication on: tokens valid 12 h (signed with {secret}; "
+        "`esctl token --sub NAME --role ROLE` mints more)",
+        highlight=False,
+    )
+    print(f"ADMIN_TOKEN={admin}", flush=True)  # what the person copies, on stdout
+    print(f"AUTHOR_TOKEN={author}  # sub alice", flush=True)
 
 
 def bench(
@@ -97,8 +112,19 @@ def up(
     workflow_port: Annotated[int, typer.Option(help="workflow service HTTP port")] = SERVICES[
         "workflow_service"
     ],
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="no authentication (AUTH_ENABLED=false): every request may do everything",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole system locally, in the foreground: a Kafka broker, then the four services.
+
+    Authentication is on: the services verify tokens signed with AUTH_HS256_SECRET, or with a
+    local secret made at the first run and kept (`esctl token` mints with it); an admin and an
+    author token are printed. `--insecure` turns authentication off instead.
 
     The services create the topics and log to the terminal. Ctrl-C stops everything this
     command started: the four services, and the broker unless it was already running (then it
@@ -114,7 +140,6 @@ def up(
     broker_was_running = existing is not None and any(existing.status().values())
     procs: dict[str, subprocess.Popen[bytes]] = {}
     dead: list[str] = []
-    token_file, token = local_erasure_token_file(command_port), None
     try:
         kafka_start(port=port, nodes=1, heap_mb=512, data_dir=data_dir)
         STATE_DIR.mkdir(parents=True, exist_ok=True)
@@ -127,17 +152,25 @@ def up(
         )
         env.setdefault("KEY_STORE_URL", _local_key_store_url())
         local_key_encryption_key(env)
-        if not env.get("ERASURE_TOKEN"):  # `esctl erase` finds it there, from any directory
-            token_file.parent.mkdir(parents=True, exist_ok=True)
-            token_file.touch(mode=0o600)
-            token_file.write_text(secrets.token_urlsafe(24))
-            env["ERASURE_TOKEN"] = token = token_file.read_text()
+        if insecure:
+            env["AUTH_ENABLED"] = "false"
+            say(
+                "authentication is OFF (--insecure): anyone who reaches the ports may do "
+                "everything; for a local demo only",
+                label="warning",
+                style="bold red",
+            )
+        else:
+            env["AUTH_ENABLED"] = "true"
+            env["AUTH_HS256_SECRET"] = local_secret(create=True)
         for module, http_port in ports.items():
             procs[module] = subprocess.Popen(
                 [sys.executable, "-m", module], env=env | {"HTTP_PORT": str(http_port)}
             )
         for module, http_port in ports.items():
             console.print(f"{module}: http://127.0.0.1:{http_port}", highlight=False)
+        if not insecure:
+            _print_tokens(local_auth_secret_file())
         console.print(
             "Ctrl-C stops the four services"
             + (
@@ -163,9 +196,6 @@ def up(
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        with contextlib.suppress(OSError):  # the token is of no use without the services
-            if token is not None and token_file.read_text() == token:
-                token_file.unlink()
         started = lk.LocalKafkaCluster.load(data_dir)
         if not broker_was_running and started is not None:
             started.stop()  # only the node processes this data dir's cluster started

@@ -18,6 +18,8 @@ from esctl.common import (
     say_and_exit,
 )
 from esctl.output import Column, print_line, print_table
+from esctl.tokens import bearer_headers
+from shared.principal import OPERATOR
 
 app = typer.Typer(
     help="Workflows (sagas): list, inspect, retry, skip, compensate. Talks to the workflow "
@@ -40,6 +42,7 @@ def _workflow_call(method: str, base_url: str, path: str, **kwargs: object) -> d
             method,
             f"{base_url.rstrip('/')}{path}",
             timeout=httpx.Timeout(10.0, connect=CONNECT_TIMEOUT_S),
+            headers=bearer_headers(OPERATOR),
             **kwargs,  # type: ignore[arg-type]
         )
     except httpx.HTTPError as exc:

@@ -12,6 +12,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from projector_service.projector import Projector
+from shared.access import ACCESS
+from shared.auth import secure
 from shared.http import HealthCheck, service_app
 from shared.kafka.clients import group_timing
 from shared.kafka.lag import report_lag_forever
@@ -45,9 +47,13 @@ def build_app(settings: ProjectorSettings, adapters: ProjectorAdapters) -> FastA
             report |= {"status": "unavailable", "read_store": repr(exc)}
         return report
 
-    return service_app(
-        settings.service_name, health=health, body_limit=settings.http_body_limit_bytes
+    app = service_app(
+        settings.service_name,
+        health=health,
+        body_limit=settings.http_body_limit_bytes,
+        access=ACCESS["projector"],
     )
+    return secure(app, settings)
 
 
 async def main(settings: ProjectorSettings) -> None:

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Header, Path, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
+from shared.access import ACCESS
 from shared.http import (
     CONSISTENCY_TOKEN,
     DEFAULT_BODY_LIMIT,
@@ -203,6 +204,7 @@ def build_api(
         version="1",
         description="Queries over the blog's read model. Send the "
         "X-Consistency-Token of a command response to read your own writes.",
+        access=ACCESS["query"],
     )
 
     _error_handlers(app, consistency_wait_s)

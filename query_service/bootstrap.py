@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from query_service.api import build_api
+from shared.auth import secure
 from shared.readmodel.pipeline import KeyReader
 from shared.readmodel.store import ReadStore
 from shared.service import open_key_store_at_start, serve
@@ -41,7 +42,7 @@ def build_app(settings: QueryServiceSettings, adapters: QueryAdapters) -> FastAP
             return {"status": "unavailable", "read_store": repr(exc)}
         return {"status": "ok", "positions": {str(p): f["next_offset"] for p, f in fresh.items()}}
 
-    return build_api(
+    app = build_api(
         service=settings.service_name,
         store=store,
         keys=adapters.keys,
@@ -50,6 +51,7 @@ def build_app(settings: QueryServiceSettings, adapters: QueryAdapters) -> FastAP
         body_limit=settings.http_body_limit_bytes,
         consistency_poll_s=settings.consistency_poll_ms / 1000,
     )
+    return secure(app, settings)
 
 
 async def main(settings: QueryServiceSettings) -> None:

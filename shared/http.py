@@ -23,6 +23,7 @@ from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Fiel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.access import OPERATIONS, PUBLIC, Rule, guard
 from shared.errors import EsError
 
 HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
@@ -232,6 +233,7 @@ def service_app(
     registry: CollectorRegistry = REGISTRY,
     body_limit: int = DEFAULT_BODY_LIMIT,
     reads_elsewhere: str | None = None,
+    access: Mapping[str, Rule] = OPERATIONS,
     **fastapi_kwargs: Any,
 ) -> FastAPI:
     """A FastAPI app with /health (200 ready / 503 not) and /metrics (Prometheus text); errors
@@ -239,8 +241,11 @@ def service_app(
     when a command or model built in a route does not validate; a body that is not JSON says
     where it breaks, or that JSON is expected); bodies above `body_limit` bytes refused with 413;
     and an OpenAPI document that says all of that. `reads_elsewhere` is added to the answer to a
-    GET this service does not serve (the command service's pointer to the query service)."""
-    app = FastAPI(title=service, **fastapi_kwargs)
+    GET this service does not serve (the command service's pointer to the query service).
+    Every API route is guarded by `access` (`shared.access`: who may call it; the caller is
+    what the authentication middleware, `shared.auth`, left in `request.state.principal`), and
+    the document states the bearer scheme and the 401/403 answers route by route."""
+    app = FastAPI(title=service, dependencies=[guard(access)], **fastapi_kwargs)
     app.add_middleware(BodyLimit, limit=body_limit)
 
     health_doc = {
@@ -285,7 +290,8 @@ def service_app(
         detail = str(exc.detail)
         if reads_elsewhere and request.method == "GET" and exc.status_code in (404, 405):
             detail = f"{detail}: {reads_elsewhere}"
-        response = problem(exc.status_code, code, str(exc.detail), detail)
+        title = getattr(exc, "title", None) or str(exc.detail)
+        response = problem(exc.status_code, code, title, detail)
         response.headers.update(exc.headers or {})  # e.g. Allow of a 405
         return response
 
@@ -306,7 +312,7 @@ def service_app(
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _document(app)
+            app.openapi_schema = _document(app, access)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -362,9 +368,51 @@ def _no_null(schema: dict[str, Any]) -> None:
             del schema["default"]
 
 
-def _document(app: FastAPI) -> dict[str, Any]:
+WWW_AUTHENTICATE = header_doc(
+    '`Bearer realm="esctl"` (with `error` and `error_description` for a token refused)',
+    {"type": "string"},
+    True,
+)
+#: The security scheme of every service's document.
+BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "bearerFormat": "JWT",
+    "description": "a JWT with `sub` and `roles` (author, reviewer, editor, operator, admin); "
+    "`esctl token` mints one for local use",
+}
+
+
+def _secure(operation: dict[str, Any], rule: Rule | None) -> None:
+    """The operation's security requirement and its 401/403 answers, from its access rule."""
+    responses = operation.setdefault("responses", {})
+    if rule == PUBLIC:
+        operation["security"] = [{}, {"bearer": []}]  # a token is optional (and checked)
+        responses.setdefault(
+            "401",
+            problem_doc(
+                "a token was sent and is not valid (`invalid_token`, `token_expired`...)",
+                **{"WWW-Authenticate": WWW_AUTHENTICATE},
+            ),
+        )
+        return
+    operation["security"] = [{"bearer": []}]
+    roles = ", ".join(sorted({*rule, "admin"})) if isinstance(rule, frozenset) else "admin"
+    responses.setdefault(
+        "401",
+        problem_doc(
+            "no bearer token (`unauthenticated`), or one that is not valid (`invalid_token`, "
+            "`token_expired`...)",
+            **{"WWW-Authenticate": WWW_AUTHENTICATE},
+        ),
+    )
+    responses.setdefault("403", problem_doc(f"`forbidden`: the roles allowed are {roles}"))
+
+
+def _document(app: FastAPI, access: Mapping[str, Rule]) -> dict[str, Any]:
     """FastAPI's document, made true: every 422 is problem+json (FastAPI says application/json
-    with its own schema), every operation with a body may answer 413, and the shared schemas."""
+    with its own schema), every operation with a body may answer 413, the shared schemas, and
+    the bearer scheme with each operation's 401/403 (from the access table)."""
     doc = get_openapi(
         title=app.title,
         version=app.version,
@@ -380,8 +428,10 @@ def _document(app: FastAPI) -> dict[str, Any]:
         for name, sub in found.pop("$defs", {}).items():
             schemas[name] = sub
         schemas[model.__name__] = found
-    for operations in doc.get("paths", {}).values():
-        for operation in operations.values():
+    doc["components"].setdefault("securitySchemes", {})["bearer"] = BEARER
+    for path, operations in doc.get("paths", {}).items():
+        for method, operation in operations.items():
+            _secure(operation, access.get(f"{method.upper()} {path}"))
             for parameter in operation.get("parameters", []):
                 _no_null(parameter["schema"])
             responses = operation.setdefault("responses", {})

@@ -13,7 +13,8 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from shared.errors import EsError, InfrastructureUnavailable
+from shared.auth import check_at_start
+from shared.errors import ConfigurationError, EsError, InfrastructureUnavailable
 from shared.kafka.clients import wait_for_brokers
 from shared.kek import KeyRing
 from shared.keystore import KeyStore
@@ -130,6 +131,11 @@ def run(
 ) -> None:
     """Entry point helper for `__main__`: configure logging and run `main` to completion."""
     configure_logging(settings.log_format, settings.log_level, service=settings.service_name)
+    try:
+        check_at_start(settings, settings.service_name)
+    except ConfigurationError as exc:  # one clear line, no traceback: fix the settings
+        log.error("service_not_started", code=exc.code, error=exc.message)
+        raise SystemExit(2) from None
     asyncio.run(main(settings))
 
 

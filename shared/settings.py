@@ -82,6 +82,26 @@ class ServiceSettings(KafkaSettings):
         default=10.0, gt=0, description="refresh of the esctl_consumer_lag_* gauges, seconds"
     )
 
+    # --- Authenticated HTTP (issue 17: bearer JWTs, shared/auth.py; roles: shared/access.py)
+    auth_enabled: bool = Field(
+        default=True,
+        description="false: no authentication, every request may do everything (local demos "
+        "only; the service logs a warning)",
+    )
+    auth_hs256_secret: str = Field(
+        default="",
+        description="HS256 secret of local tokens (`esctl token`), at least 32 bytes",
+    )
+    auth_jwks_url: str = Field(
+        default="",
+        description="JWKS (RS256/ES256 keys) as a file path, file:// or https:// URL",
+    )
+    auth_issuer: str = Field(default="", description="required `iss` of tokens (empty: any)")
+    auth_audience: str = Field(default="", description="required `aud` of tokens (empty: none)")
+    auth_leeway_s: float = Field(
+        default=30.0, ge=0, le=600, description="clock skew allowed on `exp`/`iat`, seconds"
+    )
+
 
 class CommandServiceSettings(ServiceSettings, KeyEncryptionSettings):
     """Command service: HTTP intake on 8001 and the transactional command processor."""
@@ -103,7 +123,8 @@ class CommandServiceSettings(ServiceSettings, KeyEncryptionSettings):
     )
     erasure_token: str = Field(
         default="",
-        description="bearer token of POST /subjects/{id}/erase; empty: the endpoint is off",
+        description="deprecated: a static bearer credential of the admin role on this service "
+        "(use an admin JWT); empty: none",
     )
 
 

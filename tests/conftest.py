@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -20,6 +21,11 @@ from tests import infra
 from tests.kafka_helpers import delete_topics
 
 configure_logging("console", "warning")
+
+# Authentication is on in every tier, as in production: the services that tests start (child
+# processes inherit the environment) verify tokens signed with this secret, one per session
+# unless configured; tests/e2e/harness.py mints with it.
+os.environ.setdefault("AUTH_HS256_SECRET", secrets.token_urlsafe(32))
 
 
 @pytest.fixture(scope="session", autouse=True)

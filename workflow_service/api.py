@@ -18,6 +18,7 @@ from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from shared.access import ACCESS
 from shared.errors import InfrastructureUnavailable
 from shared.http import DEFAULT_BODY_LIMIT, problem, problem_doc, service_app
 from shared.kafka.reader import TopicFollower
@@ -160,6 +161,7 @@ def build_api(
         body_limit=body_limit,
         version="1",
         description="Workflows (sagas) of the blog: list, inspect and drive them.",
+        access=ACCESS["workflow"],
     )
 
     def encode(value: Any) -> Any:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from fastapi import FastAPI
 
+from shared.auth import secure
 from shared.http import HealthCheck
 from shared.kafka.clients import group_timing
 from shared.kafka.lag import report_lag_forever
@@ -66,7 +67,7 @@ class WorkflowAdapters:
 
 def build_app(settings: WorkflowSettings, adapters: WorkflowAdapters) -> FastAPI:
     """The HTTP app on `adapters`; nothing is started or served."""
-    return build_api(
+    app = build_api(
         service=settings.service_name,
         view=adapters.view,
         control=adapters.control,
@@ -75,6 +76,7 @@ def build_app(settings: WorkflowSettings, adapters: WorkflowAdapters) -> FastAPI
         stuck_after=timedelta(seconds=settings.stuck_after_s),
         body_limit=settings.http_body_limit_bytes,
     )
+    return secure(app, settings)
 
 
 async def main(settings: WorkflowSettings) -> None:

@@ -94,6 +94,7 @@ async def one_run(
         "READ_STORE_URL": f"sqlite:///{store}",
         "KEY_STORE_URL": f"sqlite:///{workdir / (prefix + 'keys.sqlite3')}",
         "CONSISTENCY_WAIT_MS": "10000",
+        "AUTH_ENABLED": "false",  # as bench.common.service_env: the pipeline, not the tokens
     } | variant.env
     files = {m: workdir / f"{prefix}{m}.probe" for m in ("cmd", "proj", "query")}
 

@@ -24,7 +24,7 @@ from shared.kek import KeyRing, decode_kek
 from shared.messages import encode_command
 from shared.messages.blog import CreatePost, EditPost, PublishPost
 from shared.settings import KafkaSettings
-from tests.e2e.harness import ROOT, check_log_invariants
+from tests.e2e.harness import E2E_SECRET, ROOT, check_log_invariants, http_client
 from tests.kafka_helpers import produce, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.containers, pytest.mark.slow]
@@ -72,6 +72,8 @@ class Stack:
                 "QUERY_SERVICE_PORTS": f"{self.ports['query']}:8002",
                 "PROJECTOR_PORTS": f"{self.ports['projector']}:8003",
                 "WORKFLOW_SERVICE_PORTS": f"{self.ports['workflow']}:8004",
+                # the services verify tokens signed with it; http_client sends an admin token
+                "AUTH_HS256_SECRET": E2E_SECRET,
             }
         )
 
@@ -199,7 +201,7 @@ async def test_a_smoke_scenario_passes_through_the_containers(stack: Stack) -> N
     cmd = f"http://127.0.0.1:{cmd_port}"
     query = f"http://127.0.0.1:{stack.ports['query']}"
     workflow = f"http://127.0.0.1:{stack.ports['workflow']}"
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with http_client(timeout=30) as http:
 
         async def ready() -> bool:
             try:
@@ -264,7 +266,7 @@ async def test_two_command_service_replicas_process_every_command_exactly_once(
             records.append((m.key, m.value))
 
     async def author() -> bool:
-        async with httpx.AsyncClient(timeout=10) as http:
+        async with http_client(timeout=10) as http:
             port = stack.http_port(stack.containers()["command-service"][0], 8001)
             r = await http.post(
                 f"http://127.0.0.1:{port}/authors",

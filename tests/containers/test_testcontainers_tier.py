@@ -18,7 +18,7 @@ from shared.messages.base import Command
 from shared.messages.blog import ApprovePost, CreatePost, SubmitPostForReview
 from shared.settings import KafkaSettings
 from tests.conftest import unique
-from tests.e2e.harness import ServiceProcess
+from tests.e2e.harness import ServiceProcess, http_client
 from tests.kafka_helpers import produce, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.containers]
@@ -71,7 +71,7 @@ async def test_create_review_publish_query_over_http_and_over_the_commands_topic
 ) -> None:
     cmd, query = services["command"].url, services["query"].url
     workflow = services["workflow"].url
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with http_client(timeout=30) as http:
         r = await http.post(
             f"{cmd}/authors", json={"author_id": "tc-ada", "name": "Ada", "email": "a@b.c"}
         )

@@ -27,7 +27,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for run in fuzzed.RUNS.values():
         statuses = ", ".join(f"{s}: {n}" for s, n in sorted(run.statuses.items()))
         terminalreporter.write_line(
-            f"{run.api} API: {run.cases} cases over {run.operations} operations in "
+            f"{run.api}: {run.cases} cases over {run.operations} operations in "
             f"{run.seconds:.1f} s (max_examples={fuzzed.MAX_EXAMPLES} per operation, "
             f"derandomized; statuses {statuses})"
         )

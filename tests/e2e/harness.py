@@ -1,16 +1,26 @@
-"""Running services as real processes, and checking the event log's invariants."""
+"""Running services as real processes, and checking the event log's invariants.
+
+Authentication is on in this tier, as in production: the services verify HS256 tokens signed
+with E2E_SECRET (AUTH_HS256_SECRET, set for this process and so for every service and esctl
+process it starts, unless already set), and `http_client()` is an httpx client with an admin
+token."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from esctl.localstack.services import ServiceProcess
+from shared.auth import mint
 from shared.kafka.topics import Topics
 from shared.messages import decode_event
 from shared.messages.results import CommandOutcome
@@ -18,7 +28,28 @@ from shared.settings import KafkaSettings
 from tests.kafka_helpers import read_all
 
 ROOT = Path(__file__).resolve().parents[2]
-__all__ = ["ROOT", "ServiceProcess", "check_log_invariants", "command_service_env"]
+#: The services' HS256 secret (tests/conftest.py sets one per test session, unless configured).
+E2E_SECRET = os.environ.setdefault("AUTH_HS256_SECRET", secrets.token_urlsafe(32))
+__all__ = [
+    "E2E_SECRET",
+    "ROOT",
+    "ServiceProcess",
+    "bearer",
+    "check_log_invariants",
+    "command_service_env",
+    "http_client",
+]
+
+
+def bearer(*roles: str, sub: str = "e2e") -> dict[str, str]:
+    """The Authorization header of a token of `roles` (valid for 6 hours)."""
+    return {"Authorization": f"Bearer {mint(E2E_SECRET, sub, roles or ['admin'], ttl_s=6 * 3600)}"}
+
+
+def http_client(**kwargs: Any) -> httpx.AsyncClient:
+    """An httpx client that sends an admin token (headers given here add to it)."""
+    headers = bearer("admin", sub="e2e-admin") | dict(kwargs.pop("headers", None) or {})
+    return httpx.AsyncClient(headers=headers, **kwargs)
 
 
 def esctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -7,6 +7,13 @@ is reproducible; the number of cases per API is reported in the terminal summary
 Generated ids rarely name something that exists, so a share of the valid ids is replaced by ids
 the fixture created (an author, a post, a workflow, a command): those cases reach the 200 answers
 and the business rules (404, 409) with real data.
+
+Each API is fuzzed twice, authentication on: with an admin token (sent over whatever
+Authorization header schemathesis generates, so every case reaches the route, and a 401 to it
+fails the case; only the cases schemathesis sends without the header on purpose are refused)
+and without one (the guarded routes answer 401 as documented, the public ones their data;
+schemathesis's own `ignored_auth` check sends the token run's cases without and with a wrong
+token too).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from schemathesis.checks import not_a_server_error, positive_data_acceptance
 from shared.http import CONSISTENCY_TOKEN
 from shared.messages.base import AGGREGATE_ID_PATTERN
 from tests.conftest import fresh_database, unique
-from tests.e2e.harness import ServiceProcess, command_service_env
+from tests.e2e.harness import ServiceProcess, bearer, command_service_env, http_client
 from tests.kafka_helpers import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
@@ -73,9 +80,16 @@ class Known:
             return st.sampled_from(options)
 
 
-def configure(schema: BaseSchema, api: str) -> BaseSchema:
+def run_name(api: str, request: pytest.FixtureRequest | None = None, token: bool = True) -> str:
+    """`command API with a token`: the run of the requesting test (`..._with_a_token`)."""
+    if request is not None:  # the test's node (schemathesis wraps the function)
+        token = "_with_a_token" in request.node.name
+    return f"{api} API {'with' if token else 'without'} a token"
+
+
+def configure(schema: BaseSchema, name: str) -> BaseSchema:
     schema.config.generation.update(max_examples=MAX_EXAMPLES, deterministic=True, database="none")
-    RUNS[api] = Run(api, operations=len(list(schema.get_all_operations())))
+    RUNS[name] = Run(name, operations=len(list(schema.get_all_operations())))
     return schema
 
 
@@ -130,14 +144,25 @@ def positive_data_acceptance_except_unstatable(api: str) -> Any:
     return check
 
 
-def fuzz(case: Case, api: str, *excluded: Any, **replaced: Any) -> None:
-    """Send the case; run every check (positive_data_acceptance with the API's exceptions)."""
+#: the token of the runs with a token: an admin may call every route
+ADMIN = bearer("admin", sub="fuzz-admin")
+
+
+def fuzz(case: Case, api: str, token: bool, *excluded: Any, **replaced: Any) -> None:
+    """Send the case (with the admin token, or as generated); run every check
+    (positive_data_acceptance with the API's exceptions). With the token, no case may be
+    refused as unauthenticated: each one reaches its route."""
     response = case.call_and_validate(
         timeout=30,
+        headers=ADMIN if token else None,
         excluded_checks=[positive_data_acceptance, *excluded],
         additional_checks=[positive_data_acceptance_except_unstatable(api), *replaced.values()],
     )
-    run = RUNS[api]
+    if token and response.request.headers.get("Authorization") == ADMIN["Authorization"]:
+        # (schemathesis's coverage phase also sends cases without the header on purpose,
+        # about the security requirement: those answer 401 as documented)
+        assert response.status_code != 401, f"the admin token was refused: {response.text}"
+    run = RUNS[run_name(api, token=token)]
     run.cases += 1
     run.statuses[response.status_code] = run.statuses.get(response.status_code, 0) + 1
 
@@ -170,18 +195,20 @@ def command_service(bootstrap: str, prefix: str, tmp_path: Path) -> ServiceProce
 
 async def seed(url: str, submit: bool = False) -> dict[str, str]:
     """An author and a post (submitted for review if asked): ids that exist."""
-    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+    async with http_client(base_url=url, timeout=30) as http:
         author = await post(
             http,
             "/authors",
-            {"author_id": "fuzz-author", "name": "Ada Fuzz", "email": "ada@example.org"},
+            # a new subject each time: the key store is the session's, and the token runs
+            # erase the known author (POST /subjects/{id}/erase with its id)
+            {"author_id": unique("fuzz-author"), "name": "Ada Fuzz", "email": "ada@example.org"},
         )
         created = await post(
             http,
             "/posts",
             {
                 "post_id": "fuzz-post",
-                "author_id": "fuzz-author",
+                "author_id": author["aggregate_id"],
                 "title": "Hello",
                 "tags": ["kafka"],
             },
@@ -198,14 +225,17 @@ async def seed(url: str, submit: bool = False) -> dict[str, str]:
 
 
 @pytest.fixture
-async def command_api(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[BaseSchema]:
+async def command_api(
+    kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[BaseSchema]:
     """The command service as a process, with an author and a post; its OpenAPI document."""
+    name = run_name("command", request)
     cmd = command_service(kafka_bootstrap, unique("fuzz") + ".", tmp_path)
     cmd.start()
     try:
         await cmd.wait_healthy()
         ids = await seed(cmd.url)
-        schema = configure(schemathesis.openapi.from_url(f"{cmd.url}/openapi.json"), "command")
+        schema = configure(schemathesis.openapi.from_url(f"{cmd.url}/openapi.json"), name)
         Known(
             {
                 "author_id": [ids["author"]],
@@ -216,17 +246,18 @@ async def command_api(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Bas
         ).substitute(schema)
         started = time.monotonic()
         yield schema
-        RUNS["command"].seconds = time.monotonic() - started
+        RUNS[name].seconds = time.monotonic() - started
     finally:
         await cmd.stop()
 
 
 @pytest.fixture
 async def query_api(
-    kafka_bootstrap: str, postgres_url: str, tmp_path: Path
+    kafka_bootstrap: str, postgres_url: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[BaseSchema]:
     """Command service, projector and query service as processes on a PostgreSQL read store
     that holds an author and a post in review; the query service's OpenAPI document."""
+    name = run_name("query", request)
     prefix = unique("fuzz") + "."
     async with fresh_database(postgres_url, "fuzz") as store_url:
         cmd = command_service(kafka_bootstrap, prefix, tmp_path)
@@ -247,7 +278,7 @@ async def query_api(
             for svc in services:
                 await svc.wait_healthy()
             ids = await seed(cmd.url, submit=True)
-            async with httpx.AsyncClient(base_url=query.url, timeout=30) as http:
+            async with http_client(base_url=query.url, timeout=30) as http:
 
                 async def projected() -> bool:
                     headers = {"X-Consistency-Token": ids["token"]}
@@ -255,23 +286,26 @@ async def query_api(
                     return r.status_code == 200
 
                 await wait_until(projected, timeout_s=60, what="the seeded post in the read model")
-            schema = configure(schemathesis.openapi.from_url(f"{query.url}/openapi.json"), "query")
+            schema = configure(schemathesis.openapi.from_url(f"{query.url}/openapi.json"), name)
             both = [ids["post"], ids["author"]]
             Known(
                 {"post_id": [ids["post"]], "author_id": [ids["author"]], "aggregate_id": both}
             ).substitute(schema)
             started = time.monotonic()
             yield schema
-            RUNS["query"].seconds = time.monotonic() - started
+            RUNS[name].seconds = time.monotonic() - started
         finally:
             for svc in reversed(services):
                 await svc.stop()
 
 
 @pytest.fixture
-async def workflow_api(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[BaseSchema]:
+async def workflow_api(
+    kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[BaseSchema]:
     """Command and workflow services as processes, with a review workflow running; the
     workflow service's OpenAPI document."""
+    name = run_name("workflow", request)
     prefix = unique("fuzz") + "."
     cmd = command_service(kafka_bootstrap, prefix, tmp_path)
     workflow = ServiceProcess(
@@ -293,7 +327,7 @@ async def workflow_api(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Ba
             await svc.wait_healthy()
         await seed(cmd.url, submit=True)
         found: list[str] = []
-        async with httpx.AsyncClient(base_url=workflow.url, timeout=30) as http:
+        async with http_client(base_url=workflow.url, timeout=30) as http:
 
             async def started() -> bool:
                 found[:] = [
@@ -302,13 +336,11 @@ async def workflow_api(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Ba
                 return bool(found)
 
             await wait_until(started, timeout_s=60, what="the review workflow of the seeded post")
-        schema = configure(
-            schemathesis.openapi.from_url(f"{workflow.url}/openapi.json"), "workflow"
-        )
+        schema = configure(schemathesis.openapi.from_url(f"{workflow.url}/openapi.json"), name)
         Known({"workflow_id": found}).substitute(schema)
         began = time.monotonic()
         yield schema
-        RUNS["workflow"].seconds = time.monotonic() - began
+        RUNS[name].seconds = time.monotonic() - began
     finally:
         for svc in reversed(services):
             await svc.stop()
@@ -320,21 +352,42 @@ workflow_schema = schemathesis.pytest.from_fixture("workflow_api")
 
 
 @command_schema.parametrize()
-def test_the_command_api_answers_as_its_openapi_document_says(case: Case) -> None:
-    """Every check of schemathesis holds for every operation of the command API (a 422 to a
-    schema-valid request only for a documented rule that a schema cannot state)."""
-    fuzz(case, "command")
+def test_the_command_api_answers_as_its_openapi_document_says_with_a_token(case: Case) -> None:
+    """Every check of schemathesis holds for every operation of the command API, called by an
+    admin (a 422 to a schema-valid request only for a documented rule that a schema cannot
+    state)."""
+    fuzz(case, "command", True)
+
+
+@command_schema.parametrize()
+def test_the_command_api_answers_as_its_openapi_document_says_without_a_token(case: Case) -> None:
+    """The same without a token: every command route answers 401 as documented."""
+    fuzz(case, "command", False)
 
 
 @query_schema.parametrize()
-def test_the_query_api_answers_as_its_openapi_document_says(case: Case) -> None:
+def test_the_query_api_answers_as_its_openapi_document_says_with_a_token(case: Case) -> None:
     """Every check of schemathesis holds for every operation of the query API (a 503 is no
     server error only as the documented `not_consistent_yet` answer to a consistency token;
     a case with a schema-invalid token is no positive case)."""
-    fuzz(case, "query", not_a_server_error, server=not_a_server_error_but_not_consistent_yet)
+    fuzz(case, "query", True, not_a_server_error, server=not_a_server_error_but_not_consistent_yet)
+
+
+@query_schema.parametrize()
+def test_the_query_api_answers_as_its_openapi_document_says_without_a_token(case: Case) -> None:
+    """The same without a token (the query routes are public; /metrics answers 401)."""
+    fuzz(case, "query", False, not_a_server_error, server=not_a_server_error_but_not_consistent_yet)
 
 
 @workflow_schema.parametrize()
-def test_the_workflow_api_answers_as_its_openapi_document_says(case: Case) -> None:
+def test_the_workflow_api_answers_as_its_openapi_document_says_with_a_token(case: Case) -> None:
     """Every check of schemathesis holds for every operation of the workflow API."""
-    fuzz(case, "workflow")
+    fuzz(case, "workflow", True)
+
+
+@workflow_schema.parametrize()
+def test_the_workflow_api_answers_as_its_openapi_document_says_without_a_token(
+    case: Case,
+) -> None:
+    """The same without a token: every workflow route answers 401 as documented."""
+    fuzz(case, "workflow", False)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -120,11 +121,14 @@ def _listening(port: int) -> bool:
     )
 
 
+@pytest.mark.parametrize("insecure", [False, True], ids=["tokens", "insecure"])
 async def test_esctl_up_serves_the_system_and_ctrl_c_stops_everything_it_started(
-    tmp_path: Path,
+    tmp_path: Path, insecure: bool
 ) -> None:
-    """`esctl up` starts a broker and the four services, which answer over HTTP; Ctrl-C (SIGINT)
-    stops every process it started (the services and the broker) and frees their ports."""
+    """`esctl up` starts a broker and the four services, which answer over HTTP to the admin
+    token it prints (and 401 without one; with `--insecure`: no token printed, a warning, and
+    no token needed); Ctrl-C (SIGINT) stops every process it started (the services and the
+    broker) and frees their ports."""
     state = tmp_path / "var"
     data_dir = state / "kafka"
     kafka_port = free_port()
@@ -145,11 +149,13 @@ async def test_esctl_up_serves_the_system_and_ctrl_c_stops_everything_it_started
         "KEY_ENCRYPTION_KEY_FILE",
         "READ_STORE_URL",
         "WORKFLOW_STORE_URL",
+        "AUTH_HS256_SECRET",  # esctl up's own (the local stack's secret)
     }
     env = {k: v for k, v in os.environ.items() if k not in session}
     env["ESCTL_STATE_DIR"] = str(state)
     log_path = tmp_path / "up.log"
     args = ["up", "--port", str(kafka_port), "--data-dir", str(data_dir)]
+    args += ["--insecure"] if insecure else []
     for module, port in ports.items():
         args += [f"--{module.split('_')[0]}-port", str(port)]
     with log_path.open("wb") as log:
@@ -176,12 +182,19 @@ async def test_esctl_up_serves_the_system_and_ctrl_c_stops_everything_it_started
                 return True
 
             await wait_until(all_healthy, timeout_s=180, interval_s=0.5, what="esctl up healthy")
+            printed = log_path.read_text()
+            admin = re.search(r"^ADMIN_TOKEN=(\S+)$", printed, re.MULTILINE)
             author = f"ada-{uuid.uuid4().hex[:6]}"
-            r = await http.post(
-                f"http://127.0.0.1:{ports['command_service']}/authors",
-                json={"author_id": author, "name": "Ada", "email": "ada@example.org"},
-                timeout=30,
-            )
+            url = f"http://127.0.0.1:{ports['command_service']}/authors"
+            body = {"author_id": author, "name": "Ada", "email": "ada@example.org"}
+            if insecure:
+                assert admin is None and "authentication is OFF" in printed, printed
+            else:
+                assert admin and re.search(r"^AUTHOR_TOKEN=\S+", printed, re.MULTILINE), printed
+                r = await http.post(url, json=body, timeout=30)
+                assert r.status_code == 401, r.text
+                http.headers["Authorization"] = f"Bearer {admin.group(1)}"
+            r = await http.post(url, json=body, timeout=30)
             assert r.status_code == 201, r.text
             token = r.headers["x-consistency-token"]
             read = await http.get(

@@ -16,7 +16,6 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 
@@ -28,7 +27,7 @@ from shared.messages.codec import encode_command
 from shared.messages.results import CommandOutcome
 from shared.settings import KafkaSettings
 from tests.conftest import unique
-from tests.e2e.harness import ServiceProcess, check_log_invariants, command_service_env
+from tests.e2e.harness import ServiceProcess, check_log_invariants, command_service_env, http_client
 from tests.e2e.workload import plan_posts, produce_planned
 from tests.kafka_helpers import committed_offsets, end_offsets, produce, read_all, wait_until
 
@@ -90,7 +89,7 @@ async def test_http_commands_answer_with_events_positions_and_problem_codes(
     svc.start()
     try:
         await svc.wait_healthy()
-        async with httpx.AsyncClient(base_url=svc.url, timeout=30) as http:
+        async with http_client(base_url=svc.url, timeout=30) as http:
             r = await http.post(
                 "/authors", json={"author_id": "ada", "name": "Ada", "email": "ada@example.org"}
             )
@@ -138,7 +137,7 @@ async def test_a_slow_outcome_answers_202_with_a_location_that_later_has_it(
     svc.start()
     try:
         await svc.wait_healthy()
-        async with httpx.AsyncClient(base_url=svc.url, timeout=30) as http:
+        async with http_client(base_url=svc.url, timeout=30) as http:
             r = await http.post("/authors", json={"name": "Ada", "email": "a@example.org"})
             assert r.status_code == 202, r.text
             location = r.headers["location"]
@@ -164,7 +163,7 @@ async def test_fifty_concurrent_publishers_with_the_same_expected_version_exactl
     svc.start()
     try:
         await svc.wait_healthy()
-        async with httpx.AsyncClient(base_url=svc.url, timeout=60) as http:
+        async with http_client(base_url=svc.url, timeout=60) as http:
             assert (
                 await http.post(
                     "/authors", json={"author_id": "ada", "name": "Ada", "email": "a@example.org"}

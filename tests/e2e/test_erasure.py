@@ -32,7 +32,7 @@ from shared.messages import encode_command
 from shared.messages.blog import EditPost, RegisterAuthor
 from shared.settings import KafkaSettings
 from tests.conftest import unique
-from tests.e2e.harness import ServiceProcess, command_service_env, esctl
+from tests.e2e.harness import ServiceProcess, bearer, command_service_env, esctl, http_client
 from tests.kafka_helpers import produce, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -180,7 +180,7 @@ async def test_erased_subjects_leave_no_readable_trace_and_others_stay_whole(
     try:
         for p in procs:
             await p.wait_healthy()
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with http_client(timeout=30) as http:
             # ada over HTTP (registered, renamed, writes a post); cyd over HTTP
             for person in (ada, cyd):
                 r = await http.post(
@@ -291,11 +291,14 @@ async def test_erased_subjects_leave_no_readable_trace_and_others_stay_whole(
 
             await wait_until(edited, timeout_s=30, what="the transactional command decided")
 
-            # erase ada over HTTP: authenticated only
+            # erase ada over HTTP: an admin only (here with the deprecated ERASURE_TOKEN)
             url = f"{cmd.url}/subjects/{ada['id']}/erase"
-            assert (await http.post(url)).status_code == 401
-            wrong = await http.post(url, headers={"Authorization": "Bearer nope"})
-            assert wrong.status_code == 401 and wrong.json()["code"] == "unauthorized"
+            async with httpx.AsyncClient(timeout=30) as anonymous:
+                assert (await anonymous.post(url)).status_code == 401
+                wrong = await anonymous.post(url, headers={"Authorization": "Bearer nope"})
+                assert wrong.status_code == 401 and wrong.json()["code"] == "invalid_token"
+                editor = await anonymous.post(url, headers=bearer("editor"))
+                assert editor.status_code == 403 and editor.json()["code"] == "forbidden"
             r = await http.post(
                 url, headers={"Authorization": f"Bearer {TOKEN}"}, json={"reason": "asked"}
             )
@@ -424,7 +427,7 @@ async def test_erasure_removes_personal_data_an_aborted_transaction_left_in_the_
     cmd.start()
     try:
         await cmd.wait_healthy()
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with http_client(timeout=30) as http:
             r = await http.post(
                 f"{cmd.url}/authors",
                 json={"author_id": ada["id"], "name": f"Ada {tag}", "email": f"a.{tag}@x.org"},

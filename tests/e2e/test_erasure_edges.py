@@ -15,7 +15,6 @@ import uuid
 from pathlib import Path
 
 import asyncpg
-import httpx
 import pytest
 
 from shared.kafka.commands import CommandClient
@@ -25,7 +24,7 @@ from shared.messages import encode_command
 from shared.messages.blog import AssignReviewer, EraseSubject
 from shared.settings import KafkaSettings
 from tests.conftest import session_keyring, unique
-from tests.e2e.harness import ServiceProcess, command_service_env
+from tests.e2e.harness import ServiceProcess, command_service_env, http_client
 from tests.kafka_helpers import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -116,7 +115,7 @@ async def test_esctl_erase_from_elsewhere_erases_in_the_services_key_store_or_re
             "QUERY_SERVICE_URL": query.url,
             "ERASURE_TOKEN": TOKEN,
         }
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with http_client(timeout=30) as http:
             for author in (ada, cyd):
                 r = await http.post(
                     f"{cmd.url}/authors",
@@ -191,7 +190,7 @@ async def test_esctl_erase_from_elsewhere_erases_in_the_services_key_store_or_re
         assert report["query_service"] == []
         assert await key_rows(pg_database, ada) == [(False, True)]
         assert not (elsewhere / "var").exists()  # no stray key store made where it ran
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with http_client(timeout=30) as http:
             first = (await http.get(f"{query.url}/authors/{ada}?version=1")).json()
             assert (first["name"], first["email"]) == (None, None)
             stream = (await http.get(f"{query.url}/streams/{ada}/events")).json()["events"]

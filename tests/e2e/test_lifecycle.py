@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from aiokafka import TopicPartition
 
@@ -28,7 +27,13 @@ from shared.messages.base import Command
 from shared.messages.blog import CreatePost, EditPost
 from shared.settings import KafkaSettings
 from tests.conftest import unique
-from tests.e2e.harness import ServiceProcess, check_log_invariants, command_service_env, esctl
+from tests.e2e.harness import (
+    ServiceProcess,
+    check_log_invariants,
+    command_service_env,
+    esctl,
+    http_client,
+)
 from tests.kafka_helpers import end_offsets, produce, read_all, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -86,7 +91,7 @@ async def test_prune_archive_rebuild_and_restart_on_old_aggregates(
     proj.start()
     await proj.wait_healthy()
     try:
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with http_client(timeout=30) as http:
             r = await http.post(
                 f"{cmd.url}/authors",
                 json={"author_id": "pr-ada", "name": "Ada", "email": "ada@example.org"},
@@ -184,7 +189,7 @@ async def test_prune_archive_rebuild_and_restart_on_old_aggregates(
             return {r["partition"] for r in restores()} == set(range(PARTITIONS))
 
         await wait_until(all_restored, timeout_s=60, what="every partition restored")
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with http_client(timeout=30) as http:
             for post in posts[:5]:
                 r = await http.patch(
                     f"{cmd.url}/posts/{post}",
@@ -227,7 +232,7 @@ async def test_a_restore_that_would_replay_across_a_pruned_gap_refuses_to_decide
     cmd.start()
     try:
         await cmd.wait_healthy()
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with http_client(timeout=30) as http:
             r = await http.post(
                 f"{cmd.url}/authors",
                 json={"author_id": "gap-ada", "name": "Ada", "email": "ada@example.org"},

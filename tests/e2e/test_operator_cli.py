@@ -28,7 +28,7 @@ from shared.messages import encode_command
 from shared.messages.blog import CreatePost, SubmitPostForReview
 from shared.settings import KafkaSettings
 from tests.conftest import unique
-from tests.e2e.harness import ROOT, ServiceProcess, command_service_env, esctl
+from tests.e2e.harness import ROOT, ServiceProcess, bearer, command_service_env, esctl
 from tests.kafka_helpers import produce, read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -95,6 +95,7 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         registered = httpx.post(
             f"{command.url}/authors",
             json={"author_id": author, "name": "Ann Operator", "email": "ann@example.org"},
+            headers=bearer("admin"),
             timeout=30,
         )
         assert registered.status_code == 201, registered.text
@@ -108,11 +109,15 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         asyncio.run(produce(kafka_bootstrap, topics.commands, records))
 
         def both_in_review() -> bool:
-            body = httpx.get(f"{workflow.url}/workflows", timeout=10).json()
+            body = httpx.get(
+                f"{workflow.url}/workflows", headers=bearer("operator"), timeout=10
+            ).json()
             return len(body["workflows"]) == len(posts)
 
         _wait("two review workflows", both_in_review)
-        listed = httpx.get(f"{workflow.url}/workflows", timeout=10).json()["workflows"]
+        listed = httpx.get(
+            f"{workflow.url}/workflows", headers=bearer("operator"), timeout=10
+        ).json()["workflows"]
         groups = [f"{prefix}command-service", f"{prefix}workflow-service"]
         ids = sorted(w["workflow_id"] for w in listed)
         # the premise of this module: what the tables must print whole is long

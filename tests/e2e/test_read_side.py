@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from aiokafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
@@ -40,7 +39,7 @@ from shared.readmodel.rebuild import RebuildProgress, rebuild
 from shared.readmodel.store import ReadStore
 from shared.settings import KafkaSettings
 from tests.conftest import unique
-from tests.e2e.harness import ROOT, ServiceProcess, command_service_env, esctl
+from tests.e2e.harness import ROOT, ServiceProcess, command_service_env, esctl, http_client
 from tests.kafka_helpers import (
     end_offsets,
     kafka_consumer_groups_describe,
@@ -299,7 +298,7 @@ async def test_read_your_writes_1000_times_with_the_consistency_token(stack: Any
     without the token states how fresh it is."""
     cmd, query = stack["command"], stack["query"]
     misses: list[str] = []
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with http_client(timeout=30) as http:
         r = await http.post(
             f"{cmd.url}/authors", json={"author_id": "ada", "name": "Ada", "email": "a@x.y"}
         )
@@ -334,7 +333,7 @@ async def test_a_token_the_projection_cannot_reach_in_time_gets_503_with_retry_a
     stack: Any,
 ) -> None:
     """A position beyond the log end is never reached: 503, Retry-After, a problem body."""
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with http_client(timeout=30) as http:
         r = await http.get(
             f"{stack['query'].url}/stats", headers={"X-Consistency-Token": "0:999999"}
         )
@@ -351,7 +350,7 @@ async def test_queries_keep_answering_during_a_rebuild_and_the_swapped_model_is_
     """While `esctl projections rebuild` runs, queries answer and new posts keep coming; after
     the swap the model equals the fold of the whole log, new posts included."""
     cmd, query, prefix = stack["command"], stack["query"], stack["prefix"]
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with http_client(timeout=30) as http:
         await http.post(
             f"{cmd.url}/authors", json={"author_id": "ada", "name": "A", "email": "a@x.y"}
         )
@@ -490,7 +489,7 @@ async def test_esctl_lag_agrees_with_kafkas_consumer_groups_tool(
 async def lag_gauges(svc: ServiceProcess) -> dict[tuple[str, str, int], tuple[float, float]]:
     """(group, topic, partition) -> (esctl_consumer_lag_records, esctl_consumer_lag_seconds)
     from a service's /metrics."""
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with http_client(timeout=10) as http:
         text = (await http.get(f"{svc.url}/metrics")).text
     values: dict[tuple[str, str, int], dict[str, float]] = {}
     for family in text_string_to_metric_families(text):
@@ -536,7 +535,7 @@ async def test_caught_up_groups_on_transactional_topics_show_lag_0_in_every_tool
         await cmd.wait_healthy()
         proj.start()
         await proj.wait_healthy()
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with http_client(timeout=30) as http:
             r = await http.post(
                 f"{cmd.url}/authors", json={"author_id": "ada", "name": "A", "email": "a@x.y"}
             )

@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from aiohttp import web
 
@@ -33,7 +32,7 @@ from shared.messages.blog import (
 from shared.messages.results import CommandOutcome
 from shared.settings import KafkaSettings
 from tests.conftest import unique
-from tests.e2e.harness import ROOT, ServiceProcess, command_service_env
+from tests.e2e.harness import ROOT, ServiceProcess, command_service_env, http_client
 from tests.kafka_helpers import produce, read_all, wait_until
 from workflow_service.model import TERMINAL
 
@@ -96,14 +95,14 @@ class Stack:
         await produce(self.bootstrap, self.topics.commands, records)
 
     async def workflows(self, **params: Any) -> dict[str, Any]:
-        async with httpx.AsyncClient() as http:
+        async with http_client() as http:
             r = await http.get(f"{self.workflow.url}/workflows", params={"limit": 10_000, **params})
             r.raise_for_status()
             body: dict[str, Any] = r.json()
             return body
 
     async def show(self, workflow_id: str) -> dict[str, Any]:
-        async with httpx.AsyncClient() as http:
+        async with http_client() as http:
             r = await http.get(f"{self.workflow.url}/workflows/{workflow_id}")
             r.raise_for_status()
             body: dict[str, Any] = r.json()
@@ -127,7 +126,7 @@ async def make_stack(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Any]
         stacks.append(stack)
         await stack.start()
         # Over HTTP, which answers once the registration is decided: posts may follow.
-        async with httpx.AsyncClient() as http:
+        async with http_client() as http:
             r = await http.post(
                 f"{stack.command.url}/authors",
                 json={"author_id": "ed", "name": "Ed Itor", "email": "ed@example.org"},
@@ -541,7 +540,7 @@ async def test_finished_workflows_are_forgotten_after_their_retention(make_stack
 
     await wait_until(restored, timeout_s=30, interval_s=0.3, what="restore after restart")
     assert await of(done) == []
-    async with httpx.AsyncClient() as http:
+    async with http_client() as http:
         r = await http.get(f"{stack.workflow.url}/workflows/{finished[0]}")
         assert r.status_code == 404
 

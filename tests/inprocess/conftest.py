@@ -1,6 +1,11 @@
 """The in-process tier: each service's app built by its composition root (`build_app`) on
 in-memory adapters, called through httpx's ASGI transport. No broker, no server, no process.
 
+Authentication is on, as in production: every app verifies HS256 tokens signed with
+`TEST_SECRET` (set in the environment for each test), and `http(app)` is a client that sends an
+admin token; `http(app, caller=None)` sends none, `http(app, caller="author", sub="alice")` a
+token of that role and subject.
+
 Every test names the routes it exercises with `@pytest.mark.route(service, "METHOD /path")`;
 the client records the routes each request reached, and a test that names a route it never
 called fails (so the route list of test_every_route_is_tested.py cannot be satisfied on paper).
@@ -10,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -22,13 +27,35 @@ from command_service import bootstrap as command
 from command_service.adapters import InMemoryCommandClient
 from projector_service import bootstrap as projector
 from query_service import bootstrap as query
+from shared.auth import mint
 from shared.keystore import InMemoryKeyStore
+from shared.principal import ADMIN
 from shared.readmodel.store import ReadStore
 from workflow_service import bootstrap as workflow
 from workflow_service.api import InMemoryWorkflowView
 from workflow_service.control import InMemoryControlChannel
 
-HTTPClient = Callable[[FastAPI], httpx.AsyncClient]
+#: The HS256 secret of the in-process apps (AUTH_HS256_SECRET while a test runs).
+TEST_SECRET = "in-process-test-secret-0123456789abcdef"
+
+
+def token(*roles: str, sub: str = "tester") -> str:
+    """A valid bearer token of `roles` for `sub`, as the in-process apps accept it."""
+    return mint(TEST_SECRET, sub, roles)
+
+
+def bearer(*roles: str, sub: str = "tester") -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(*roles, sub=sub)}"}
+
+
+class HTTPClient(Protocol):
+    def __call__(
+        self, app: FastAPI, *, caller: str | None = ADMIN, sub: str | None = None
+    ) -> httpx.AsyncClient:
+        """A client of `app` that sends a token of the role `caller` (None: no token)."""
+        ...
+
+
 AppMaker = Callable[..., FastAPI]
 SERVICES = ("command", "projector", "query", "workflow")
 
@@ -57,6 +84,14 @@ class _Recorder:
         await self.app(scope, receive, send)
 
 
+@pytest.fixture(autouse=True)
+def auth_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every app built in a test verifies tokens signed with TEST_SECRET."""
+    monkeypatch.setenv("AUTH_HS256_SECRET", TEST_SECRET)
+    for name in ("AUTH_ENABLED", "AUTH_JWKS_URL", "AUTH_ISSUER", "AUTH_AUDIENCE"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def hits() -> set[str]:
     """`METHOD /path` of every route this test's requests reached."""
@@ -73,12 +108,16 @@ def named_routes_are_called(request: pytest.FixtureRequest, hits: set[str]) -> I
 
 @pytest.fixture
 async def http(hits: set[str]) -> AsyncIterator[HTTPClient]:
-    """connect(app) -> an httpx client talking to the app in process."""
+    """connect(app) -> an httpx client talking to the app in process, with an admin token
+    (`caller=` another role, or None for no token)."""
     clients: list[httpx.AsyncClient] = []
 
-    def connect(app: FastAPI) -> httpx.AsyncClient:
+    def connect(
+        app: FastAPI, *, caller: str | None = ADMIN, sub: str | None = None
+    ) -> httpx.AsyncClient:
         transport = httpx.ASGITransport(_Recorder(app, hits))
-        client = httpx.AsyncClient(transport=transport, base_url="http://test")
+        headers = bearer(caller, sub=sub or f"test-{caller}") if caller else {}
+        client = httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers)
         clients.append(client)
         return client
 

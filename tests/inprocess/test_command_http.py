@@ -21,7 +21,7 @@ from shared.lifecycle.erase import ErasureRefused, ErasureReport, KeyCheck, NotA
 from shared.messages.codec import EncodedMessage
 from shared.messages.results import CommandOutcome, EventPosition
 from shared.settings import CommandServiceSettings
-from tests.inprocess.conftest import HTTPClient, healthy
+from tests.inprocess.conftest import HTTPClient, bearer, healthy
 from tests.inprocess.test_shared_http import call_chunked
 
 route = pytest.mark.route
@@ -572,12 +572,12 @@ ERASE = "POST /subjects/{subject_id}/erase"
 async def test_erasure_without_the_right_bearer_token_is_401_and_erases_nothing(
     http: HTTPClient, app: FastAPI, eraser: ScriptedEraser, authorization: str | None
 ) -> None:
-    """No Authorization header, another scheme, no token, or a wrong one: 401 `unauthorized`
-    with `WWW-Authenticate: Bearer`; the eraser is not called."""
+    """No Authorization header (401 `unauthenticated`), another scheme, no token, or a wrong
+    one (401 `invalid_token`), with a Bearer challenge; the eraser is not called."""
     headers = {} if authorization is None else {"Authorization": authorization}
-    r = await http(app).post("/subjects/ada/erase", headers=headers)
-    assert_problem(r, 401, "unauthorized")
-    assert r.headers["www-authenticate"] == 'Bearer realm="erasure"'
+    r = await http(app, caller=None).post("/subjects/ada/erase", headers=headers)
+    assert_problem(r, 401, "unauthenticated" if authorization is None else "invalid_token")
+    assert r.headers["www-authenticate"].startswith('Bearer realm="esctl"')
     assert eraser.calls == []
 
 
@@ -637,16 +637,25 @@ async def test_an_unfinished_erasure_is_503_with_the_report(http: HTTPClient, ap
 
 
 @route("command", ERASE)
-async def test_erasure_asks_for_credentials_before_it_says_it_is_off(
+async def test_erasure_needs_the_admin_role_and_erasure_token_is_an_admin_credential(
     http: HTTPClient, client: InMemoryCommandClient, eraser: ScriptedEraser
 ) -> None:
-    """ERASURE_TOKEN empty: without credentials 401 (also while it is off); with a bearer
-    token 403 `erasure_disabled`, whatever the token."""
-    off = http(command_app(client, eraser=eraser, erasure_token=""))
-    assert_problem(await off.post("/subjects/ada/erase"), 401, "unauthorized")
+    """Without credentials 401 `unauthenticated`; a token that is neither a JWT nor
+    ERASURE_TOKEN 401 `invalid_token`; an editor's token 403 `forbidden`; an admin token
+    erases, also while ERASURE_TOKEN is empty; ERASURE_TOKEN (deprecated) still erases."""
+    off = http(command_app(client, eraser=eraser, erasure_token=""), caller=None)
+    assert_problem(await off.post("/subjects/ada/erase"), 401, "unauthenticated")
     r = await off.post("/subjects/ada/erase", headers={"Authorization": "Bearer x"})
-    assert_problem(r, 403, "erasure_disabled")
+    assert_problem(r, 401, "invalid_token")
+    r = await off.post("/subjects/ada/erase", headers=bearer("editor"))
+    assert_problem(r, 403, "forbidden")
     assert eraser.calls == []
+    r = await off.post("/subjects/ada/erase", headers=bearer("admin"))
+    assert r.status_code == 200, r.text
+    static = http(command_app(client, eraser=eraser), caller=None)
+    r = await static.post("/subjects/bob/erase", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200, r.text
+    assert [c[0] for c in eraser.calls] == ["ada", "bob"]
 
 
 @route("command", ERASE)
@@ -666,6 +675,7 @@ async def test_erasure_without_a_key_store_is_off_even_with_the_right_token(
         ("/subjects/-x/erase", {}, "path.subject_id"),
         ("/subjects/ada/erase", {"json": {"reason": "r" * 2001}}, "body.reason"),
         ("/subjects/ada/erase", {"json": {"force": "maybe"}}, "body.force"),
+        ("/subjects/ada/erase", {"json": {"force": 0}}, "body.force"),
     ],
 )
 @route("command", ERASE)
@@ -677,7 +687,7 @@ async def test_an_invalid_erasure_request_is_a_422_naming_the_field(
     kwargs: dict[str, Any],
     field: str,
 ) -> None:
-    """A malformed subject id, a reason too long, a force that is no boolean: 422."""
+    """A malformed subject id, a reason too long, a force that is no JSON boolean (also 0): 422."""
     headers = {"Authorization": f"Bearer {TOKEN}"}
     r = await http(app).post(path, headers=headers, **kwargs)
     assert field in [e["field"] for e in assert_problem(r, 422, "invalid_request")["errors"]]

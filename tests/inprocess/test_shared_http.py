@@ -9,12 +9,14 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 from starlette.types import Message
 
+from shared.access import PUBLIC
 from shared.http import PROBLEM_JSON, service_app
-from tests.inprocess.conftest import HTTPClient, healthy
+from tests.inprocess.conftest import HTTPClient, healthy, token
 
 
 async def call_chunked(app: FastAPI, path: str, chunks: list[bytes]) -> tuple[int, bytes]:
-    """POST `chunks` as a chunked body (no Content-Length) straight to the ASGI app."""
+    """POST `chunks` as a chunked body (no Content-Length) straight to the ASGI app (as an
+    admin)."""
     pending = list(chunks)
     sent: list[Message] = []
 
@@ -35,7 +37,11 @@ async def call_chunked(app: FastAPI, path: str, chunks: list[bytes]) -> tuple[in
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")],
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"transfer-encoding", b"chunked"),
+            (b"authorization", f"Bearer {token('admin')}".encode()),
+        ],
         "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 80),
     }
@@ -54,7 +60,7 @@ async def test_a_model_built_in_a_route_that_does_not_validate_is_a_422_naming_t
     class Inner(BaseModel):
         tags: list[str] = Field(max_length=1)
 
-    app = service_app("t", health=healthy)
+    app = service_app("t", health=healthy, access={"POST /things": PUBLIC})
 
     @app.post("/things")
     async def things(body: dict[str, Any]) -> dict[str, Any]:

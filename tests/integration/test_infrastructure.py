@@ -19,6 +19,7 @@ from shared.kafka import make_producer
 from shared.kafka.topics import Topics, TopicSpec, bootstrap_system_topics, ensure_topics
 from shared.settings import KafkaSettings
 from tests.conftest import unique
+from tests.e2e.harness import bearer
 from tests.kafka_helpers import delete_topics, read_all
 
 pytestmark = pytest.mark.integration
@@ -182,8 +183,9 @@ async def test_each_service_entry_point_starts_and_reports_health(
                 pytest.fail(f"{module} did not answer /health with 200")
             assert response.status_code == 200, response.text
             assert response.json()["status"] == "ok"
-            metrics = await client.get("/metrics")
+            metrics = await client.get("/metrics", headers=bearer("operator"))
             assert metrics.status_code == 200
+            assert (await client.get("/metrics")).status_code == 401  # authentication is on
     finally:
         proc.terminate()
         code = await asyncio.to_thread(proc.wait, 20)
