@@ -1,9 +1,9 @@
 """`esctl`: one CLI for people running the system.
 
 Groups: `kafka`, `postgres`, `topics`, `schema`, `projections`, `workflows`, `keys`; and `lag`,
-`send`, `bench`, `up`, `token`. One module per group (`esctl.kafka`, ...); this one assembles them, in the
-order `esctl --help` lists them. Every module imports what only some commands use inside those
-commands, so that `esctl kafka stop` does not pay for pydantic models it never uses.
+`send`, `bench`, `up`, `token`. One module per group (`esctl.kafka`, ...); this one assembles
+them, in the order `esctl --help` lists them. Every module imports what only some commands use
+inside those commands, so that `esctl kafka stop` does not pay for pydantic models it never uses.
 """
 
 from __future__ import annotations
