@@ -5,6 +5,8 @@ rows; `query_service/api.py` applies them in every route that returns posts or p
 
 * A published post is public. Every other status (draft, in_review, approved, unpublished,
   archived) is readable only by the post's author, reviewers, editors and admins.
+* A post's review (`last_rejection`, the reason of its last rejection) is for the same people
+  and its author: null for anyone else, also on a published post.
 * A post's event stream (its history: drafts, edits, reviews) is readable by the same people,
   whatever the post's status now.
 * An author's email: only that author and admins.
@@ -44,6 +46,18 @@ def may_read_post(caller: Principal, post: Mapping[str, Any]) -> bool:
         or reads_unpublished(caller)
         or is_self(caller, post["author_id"])
     )
+
+
+#: the fields of a post view that belong to its review
+REVIEW_FIELDS = ("last_rejection",)
+
+
+def post_for(caller: Principal, post: dict[str, Any]) -> dict[str, Any]:
+    """A readable post as `caller` may see it: its review fields null unless the caller reads
+    unpublished posts or wrote it."""
+    if reads_unpublished(caller) or is_self(caller, post["author_id"]):
+        return post
+    return {**post, **dict.fromkeys(REVIEW_FIELDS)}
 
 
 def may_read_history(caller: Principal, post: Mapping[str, Any]) -> bool:
@@ -101,6 +115,7 @@ __all__ = [
     "may_read_history",
     "may_read_name",
     "may_read_post",
+    "post_for",
     "reads_unpublished",
     "withhold_sealed",
 ]

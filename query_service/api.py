@@ -30,6 +30,7 @@ from query_service.access import (
     may_read_history,
     may_read_name,
     may_read_post,
+    post_for,
     reads_unpublished,
     withhold_sealed,
 )
@@ -263,7 +264,10 @@ def build_api(
             )
         except ValueError as exc:
             return problem(422, "invalid_cursor", "Invalid cursor", str(exc))
-        return answer({"items": [dict(v) for v in items], "next_cursor": next_cursor}, fresh)
+        return answer(
+            {"items": [post_for(caller, dict(v)) for v in items], "next_cursor": next_cursor},
+            fresh,
+        )
 
     @app.get("/posts", tags=["posts"], responses=answers())
     async def list_posts(
@@ -438,12 +442,13 @@ async def _post_for(
     store: ReadStore, caller: Principal, view: View | Response, *, as_of: bool
 ) -> View | Response:
     """The post `view` if `caller` may read it (as it was, with `as_of`: only if it may read the
-    post now too), else 404 as for no post; a response (a 404 already) passes through."""
+    post now too; its review fields only for its author and the readers of unpublished posts),
+    else 404 as for no post; a response (a 404 already) passes through."""
     if isinstance(view, Response) or reads_unpublished(caller):
         return view
     now = await store.get_post(view["post_id"]) if as_of else view
     if now is not None and may_read_post(caller, now) and may_read_post(caller, view):
-        return view
+        return post_for(caller, view)
     return _not_found("post", view["post_id"], as_of=as_of)
 
 

@@ -24,6 +24,7 @@ from shared.messages.blog import (
     PostCreated,
     PostEdited,
     PostPublished,
+    PostRejected,
     PostSubmittedForReview,
     PostUnpublished,
 )
@@ -75,9 +76,9 @@ async def keys() -> InMemoryKeyStore:
 
 @pytest.fixture
 async def store(tmp_path: Path, keys: InMemoryKeyStore) -> AsyncIterator[ReadStore]:
-    """ada: a published post (its first draft had another title), a draft, a post published
-    then unpublished. bob: one post in review, nothing published. The last event has no actor
-    (written before actors were recorded)."""
+    """ada: a published post (its first draft had another title and was rejected once), a
+    draft, a post published then unpublished. bob: one post in review, nothing published. The
+    last event has no actor (written before actors were recorded)."""
     store = ReadStore(f"sqlite:///{tmp_path / 'read.sqlite3'}", writer=True)
     await store.migrate()
     ada, bob = await keys.key_for("ada"), await keys.key_for("bob")
@@ -89,6 +90,8 @@ async def store(tmp_path: Path, keys: InMemoryKeyStore) -> AsyncIterator[ReadSto
                                           email=seal("bob@example.org", "bob", bob)), "bob"),
         log.event("p-pub", PostCreated(author_id="ada", title="Early Draft Of Public",
                                        body="", tags=["public-tag"]), "ada"),
+        log.event("p-pub", PostSubmittedForReview(), "ada"),
+        log.event("p-pub", PostRejected(reason="Needs Work Badly", reviewer="rev"), "rev"),
         log.event("p-pub", PostEdited(title="Public Post"), "ada"),
         log.event("p-pub", PostSubmittedForReview(), "ada"),
         log.event("p-pub", PostApproved(approved_by="rev"), "rev"),
@@ -126,6 +129,7 @@ SECRETS: dict[str, set[str]] = {
     "Ada Secret Draft": {"the author", "reviewer", "admin"},
     "secret-tag": {"the author", "reviewer", "admin"},
     "Early Draft Of Public": {"the author", "reviewer", "admin"},
+    "Needs Work Badly": {"the author", "reviewer", "admin"},  # a review of a published post
     "Withdrawn Post": {"the author", "reviewer", "admin"},
     "Bob Secret Review": {"other author", "reviewer", "admin"},
     "Ada Lovelace": ALL,  # the name of an author with a published post is public
@@ -165,8 +169,8 @@ async def test_no_route_returns_an_email_or_a_draft_to_a_caller_who_may_not_see_
     http: HTTPClient, app: FastAPI, who: str
 ) -> None:
     """Every route (lists, filters, one post now and as it was, authors, streams, stats) is
-    called as `who`: each email, unpublished title, draft tag and unpublished author's name
-    appears in some answer exactly when the rules let `who` read it."""
+    called as `who`: each email, unpublished title, draft tag, review and unpublished author's
+    name appears in some answer exactly when the rules let `who` read it."""
     texts = []
     for url in URLS:
         r = await get(http, app, who, url)
@@ -272,7 +276,7 @@ async def test_the_audit_trail_names_the_actor_of_every_event_for_those_who_may_
     actors were recorded) to its author, reviewers and admins; to anyone else it is empty, as
     for a stream that does not exist."""
     streams = {
-        "p-pub": ["ada", "ada", "ada", "rev", "ed"],
+        "p-pub": ["ada", "ada", "rev", "ada", "ada", "rev", "ed"],
         "p-unpub": ["ed", "ed", "rev", "ed", None],
     }
     for post, actors in streams.items():
