@@ -475,8 +475,9 @@ async def _author_for(
     name, email = await _readable_fields(store, caller, view["author_id"])
     if not (name or email):
         return _not_found("author", view["author_id"], as_of=as_of)
-    out = await open_author(view, keys)
     withheld = [f for f, shown in (("name", name), ("email", email)) if not shown]
+    # withheld before opening: a sealed value replaced by "" is not decrypted
+    out = await open_author({**view, **dict.fromkeys(withheld, "")}, keys)
     out.update(dict.fromkeys(withheld), withheld_fields=withheld)
     return out
 
