@@ -8,6 +8,9 @@ bounded, for its outcome from the results topic.
 * 413: the body is larger than the limit (also for chunked bodies without Content-Length).
 * `Idempotency-Key: <anything>` makes the command id a function of the key: a retried request
   returns the first outcome and appends nothing.
+* The command names its actor: the subject of the caller's token and its roles (from the
+  principal the authentication left on the request, never from the body); the domain decides
+  ownership with it (403 `not_owner`). With authentication off there is no subject: no actor.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ from shared.messages.blog import (
 )
 from shared.messages.codec import EncodedMessage, encode_command
 from shared.messages.results import CommandOutcome
+from shared.principal import Principal, current_principal
 
 IDEMPOTENCY_NAMESPACE = uuid.UUID("d9b2d0a4-73c1-4bb5-b1f4-3b3a8f0c5e77")
 AggregateId = Annotated[str, Path(pattern=AGGREGATE_ID_PATTERN, description="aggregate id")]
@@ -85,6 +89,8 @@ ExpectedVersion = Annotated[
         description="reject with version_conflict unless the aggregate is at it",
     ),
 ]
+#: who calls (the authentication layer's principal): the actor of the command
+Caller = Annotated[Principal, Depends(current_principal)]
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -277,6 +283,10 @@ def command_responses(success: int) -> dict[int | str, dict[str, Any]]:
                 )
             },
         },
+        403: problem_doc(
+            "`not_owner`: the caller may not act on what another author owns (its posts, its "
+            "profile); `system_command`: only the system issues this command"
+        ),
         404: problem_doc("the aggregate (or a post's author) does not exist"),
         409: problem_doc("conflict with the aggregate's state or version"),
         422: problem_doc("invalid request, or invalid content (the domain's rejection code)"),
@@ -310,6 +320,7 @@ HTTP_STATUS: dict[str, int] = {
     "invalid_tag": 422,
     "nothing_to_change": 422,
     "system_command": 403,  # only the system issues it (the message says what to do instead)
+    "not_owner": 403,  # the actor does not own the post or author profile (and may not act on it)
     # A command record that could not be read (command_service/records.py): no decision.
     **dict.fromkeys(RECORD_CODES, 422),
     RECORD_TOO_LARGE: 413,
@@ -361,6 +372,18 @@ def _outcome_response(outcome: CommandOutcome, created: bool) -> Response:
     )
 
 
+def _command_id(
+    idempotency_key: str | None, caller: Principal, new_id: Callable[[], uuid.UUID]
+) -> uuid.UUID:
+    """A new id, or the id the idempotency key names. Keys are per actor: two callers' equal
+    keys name two commands, so nobody gets the outcome of another's command back (without a
+    subject, authentication off, the key alone names it, as before)."""
+    if not idempotency_key:
+        return new_id()
+    scoped = f"{caller.subject}\n{idempotency_key}" if caller.subject else idempotency_key
+    return uuid.uuid5(IDEMPOTENCY_NAMESPACE, scoped)
+
+
 def build_api(
     *,
     service: str,
@@ -389,21 +412,23 @@ def build_api(
         command: Callable[[], Command],
         aggregate_id: str,
         *,
+        caller: Principal,
         expected_version: int | None,
         idempotency_key: str | None,
         created: bool = False,
     ) -> Response:
         """Build the command (a request whose values the command refuses is answered 422 by
-        the app's ValidationError handler, naming the fields), send it, await the outcome."""
-        command_id = (
-            uuid.uuid5(IDEMPOTENCY_NAMESPACE, idempotency_key) if idempotency_key else new_id()
-        )
+        the app's ValidationError handler, naming the fields), send it, await the outcome.
+        The caller's subject and roles are the command's actor (none without a subject)."""
+        command_id = _command_id(idempotency_key, caller, new_id)
         message = encode_command(
             command(),
             command_id=command_id,
             aggregate_id=aggregate_id,
             expected_version=expected_version,
             occurred_at=clock(),
+            actor=caller.subject,
+            actor_roles=caller.roles if caller.subject is not None else None,
         )
         outcome = await client.send(command_id, message, wait_s=wait_s)
         if outcome is None:
@@ -426,13 +451,16 @@ def build_api(
         tags=["authors"],
     )
     async def register_author(
-        body: RegisterAuthorRequest, idempotency_key: IdempotencyKey = None
+        body: RegisterAuthorRequest, caller: Caller, idempotency_key: IdempotencyKey = None
     ) -> Response:
-        """Register an author (name and email are personal data)."""
-        author_id = body.author_id or f"author-{new_id().hex[:16]}"
+        """Register an author (name and email are personal data). Without `author_id` the
+        profile is the caller's own (its token's subject), or a generated id when there is no
+        subject (authentication off)."""
+        author_id = body.author_id or caller.subject or f"author-{new_id().hex[:16]}"
         return await submit(
             lambda: RegisterAuthor(name=body.name, email=body.email),
             author_id,
+            caller=caller,
             expected_version=None,
             idempotency_key=idempotency_key,
             created=True,
@@ -447,13 +475,15 @@ def build_api(
     async def rename_author(
         author_id: AggregateId,
         body: RenameAuthorRequest,
+        caller: Caller,
         expected_version: ExpectedVersion = None,
         idempotency_key: IdempotencyKey = None,
     ) -> Response:
-        """Rename an author."""
+        """Rename an author (an author renames only itself; an admin anyone)."""
         return await submit(
             lambda: RenameAuthor(name=body.name),
             author_id,
+            caller=caller,
             expected_version=expected_version,
             idempotency_key=idempotency_key,
         )
@@ -466,9 +496,10 @@ def build_api(
         tags=["posts"],
     )
     async def create_post(
-        body: CreatePostRequest, idempotency_key: IdempotencyKey = None
+        body: CreatePostRequest, caller: Caller, idempotency_key: IdempotencyKey = None
     ) -> Response:
-        """Create a draft post by an existing author."""
+        """Create a draft post by an existing author (an author creates posts only as itself;
+        an editor or admin as anyone)."""
         invalid = content_rejection(title=body.title, body=body.body, tags=body.tags)
         if invalid:
             return _rejected(invalid)
@@ -478,6 +509,7 @@ def build_api(
                 author_id=body.author_id, title=body.title, body=body.body, tags=body.tags
             ),
             post_id,
+            caller=caller,
             expected_version=None,
             idempotency_key=idempotency_key,
             created=True,
@@ -492,16 +524,19 @@ def build_api(
     async def edit_post(
         post_id: AggregateId,
         body: EditPostRequest,
+        caller: Caller,
         expected_version: ExpectedVersion = None,
         idempotency_key: IdempotencyKey = None,
     ) -> Response:
-        """Edit title, body or tags (not while under review, never after archive)."""
+        """Edit title, body or tags (not while under review, never after archive; an author
+        edits only its own posts, an editor or admin any)."""
         invalid = content_rejection(title=body.title, body=body.body, tags=body.tags, edit=True)
         if invalid:
             return _rejected(invalid)
         return await submit(
             lambda: EditPost(title=body.title, body=body.body, tags=body.tags),
             post_id,
+            caller=caller,
             expected_version=expected_version,
             idempotency_key=idempotency_key,
         )
@@ -512,6 +547,7 @@ def build_api(
         async def endpoint(
             post_id: AggregateId,
             request: Request,
+            caller: Caller,
             expected_version: ExpectedVersion = None,
             idempotency_key: IdempotencyKey = None,
         ) -> Response:
@@ -528,6 +564,7 @@ def build_api(
             return await submit(
                 lambda: make(body),
                 post_id,
+                caller=caller,
                 expected_version=expected_version,
                 idempotency_key=idempotency_key,
             )
@@ -556,7 +593,8 @@ def build_api(
         "submit",
         lambda b: SubmitPostForReview(publish_at=b.publish_at if b else None),
         SubmitRequest,
-        "Submit a draft for review (optionally with the publication time wanted on approval).",
+        "Submit a draft for review (optionally with the publication time wanted on approval; "
+        "an author submits only its own posts, an editor or admin any).",
     )
     transition(
         "schedule",

@@ -1,16 +1,18 @@
-"""Who may ask: the issuer of a command the system alone issues, and the author a post names.
+"""Who may ask: the issuer of a command the system alone issues, the actor a command names, and
+the author a post names.
 
-Both answers are values the pure domain cannot find out by itself: the issuer check refuses
-before any decision; the author check gives `decide` its `author_exists`.
+These are values the pure domain cannot find out by itself: the issuer check refuses before
+any decision; the actor (`actor_of`) lets `decide` check ownership; the author check gives
+`decide` its `author_exists`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Container
 
-from command_service.domain import Rejection
+from command_service.domain import Actor, Rejection
 from command_service.ports import AuthorDirectory
-from shared.messages.base import Command
+from shared.messages.base import Command, CommandEnvelope
 
 
 def issuer_refusal(command: Command, issued_by: str | None) -> Rejection | None:
@@ -23,6 +25,14 @@ def issuer_refusal(command: Command, issued_by: str | None) -> Rejection | None:
         f"{command.message_type} is issued by the system itself "
         f"({', '.join(sorted(command.issuers))}), not by clients: {command.instead}",
     )
+
+
+def actor_of(envelope: CommandEnvelope) -> Actor | None:
+    """The actor a command record names, with its roles; None when it names none (a trusted
+    producer: the Kafka ACL on the commands topic decides who may produce)."""
+    if envelope.actor is None:
+        return None
+    return Actor(envelope.actor, frozenset(envelope.actor_roles or ()))
 
 
 class AuthorCheck:
@@ -42,4 +52,4 @@ class AuthorCheck:
         return self.directory.known(author_id)
 
 
-__all__ = ["AuthorCheck", "issuer_refusal"]
+__all__ = ["AuthorCheck", "actor_of", "issuer_refusal"]

@@ -97,6 +97,7 @@ class EventEncoder:
                         command_id=command.command_id,
                         correlation_id=command.correlation_id or str(command.command_id),
                         causation_id=str(command.command_id),
+                        actor=command.actor,
                     ),
                     partition=partition,
                 ),

@@ -12,10 +12,11 @@ offsets) to results partition p, bad records to the dead-letter topic, misrouted
 their right partition, snapshots, and the consumed offsets.
 
 One command, in order: its record is read (`records`: refused or re-routed when it must be),
-deduplicated (`dedup`), its issuer and author checked (`authors`), its aggregate's state
-loaded, decided on by the pure domain (`domain`), its events encoded with their personal
-fields sealed (`encoder`) and folded into the state; after the send, its outcome names the
-events' offsets and the snapshot policy (`snapshot_policy`) adds what is due.
+deduplicated (`dedup`), its issuer, actor and author checked (`authors`), its aggregate's state
+loaded, decided on by the pure domain (`domain`, ownership included), its events encoded with
+their personal fields sealed and its actor recorded (`encoder`) and folded into the state;
+after the send, its outcome names the events' offsets and the snapshot policy
+(`snapshot_policy`) adds what is due.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from datetime import datetime
 
 from prometheus_client import Counter, Histogram
 
-from command_service.authors import AuthorCheck, issuer_refusal
+from command_service.authors import AuthorCheck, actor_of, issuer_refusal
 from command_service.book import PartitionBook
 from command_service.dedup import BatchOutcomes, OutcomeBook
 from command_service.domain import Decision, Rejection, decide, evolve
@@ -197,6 +198,7 @@ class CommandHandler:
                 aggregate_id=env.aggregate_id,
                 expected_version=env.expected_version,
                 author_exists=author_exists,
+                actor=actor_of(env),
             )
         base = {
             "command_id": env.command_id,

@@ -5,6 +5,12 @@ command response) waits, bounded, until the projection has applied those positio
 not in time the answer is 503 with `Retry-After`. Every response says how fresh it is: the
 `freshness` object of the body and the `X-Read-Model-Positions` / `X-Read-Model-Applied-At`
 headers give, per partition, the next offset to apply and when the last batch was applied.
+
+Every route answers by caller (`query_service/access.py`): published posts are public; other
+posts only for their author, reviewers, editors and admins (404 for anyone else, as if there
+were none: their existence is not revealed); an author's email only for that author and admins;
+names public once their author has a published post. What a caller may not read of an author
+is null and named in `withheld_fields`.
 """
 
 from __future__ import annotations
@@ -14,10 +20,20 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Header, Path, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
+from query_service.access import (
+    field_rule,
+    may_read_email,
+    may_read_history,
+    may_read_name,
+    may_read_post,
+    post_for,
+    reads_unpublished,
+    withhold_sealed,
+)
 from shared.access import ACCESS
 from shared.http import (
     CONSISTENCY_TOKEN,
@@ -32,11 +48,15 @@ from shared.http import (
     service_app,
 )
 from shared.messages.base import AGGREGATE_ID_PATTERN
+from shared.personal import subjects_in
+from shared.principal import ADMIN, Principal, current_principal
 from shared.readmodel.pipeline import KeyReader, event_of_row, open_author, open_rows
 from shared.readmodel.store import ReadStore
 from shared.readmodel.views import Apply, View, apply_author, apply_post, fold
 
 Id = Annotated[str, Path(pattern=AGGREGATE_ID_PATTERN)]
+#: who calls (the authentication layer's principal): what the answer may hold
+Caller = Annotated[Principal, Depends(current_principal)]
 Limit = Annotated[int, Query(ge=1, le=200, description="page size (max 200)")]
 Cursor = Annotated[
     str | None,
@@ -235,16 +255,25 @@ def build_api(
             headers["X-Read-Model-Applied-At"] = applied.isoformat()
         return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers)
 
-    async def page(token: str | None, **filters: Any) -> Response:
+    async def page(caller: Principal, token: str | None, **filters: Any) -> Response:
+        """A page of posts the caller may read (filtered in the query: pages stay full)."""
         fresh = await freshness_after(token)
         try:
-            items, next_cursor = await store.list_posts(**filters)
+            items, next_cursor = await store.list_posts(
+                **filters,
+                published_only=not reads_unpublished(caller),
+                also_by=caller.subject,
+            )
         except ValueError as exc:
             return problem(422, "invalid_cursor", "Invalid cursor", str(exc))
-        return answer({"items": [dict(v) for v in items], "next_cursor": next_cursor}, fresh)
+        return answer(
+            {"items": [post_for(caller, dict(v)) for v in items], "next_cursor": next_cursor},
+            fresh,
+        )
 
     @app.get("/posts", tags=["posts"], responses=answers())
     async def list_posts(
+        caller: Caller,
         status: Status | None = None,
         author: str | None = None,
         tag: str | None = None,
@@ -252,21 +281,26 @@ def build_api(
         cursor: Cursor = None,
         token: Token = None,
     ) -> Response:
-        """Posts, newest first; filter by status, author and tag; cursor pagination."""
+        """Posts, newest first; filter by status, author and tag; cursor pagination. Only the
+        posts the caller may read: published ones, its own, and (reviewers, editors, admins)
+        all."""
         return await page(
-            token, status=status, author_id=author, tag=tag, limit=limit, cursor=cursor
+            caller, token, status=status, author_id=author, tag=tag, limit=limit, cursor=cursor
         )
 
     @app.get("/authors/{author_id}/posts", tags=["posts"], responses=answers())
     async def author_posts(
         author_id: Id,
+        caller: Caller,
         status: Status | None = None,
         limit: Limit = 50,
         cursor: Cursor = None,
         token: Token = None,
     ) -> Response:
-        """An author's posts, newest first."""
-        return await page(token, author_id=author_id, status=status, limit=limit, cursor=cursor)
+        """An author's posts, newest first (those the caller may read, as for GET /posts)."""
+        return await page(
+            caller, token, author_id=author_id, status=status, limit=limit, cursor=cursor
+        )
 
     async def view_at(
         kind: str,
@@ -282,62 +316,85 @@ def build_api(
         else:
             view = await _as_of(store, aggregate_id, version, at, apply)
         if view is None:
-            return problem(
-                404,
-                f"{kind}_not_found",
-                f"{kind.capitalize()} not found",
-                f"no {kind} {aggregate_id}" + (" at that version/time" if version or at else ""),
-            )
+            return _not_found(kind, aggregate_id, as_of=bool(version or at))
         return view
 
     @app.get(
         "/posts/{post_id}",
         tags=["posts"],
-        responses=answers(not_found="`post_not_found` (at that version or time)"),
+        responses=answers(
+            not_found="`post_not_found` (at that version or time), also for a post the caller "
+            "may not read (not published, and not its author, a reviewer, editor or admin)"
+        ),
     )
     async def get_post(
         post_id: Id,
+        caller: Caller,
         token: Token = None,
         version: Version = None,
         at: At = None,
     ) -> Response:
-        """A post now, or as it was at `version` or at time `at` (folded from its events)."""
+        """A post now, or as it was at `version` or at time `at` (folded from its events).
+        A post that is not published is 404 for a caller who may not read it; as it was, a
+        post is shown only if the caller may read it both then and now."""
         fresh = await freshness_after(token)
         view = await view_at("post", post_id, version, at, store.get_post, apply_post)
+        view = await _post_for(store, caller, view, as_of=version is not None or at is not None)
         return view if isinstance(view, Response) else answer(dict(view), fresh)
 
     @app.get(
         "/authors/{author_id}",
         tags=["authors"],
-        responses=answers(not_found="`author_not_found` (at that version or time)"),
+        responses=answers(
+            not_found="`author_not_found` (at that version or time), also for an author the "
+            "caller may read nothing of (no published post, and not that author, a reviewer, "
+            "editor or admin)"
+        ),
     )
     async def get_author(
         author_id: Id,
+        caller: Caller,
         token: Token = None,
         version: Version = None,
         at: At = None,
     ) -> Response:
         """An author now, or as at `version` / time `at`. Personal fields (name, email) are
         opened with the author's key; once the author is erased they are null and listed in
-        `erased_fields`, at every version."""
+        `erased_fields`, at every version. By caller: the email only for that author and
+        admins, the name for anyone once the author has a published post (before: the
+        author, reviewers, editors, admins); what is not shown is null and listed in
+        `withheld_fields`."""
         fresh = await freshness_after(token)
         view = await view_at("author", author_id, version, at, store.get_author, apply_author)
-        if isinstance(view, Response):
-            return view
-        return answer(await open_author(view, keys), fresh)
+        view = await _author_for(store, keys, caller, view, as_of=bool(version or at))
+        return view if isinstance(view, Response) else answer(view, fresh)
 
-    @app.get("/streams/{aggregate_id}/events", tags=["events"], responses=answers())
+    @app.get(
+        "/streams/{aggregate_id}/events",
+        tags=["events"],
+        responses=answers(),
+    )
     async def stream(
         aggregate_id: Id,
+        caller: Caller,
         token: Token = None,
         from_version: Annotated[int, Query(ge=1, le=MAX_VERSION)] = 1,
         to_version: Version = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
     ) -> Response:
-        """The events of one aggregate in version order, with their log positions."""
+        """The events of one aggregate in version order, with their log positions and their
+        `actor` (who asked for them: the audit trail). By caller: a post's events only for
+        its author, reviewers, editors and admins, an author's only for who may read its
+        name or email (an empty list otherwise, as for an unknown stream); personal fields
+        the caller may not read are null and listed per event in `withheld_fields`."""
         fresh = await freshness_after(token)
-        events = await store.events(
-            aggregate_id, from_version=from_version, to_version=to_version, limit=limit
+        events = await _readable_events(
+            store,
+            caller,
+            aggregate_id,
+            await store.events(
+                aggregate_id, from_version=from_version, to_version=to_version, limit=limit
+            ),
         )
         # personal fields opened; those whose subject was erased read as null, listed per event
         return answer(
@@ -345,10 +402,11 @@ def build_api(
         )
 
     @app.get("/stats", tags=["stats"], responses=answers())
-    async def stats(token: Token = None) -> Response:
-        """Posts per status, tag counts, publications per day, authors, events."""
+    async def stats(caller: Caller, token: Token = None) -> Response:
+        """Posts per status, tag counts, publications per day, authors, events. The tag
+        counts are of published posts only for callers who may not read the others."""
         fresh = await freshness_after(token)
-        return answer(await store.stats(), fresh)
+        return answer(await store.stats(published_tags_only=not reads_unpublished(caller)), fresh)
 
     @app.exception_handler(ValueError)
     async def bad_value(_: Request, exc: ValueError) -> Response:
@@ -370,3 +428,82 @@ async def _as_of(
     if view is None or (version is not None and view["version"] != version):
         return None
     return view
+
+
+def _not_found(kind: str, aggregate_id: str, *, as_of: bool) -> Response:
+    """404; also what a caller gets for what it may not read (its existence unrevealed)."""
+    return problem(
+        404,
+        f"{kind}_not_found",
+        f"{kind.capitalize()} not found",
+        f"no {kind} {aggregate_id}" + (" at that version/time" if as_of else ""),
+    )
+
+
+async def _post_for(
+    store: ReadStore, caller: Principal, view: View | Response, *, as_of: bool
+) -> View | Response:
+    """The post `view` if `caller` may read it (as it was, with `as_of`: only if it may read the
+    post now too; its review fields only for its author and the readers of unpublished posts),
+    else 404 as for no post; a response (a 404 already) passes through."""
+    if isinstance(view, Response) or reads_unpublished(caller):
+        return view
+    now = await store.get_post(view["post_id"]) if as_of else view
+    if now is not None and may_read_post(caller, now) and may_read_post(caller, view):
+        return post_for(caller, view)
+    return _not_found("post", view["post_id"], as_of=as_of)
+
+
+async def _readable_fields(
+    store: ReadStore, caller: Principal, author_id: str
+) -> tuple[bool, bool]:
+    """Whether `caller` may read the author's (name, email)."""
+    email = may_read_email(caller, author_id)
+    # the published posts are looked up only when the caller's roles do not settle it
+    name = may_read_name(caller, author_id, published=False) or bool(
+        await store.authors_with_published_posts([author_id])
+    )
+    return name, email
+
+
+async def _author_for(
+    store: ReadStore, keys: KeyReader, caller: Principal, view: View | Response, *, as_of: bool
+) -> dict[str, Any] | Response:
+    """The author `view` for `caller`: what it may not read null and named in
+    `withheld_fields` (never opened); 404 as for no author when it may read nothing of it; a
+    response (a 404 already) passes through."""
+    if isinstance(view, Response):
+        return view
+    name, email = await _readable_fields(store, caller, view["author_id"])
+    if not (name or email):
+        return _not_found("author", view["author_id"], as_of=as_of)
+    withheld = [f for f, shown in (("name", name), ("email", email)) if not shown]
+    # withheld before opening: a sealed value replaced by "" is not decrypted
+    out = await open_author({**view, **dict.fromkeys(withheld, "")}, keys)
+    out.update(dict.fromkeys(withheld), withheld_fields=withheld)
+    return out
+
+
+async def _readable_events(
+    store: ReadStore, caller: Principal, aggregate_id: str, events: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The stream as the caller may read it: none of a post whose history it may not read, nor
+    of an author it may read nothing of (as for a stream that does not exist); the personal
+    fields it may not read withheld (null, listed in `withheld_fields`)."""
+    if events and not caller.has(ADMIN):
+        post = await store.get_post(aggregate_id)
+        if post is not None:
+            if not may_read_history(caller, post):
+                return []
+        elif await store.get_author(aggregate_id) is not None:
+            if not any(await _readable_fields(store, caller, aggregate_id)):
+                return []
+        elif not reads_unpublished(caller):
+            return []  # neither a post nor an author: for those who read everything
+    published = await store.authors_with_published_posts(
+        subjects_in([row["payload"] for row in events])
+    )
+    allowed = field_rule(caller, published)
+    for row in events:
+        row["payload"], row["withheld_fields"] = withhold_sealed(row["payload"], allowed)
+    return events

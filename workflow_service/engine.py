@@ -48,7 +48,7 @@ from shared.kafka.reader import end_offset, read_latest_by_key
 from shared.kafka.records import InboundRecord, OutboundRecord
 from shared.kafka.topics import Topics
 from shared.logging import get_logger, message_context
-from shared.messages.blog import WORKFLOW_ISSUER
+from shared.messages.blog import WORKFLOW_ISSUER, WORKFLOW_ROLES
 from shared.messages.codec import decode_event, encode_command
 from workflow_service.activities import Activities, ActivityCall, ActivityFailed
 from workflow_service.changelog import META_KEY, PartitionMeta
@@ -312,6 +312,8 @@ class WorkflowEngine:
                 correlation_id=wid,
                 causation_id=f"workflow:{wid}/{cmd.step}",
                 issued_by=WORKFLOW_ISSUER,
+                actor=WORKFLOW_ISSUER,  # the workflow acts as its own principal
+                actor_roles=WORKFLOW_ROLES,
             )
             out.append(OutboundRecord.of(self.topics.commands, message))
             log.info(

@@ -4,11 +4,13 @@ No I/O, no clock, no random ids: the shell passes the time, the ids and what it 
 aggregates (whether an author exists) in as values.
 """
 
+from command_service.domain.actor import Actor
 from command_service.domain.decide import Decision, decide, evolve, replay
 from command_service.domain.rejections import Rejection
 from command_service.domain.state import AggregateState, AuthorState, PostState, PostStatus
 
 __all__ = [
+    "Actor",
     "AggregateState",
     "AuthorState",
     "Decision",

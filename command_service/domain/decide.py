@@ -11,6 +11,12 @@ PublicationScheduled (approved or unpublished) until published or cancelled.
 
 Edits are allowed in draft, published and unpublished; a post under review (in_review, approved)
 is locked so that what was approved is what gets published.
+
+Ownership (when the command names an actor, see `domain/actor.py`): an author creates posts
+only as itself, edits and submits only its own posts, registers and renames only its own
+profile; editors and admins act on any post, admins on any profile. Otherwise `not_owner`.
+The other post commands (review, publication, archive) are a matter of role, checked where
+the command is asked for (the HTTP routes), not of ownership.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 
+from command_service.domain.actor import Actor
 from command_service.domain.rejections import Rejection
 from command_service.domain.state import AggregateState, AuthorState, PostState, PostStatus
 from shared.messages.base import Command, Event
@@ -71,11 +78,17 @@ def decide(
     aggregate_id: str,
     expected_version: int | None = None,
     author_exists: bool = False,
+    actor: Actor | None = None,
 ) -> Decision:
     """Decide on `command` given the current `state` of its aggregate (None: never seen).
 
-    `author_exists` is the shell's answer for `CreatePost.author_id` (ignored otherwise).
+    `author_exists` is the shell's answer for `CreatePost.author_id` (ignored otherwise);
+    `actor` who asks (None: a trusted producer, no ownership checked).
     """
+    if actor is not None:
+        refused = _not_owner(command, state, aggregate_id, actor)
+        if refused is not None:
+            return refused
     current = state.version if state is not None else 0
     if expected_version is not None and expected_version != current:
         return Rejection(
@@ -97,6 +110,43 @@ def decide(
         )
     post = state if isinstance(state, PostState) else None
     return _decide_post(command, post, aggregate_id, author_exists)
+
+
+#: the post commands an author may give only for its own posts (the rest are by role)
+_OWNER_POST_COMMANDS = (EditPost, SubmitPostForReview)
+
+
+def _not_owner(
+    command: Command, state: AggregateState | None, aggregate_id: str, actor: Actor
+) -> Rejection | None:
+    """`not_owner` when `actor` asks for what only the owner (or an editor/admin) may do. Checked
+    first: who may not act on an aggregate learns nothing of its version or content."""
+    if isinstance(command, RegisterAuthor | RenameAuthor):
+        if actor.owns_or_may_act_on_author(aggregate_id):
+            return None
+        verb = "register" if isinstance(command, RegisterAuthor) else "rename"
+        why = (
+            f"{actor.subject} may not {verb} the author profile {aggregate_id}: an author "
+            "registers and renames only its own profile (the one with its id); an admin any"
+        )
+    elif isinstance(command, CreatePost):
+        if actor.owns_or_may_act_on_post(command.author_id):
+            return None
+        why = (
+            f"{actor.subject} may not create a post as author {command.author_id}: an author "
+            "creates posts only as itself; an editor or admin as anyone"
+        )
+    elif isinstance(command, _OWNER_POST_COMMANDS) and isinstance(state, PostState):
+        if actor.owns_or_may_act_on_post(state.author_id):
+            return None
+        verb = "edit" if isinstance(command, EditPost) else "submit"
+        why = (
+            f"{actor.subject} may not {verb} post {aggregate_id}: only its author, an editor "
+            "or an admin may"
+        )
+    else:
+        return None
+    return Rejection("not_owner", why, {"actor": actor.subject})
 
 
 def _decide_author(command: Command, state: AuthorState | None, aggregate_id: str) -> Decision:

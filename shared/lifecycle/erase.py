@@ -42,7 +42,7 @@ from shared.kafka.records import InboundRecord
 from shared.kafka.topics import Topics
 from shared.keystore import KeyStore
 from shared.logging import get_logger
-from shared.messages.blog import ERASURE_ISSUER, EraseSubject
+from shared.messages.blog import ERASURE_ISSUER, ERASURE_ROLES, EraseSubject
 from shared.messages.codec import encode_command, utcnow
 from shared.messages.results import CommandOutcome
 from shared.personal import open_value, seal
@@ -176,6 +176,8 @@ async def _append_subject_erased(
         occurred_at=utcnow(),
         correlation_id=f"erase:{subject}",
         issued_by=ERASURE_ISSUER,
+        actor=ERASURE_ISSUER,  # the erasure acts as its own principal
+        actor_roles=ERASURE_ROLES,
     )
     outcome: CommandOutcome | None = await client.send(command_id, message, wait_s=wait_s)
     if outcome is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.errors import UnknownMessageTypeError
 
 AGGREGATE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}$"
+ActorRole = Annotated[str, Field(min_length=1, max_length=50)]
 
 
 class Message(BaseModel):
@@ -67,6 +68,12 @@ class CommandEnvelope(_Envelope):
     #: which part of the system issued the command (`workflow-service`, `erasure`); set by the
     #: system's own services, left out by everyone else
     issued_by: str | None = Field(default=None, max_length=100)
+    #: who asks: the subject of the caller's token (the HTTP edge sets it from the token, never
+    #: from a request body; the system's services name themselves). Absent: a trusted producer
+    #: (the Kafka ACL on the commands topic is the boundary), and no ownership is checked
+    actor: str | None = Field(default=None, min_length=1, max_length=200)
+    #: the actor's roles: what it may do to aggregates it does not own (`editor`, `admin`)
+    actor_roles: tuple[ActorRole, ...] | None = Field(default=None, max_length=10)
 
 
 class EventEnvelope(_Envelope):
@@ -76,6 +83,9 @@ class EventEnvelope(_Envelope):
     aggregate_version: int = Field(ge=1)
     occurred_at: datetime
     command_id: UUID | None = None
+    #: the actor of the command that produced the event (the audit trail); None in events
+    #: written before actors were recorded, and for commands of trusted producers that named none
+    actor: str | None = Field(default=None, max_length=200)
 
 
 M = TypeVar("M", bound=Message)

@@ -19,9 +19,14 @@ from shared.personal import PERSONAL
 _TEXT_CAP = 1_000_000
 Tag = Annotated[str, Field(min_length=1, max_length=100)]
 
-#: `issued_by` of the commands the system issues itself (see Command.issuers)
+#: `issued_by` of the commands the system issues itself (see Command.issuers); also their
+#: `actor`: the system's services act as their own principals
 WORKFLOW_ISSUER = "workflow-service"
 ERASURE_ISSUER = "erasure"
+#: the roles those principals act with: the workflow assigns reviewers, reminds, publishes on
+#: schedule and unpublishes (compensation), an editor's work; the erasure is an admin's
+WORKFLOW_ROLES = ("editor",)
+ERASURE_ROLES = ("admin",)
 
 # ---------------------------------------------------------------------------------------------
 # Commands (imperative)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -87,6 +88,10 @@ def _fits(text: str | None, limit: int) -> bool:
     return text is None or (isinstance(text, str) and len(text) <= limit)
 
 
+def _roles_fit(roles: tuple[str, ...]) -> bool:
+    return len(roles) <= 10 and all(isinstance(r, str) and 1 <= len(r) <= 50 for r in roles)
+
+
 def _body(fields: list[tuple[str, Any]]) -> bytes:
     """The record body in one pydantic-core pass: the envelope's fields in its order, None left
     out (`exclude_none` of the envelope), the message itself serialized in place as its own
@@ -106,9 +111,13 @@ def encode_command(
     correlation_id: str | None = None,
     causation_id: str | None = None,
     issued_by: str | None = None,
+    actor: str | None = None,
+    actor_roles: Iterable[str] | None = None,
 ) -> EncodedMessage:
-    """Encode a command as the documented command record (key = aggregate id)."""
+    """Encode a command as the documented command record (key = aggregate id). `actor` and
+    `actor_roles` say who asks (see CommandEnvelope); the roles are written sorted."""
     correlation_id = correlation_id or str(command_id)
+    roles = tuple(sorted(actor_roles)) if actor_roles is not None else None
     if (
         isinstance(command_id, UUID)
         and isinstance(aggregate_id, str)
@@ -118,6 +127,8 @@ def encode_command(
         and _fits(correlation_id, 200)
         and _fits(causation_id, 200)
         and _fits(issued_by, 100)
+        and (actor is None or (isinstance(actor, str) and 1 <= len(actor) <= 200))
+        and (roles is None or _roles_fit(roles))
         and 1 <= len(command.message_type) <= 100
     ):
         # The envelope's checks held: no model to build, validate and dump.
@@ -133,6 +144,8 @@ def encode_command(
                 ("command_id", command_id),
                 ("expected_version", expected_version),
                 ("issued_by", issued_by),
+                ("actor", actor),
+                ("actor_roles", roles),
             ]
         )
         return EncodedMessage(
@@ -148,6 +161,7 @@ def encode_command(
                     "correlation_id": correlation_id,
                     "causation_id": causation_id,
                     "issued_by": issued_by,
+                    "actor": actor,
                 }
             ),
         )
@@ -158,6 +172,8 @@ def encode_command(
         aggregate_id=aggregate_id,
         expected_version=expected_version,
         issued_by=issued_by,
+        actor=actor,
+        actor_roles=roles,
         schema_version=command.schema_version,
         occurred_at=occurred_at,
         correlation_id=correlation_id or str(command_id),
@@ -178,6 +194,7 @@ def encode_command(
                 "correlation_id": envelope.correlation_id,
                 "causation_id": causation_id,
                 "issued_by": issued_by,
+                "actor": actor,
             }
         ),
     )
@@ -193,8 +210,9 @@ def encode_event(
     command_id: UUID | None = None,
     correlation_id: str | None = None,
     causation_id: str | None = None,
+    actor: str | None = None,
 ) -> EncodedMessage:
-    """Encode an event for the event log (key = aggregate id)."""
+    """Encode an event for the event log (key = aggregate id); `actor` is its command's."""
     if (
         isinstance(event_id, UUID)
         and isinstance(aggregate_id, str)
@@ -205,6 +223,7 @@ def encode_event(
         and (command_id is None or isinstance(command_id, UUID))
         and _fits(correlation_id, 200)
         and _fits(causation_id, 200)
+        and _fits(actor, 200)
         and 1 <= len(event.message_type) <= 100
     ):
         # The envelope's checks held: no model to build, validate and dump (the hot path of
@@ -221,6 +240,7 @@ def encode_event(
                 ("event_id", event_id),
                 ("aggregate_version", aggregate_version),
                 ("command_id", command_id),
+                ("actor", actor),
             ]
         )
         return EncodedMessage(
@@ -236,6 +256,7 @@ def encode_event(
                     "occurred_at": occurred_at,
                     "correlation_id": correlation_id,
                     "causation_id": causation_id,
+                    "actor": actor,
                 }
             ),
         )
@@ -248,6 +269,7 @@ def encode_event(
         schema_version=event.schema_version,
         occurred_at=occurred_at,
         command_id=command_id,
+        actor=actor,
         correlation_id=correlation_id,
         causation_id=causation_id,
         payload=event.model_dump(mode="json"),
@@ -266,6 +288,7 @@ def encode_event(
                 "occurred_at": occurred_at,
                 "correlation_id": correlation_id,
                 "causation_id": causation_id,
+                "actor": actor,
             }
         ),
     )

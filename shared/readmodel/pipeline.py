@@ -121,6 +121,7 @@ def event_of_row(row: Mapping[str, Any]) -> IndexedEvent:
         aggregate_version=row["aggregate_version"],
         occurred_at=row["occurred_at"],
         schema_version=row["schema_version"],
+        actor=row.get("actor"),
     )
     payload = EVENTS.get(row["type"]).model_validate(row["payload"])
     return IndexedEvent(envelope, payload, row["log_partition"], row["log_offset"])

@@ -36,7 +36,7 @@ from shared.messages.blog import AuthorRegistered, PostCreated
 from shared.readmodel.pipeline import IndexedEvent, upcast_row
 from shared.readmodel.views import View, fold_batch, is_author_event, is_post_event
 
-SCHEMA_VERSION = 2  # 2: authors_g*.erased_at (erasure)
+SCHEMA_VERSION = 3  # 2: authors_g*.erased_at (erasure); 3: events_g*.actor (audit trail)
 T = TypeVar("T")
 _meta = sa.MetaData()
 META = sa.Table(
@@ -111,6 +111,7 @@ def generation_tables(gen: int) -> GenerationTables:
         sa.Column("command_id", sa.String(36)),
         sa.Column("schema_version", sa.Integer, nullable=False),
         sa.Column("payload", sa.JSON, nullable=False),
+        sa.Column("actor", sa.String(200)),  # schema 3: who asked for the event (audit trail)
         # A second application of any event violates this: double application cannot hide.
         sa.UniqueConstraint("aggregate_id", "aggregate_version", name=f"uq_events_g{gen}_stream"),
     )
@@ -133,8 +134,18 @@ def _authors_erased_at(conn: Connection) -> None:
             conn.execute(sa.text(f"ALTER TABLE {name} ADD COLUMN erased_at {kind}"))
 
 
+def _events_actor(conn: Connection) -> None:
+    """Schema 3: every generation's events table gets `actor` (null for the events stored
+    before: their records named none, or it was not kept; a rebuild reads it from the log)."""
+    inspector = sa.inspect(conn)
+    for name in inspector.get_table_names():
+        is_events = name.startswith("events_g") and name.removeprefix("events_g").isdigit()
+        if is_events and "actor" not in {c["name"] for c in inspector.get_columns(name)}:
+            conn.execute(sa.text(f"ALTER TABLE {name} ADD COLUMN actor VARCHAR(200)"))
+
+
 #: schema version -> the migration that reaches it from the version before
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _authors_erased_at}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _authors_erased_at, 3: _events_actor}
 
 
 @dataclass(frozen=True)
@@ -612,6 +623,7 @@ class ReadStore:
                 # later reader upcasts rows from the version they are really in
                 e.payload.schema_version,
                 JsonText(e.payload.model_dump_json()),
+                e.envelope.actor,
             )
             for e in events
         ]
@@ -686,11 +698,20 @@ class ReadStore:
         tag: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        published_only: bool = False,
+        also_by: str | None = None,
     ) -> tuple[list[View], str | None]:
-        """Newest first; `cursor` continues after the last post of the previous page."""
+        """Newest first; `cursor` continues after the last post of the previous page.
+
+        `published_only` keeps only published posts and, whatever their status, those by
+        `also_by` (the caller's own); filtered in the query, so pages stay full and the
+        cursor right."""
         t = generation_tables(await self.read_generation())
         p = t.posts
         query = sa.select(p).order_by(p.c.created_at.desc(), p.c.post_id.desc()).limit(limit + 1)
+        if published_only:
+            public = p.c.status == "published"
+            query = query.where(sa.or_(public, p.c.author_id == also_by) if also_by else public)
         if status:
             query = query.where(p.c.status == status)
         if author_id:
@@ -745,18 +766,44 @@ class ReadStore:
 
         return await self._run(body)
 
-    async def stats(self) -> dict[str, Any]:
+    async def authors_with_published_posts(self, author_ids: Iterable[str]) -> set[str]:
+        """Those of `author_ids` with at least one published post now."""
+        ids = sorted(set(author_ids))
+        if not ids:
+            return set()
+        p = generation_tables(await self.read_generation()).posts
+
+        def body(conn: Connection) -> set[str]:
+            found: set[str] = set()
+            for chunk in _chunks(ids):
+                query = (
+                    sa.select(p.c.author_id)
+                    .where(p.c.author_id.in_(chunk), p.c.status == "published")
+                    .distinct()
+                )
+                found.update(str(a) for a in conn.execute(query).scalars())
+            return found
+
+        return await self._run(body)
+
+    async def stats(self, *, published_tags_only: bool = False) -> dict[str, Any]:
+        """Counts over the read model; with `published_tags_only` the tag counts are those of
+        published posts (a draft's tags say something of its content)."""
         t = generation_tables(await self.read_generation())
         p = t.posts
         day = sa.func.date(p.c.published_at)
+        tag_query = sa.select(t.post_tags.c.tag, sa.func.count().label("n"))
+        if published_tags_only:
+            tag_query = tag_query.where(
+                t.post_tags.c.post_id.in_(sa.select(p.c.post_id).where(p.c.status == "published"))
+            )
 
         def body(conn: Connection) -> dict[str, Any]:
             by_status: dict[str, int] = dict(
                 conn.execute(sa.select(p.c.status, sa.func.count()).group_by(p.c.status)).all()
             )
             tags = conn.execute(
-                sa.select(t.post_tags.c.tag, sa.func.count().label("n"))
-                .group_by(t.post_tags.c.tag)
+                tag_query.group_by(t.post_tags.c.tag)
                 .order_by(sa.desc("n"), t.post_tags.c.tag)
                 .limit(50)
             ).all()

@@ -25,7 +25,7 @@ from shared.messages.blog import (
     SubjectErased,
 )
 from shared.readmodel.pipeline import IndexedEvent
-from shared.readmodel.store import ReadStore, StaleBatch
+from shared.readmodel.store import SCHEMA_VERSION, ReadStore, StaleBatch
 from tests.conftest import fresh_database
 
 T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
@@ -58,7 +58,13 @@ class Log:
         self.offsets: dict[int, int] = {}
 
     def event(
-        self, aggregate: str, payload: Event, *, partition: int = 0, minutes: int = 0
+        self,
+        aggregate: str,
+        payload: Event,
+        *,
+        partition: int = 0,
+        minutes: int = 0,
+        actor: str | None = None,
     ) -> IndexedEvent:
         version = self.versions.get(aggregate, 0) + 1
         self.versions[aggregate] = version
@@ -70,6 +76,7 @@ class Log:
             aggregate_id=aggregate,
             aggregate_version=version,
             occurred_at=T0 + timedelta(minutes=minutes),
+            actor=actor,
         )
         decoded = decode_event(encoded.value)
         return IndexedEvent(decoded.envelope, decoded.payload, partition, offset)
@@ -126,10 +133,69 @@ async def test_schema_1_stores_migrate_to_erasure_columns(store: ReadStore) -> N
 
     await store._run(downgrade, write=True)
     assert await store.migrate() == 1
-    assert await store.meta("schema_version") == "2"
+    assert await store.meta("schema_version") == str(SCHEMA_VERSION)
     await apply(store, [log.event("a1", SubjectErased(), minutes=1)])
     row = await store.get_author("a1")
     assert row is not None and row["erased_at"] is not None and row["version"] == 2
+
+
+async def test_every_stored_event_keeps_its_actor(store: ReadStore) -> None:
+    """The event index stores each event's actor (the audit trail); an event that names none
+    reads as null."""
+    log = Log()
+    await apply(
+        store,
+        [
+            log.event("p1", PostCreated(author_id="a1", title="T", body=""), actor="a1"),
+            log.event("p1", PostSubmittedForReview(), minutes=1),
+        ],
+    )
+    assert [e["actor"] for e in await store.events("p1")] == ["a1", None]
+
+
+async def test_lists_by_reader_keep_published_posts_and_the_readers_own(store: ReadStore) -> None:
+    """`published_only` keeps published posts and, with `also_by`, that author's others;
+    `authors_with_published_posts` names the authors with a published post."""
+    log = Log()
+    await apply(
+        store,
+        [
+            log.event("p1", PostCreated(author_id="a1", title="T", body="")),
+            log.event("p2", PostCreated(author_id="a2", title="T", body=""), minutes=1),
+            log.event("p3", PostCreated(author_id="a2", title="T", body=""), minutes=2),
+            log.event("p3", PostSubmittedForReview(), minutes=3),
+            log.event("p3", PostApproved(), minutes=4),
+            log.event("p3", PostPublished(), minutes=5),
+        ],
+    )
+
+    async def ids(**reader: Any) -> list[str]:
+        rows, _ = await store.list_posts(**reader)
+        return [r["post_id"] for r in rows]
+
+    assert await ids() == ["p3", "p2", "p1"]
+    assert await ids(published_only=True) == ["p3"]
+    assert await ids(published_only=True, also_by="a1") == ["p3", "p1"]
+    assert await ids(published_only=True, also_by="a1", limit=1) == ["p3"]
+    assert await store.authors_with_published_posts(["a1", "a2", "a3"]) == {"a2"}
+    assert await store.authors_with_published_posts([]) == set()
+
+
+async def test_schema_2_stores_migrate_to_the_actor_column(store: ReadStore) -> None:
+    """A store written by schema 2 (no events.actor) gains the column on migrate: the events
+    stored before read with a null actor, those applied after keep theirs."""
+    log = Log()
+    await apply(store, [log.event("p1", PostCreated(author_id="a1", title="T", body=""))])
+
+    def downgrade(conn: Any) -> None:
+        conn.execute(sa.text("ALTER TABLE events_g1 DROP COLUMN actor"))
+        conn.execute(sa.text("UPDATE read_model_meta SET value = '2' WHERE key = 'schema_version'"))
+
+    await store._run(downgrade, write=True)
+    assert await store.migrate() == 1
+    assert await store.meta("schema_version") == str(SCHEMA_VERSION)
+    await apply(store, [log.event("p1", PostEdited(title="U"), minutes=1, actor="ed")])
+    assert [e["actor"] for e in await store.events("p1")] == [None, "ed"]
 
 
 async def test_events_fold_into_post_rows_with_status_version_and_times(store: ReadStore) -> None:

@@ -29,7 +29,7 @@ from projector_service import bootstrap as projector
 from query_service import bootstrap as query
 from shared.auth import mint
 from shared.keystore import InMemoryKeyStore
-from shared.principal import ADMIN
+from shared.principal import ADMIN, LOCAL_DEMO, Principal, current_principal
 from shared.readmodel.store import ReadStore
 from workflow_service import bootstrap as workflow
 from workflow_service.api import InMemoryWorkflowView
@@ -126,6 +126,14 @@ async def http(hits: set[str]) -> AsyncIterator[HTTPClient]:
         await client.aclose()
 
 
+def as_caller(app: FastAPI, principal: Principal = LOCAL_DEMO) -> FastAPI:
+    """`app` with every request made by `principal` (the authentication layer's part, played
+    by overriding `current_principal`); by default `LOCAL_DEMO`, every request while
+    authentication is off, which may read and do everything."""
+    app.dependency_overrides[current_principal] = lambda: principal
+    return app
+
+
 async def healthy() -> dict[str, Any]:
     return {"status": "ok", "kafka": "reachable"}
 
@@ -158,7 +166,9 @@ def make(store: ReadStore) -> AppMaker:
             return projector.build_app(projector.SETTINGS(), ports)
         if service == "query":
             keys = InMemoryKeyStore()
-            return query.build_app(query.SETTINGS(), query.QueryAdapters(read_store, keys))
+            return as_caller(
+                query.build_app(query.SETTINGS(), query.QueryAdapters(read_store, keys))
+            )
         view, control = InMemoryWorkflowView(), InMemoryControlChannel()
         adapters = workflow.WorkflowAdapters(view=view, control=control, health=kafka)
         return workflow.build_app(workflow.SETTINGS(), adapters)

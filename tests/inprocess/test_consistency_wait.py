@@ -18,7 +18,7 @@ from shared.messages import decode_event, encode_event
 from shared.messages.blog import PostCreated
 from shared.readmodel.store import IndexedEvent, ReadStore
 from shared.settings import QueryServiceSettings
-from tests.inprocess.conftest import HTTPClient
+from tests.inprocess.conftest import HTTPClient, as_caller
 
 NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -53,7 +53,7 @@ async def test_a_waiting_request_is_answered_once_the_projector_commits(
     the next batch, the answer is 200 from the new positions (not 503 after the wait)."""
     store = ReadStore(projector_store.url)
     settings = QueryServiceSettings(consistency_wait_ms=30_000, consistency_poll_ms=50)
-    app = build_app(settings, QueryAdapters(store=store, keys=InMemoryKeyStore()))
+    app = as_caller(build_app(settings, QueryAdapters(store=store, keys=InMemoryKeyStore())))
     watcher = app.state.position_watcher
     try:
         request = asyncio.create_task(

@@ -28,7 +28,7 @@ from shared.messages.blog import (
 from shared.personal import seal
 from shared.readmodel.store import IndexedEvent, ReadStore
 from shared.settings import QueryServiceSettings
-from tests.inprocess.conftest import HTTPClient
+from tests.inprocess.conftest import HTTPClient, as_caller
 
 route = pytest.mark.route
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
@@ -91,7 +91,7 @@ async def store(tmp_path: Path, keys: InMemoryKeyStore) -> AsyncIterator[ReadSto
 @pytest.fixture
 def app(store: ReadStore, keys: InMemoryKeyStore) -> FastAPI:
     settings = QueryServiceSettings(consistency_wait_ms=50, http_body_limit_bytes=2048)
-    return build_app(settings, QueryAdapters(store=store, keys=keys))
+    return as_caller(build_app(settings, QueryAdapters(store=store, keys=keys)))
 
 
 def assert_problem(r: Any, status: int, code: str) -> dict[str, Any]:

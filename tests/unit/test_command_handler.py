@@ -63,6 +63,8 @@ def command_record(
     command_id: uuid.UUID | None = None,
     expected_version: int | None = None,
     issued_by: str | None = None,
+    actor: str | None = None,
+    actor_roles: tuple[str, ...] | None = None,
 ) -> InboundRecord:
     message = encode_command(
         command,
@@ -70,6 +72,8 @@ def command_record(
         aggregate_id=aggregate,
         expected_version=expected_version,
         issued_by=issued_by,
+        actor=actor,
+        actor_roles=actor_roles,
     )
     return InboundRecord(
         TOPICS.commands, partition, offset, message.key, message.value, message.headers
@@ -573,3 +577,50 @@ async def test_a_batch_of_registrations_fetches_its_keys_in_one_round_trip() -> 
         assert isinstance(payload, AuthorRegistered)
         subject = decoded.envelope.aggregate_id
         assert open_value(payload.name, opened) == f"N {subject}"
+
+
+async def test_every_event_records_the_actor_of_its_command() -> None:
+    """Given a command naming its actor, then each of its events names that actor, beside the
+    command and correlation ids; a command naming none (a trusted producer) gives events
+    without one."""
+    h = handler()
+    await h.on_assigned(0)
+    post, other = key_in(0), key_in(0, "other")
+    outputs, outcomes = await run_batch(
+        h,
+        0,
+        [
+            command_record(
+                CreatePost(author_id="ada", title="T"), post, actor="ada", actor_roles=("author",)
+            ),
+            command_record(CreatePost(author_id="ada", title="T"), other, offset=1),
+        ],
+    )
+    assert [o.status for o in outcomes] == ["accepted", "accepted"]
+    mine, trusted = (decode_event(o.value).envelope for o in outputs)
+    assert (mine.actor, mine.command_id) == ("ada", outcomes[0].command_id)
+    assert mine.correlation_id == str(outcomes[0].command_id)
+    assert trusted.actor is None
+
+
+async def test_a_command_for_a_post_of_another_author_is_rejected_with_not_owner() -> None:
+    """Given ada's post, when bob (an author) edits it, then not_owner and no event; when an
+    editor does, the edit is accepted and records the editor as its actor."""
+    h = handler()
+    await h.on_assigned(0)
+    post = key_in(0)
+    await run_batch(
+        h, 0, [command_record(CreatePost(author_id="ada", title="T"), post, actor="ada")]
+    )
+    edit = EditPost(title="Changed")
+    outputs, outcomes = await run_batch(
+        h,
+        0,
+        [
+            command_record(edit, post, offset=1, actor="bob", actor_roles=("author",)),
+            command_record(edit, post, offset=2, actor="ed", actor_roles=("editor",)),
+        ],
+    )
+    assert [(o.status, o.code) for o in outcomes] == [("rejected", "not_owner"), ("accepted", None)]
+    [event] = outputs
+    assert decode_event(event.value).envelope.actor == "ed"

@@ -96,11 +96,15 @@ def test_a_command_encodes_to_the_same_bytes_as_the_first_encoder(
             "correlation_id": "corr-1",
             "causation_id": "cause-1",
             "issued_by": "erasure",
+            "actor": TEXT,
+            "actor_roles": ("reviewer", "author"),
         }
         if optional
         else {}
     )
     encoded = encode_command(command, command_id=ID, aggregate_id="agg-1", **extra)
+    if optional:  # the roles are written sorted
+        extra["actor_roles"] = ("author", "reviewer")
     envelope = CommandEnvelope(
         type=command.message_type,
         command_id=ID,
@@ -122,9 +126,15 @@ def test_a_command_encodes_to_the_same_bytes_as_the_first_encoder(
             "correlation_id": envelope.correlation_id,
             "causation_id": extra.get("causation_id"),
             "issued_by": extra.get("issued_by"),
+            "actor": extra.get("actor"),
         }
     )
-    assert decode_command(encoded.value).payload == command
+    decoded = decode_command(encoded.value)
+    assert decoded.payload == command
+    assert (decoded.envelope.actor, decoded.envelope.actor_roles) == (
+        extra.get("actor"),
+        extra.get("actor_roles"),
+    )
 
 
 @pytest.mark.parametrize("case", EVENT_CASES, ids=_ids)
@@ -132,12 +142,12 @@ def test_a_command_encodes_to_the_same_bytes_as_the_first_encoder(
 def test_an_event_encodes_to_the_same_bytes_as_the_first_encoder(
     case: tuple[type[Message], bool], optional: bool
 ) -> None:
-    """Every event type, with and without command, correlation and causation ids, keeps its
-    bytes."""
+    """Every event type, with and without command, correlation and causation ids and the
+    actor, keeps its bytes."""
     cls, full = case
     event = _sample(cls, full)
     extra: dict[str, Any] = (
-        {"command_id": ID, "correlation_id": "corr-1", "causation_id": "cause-1"}
+        {"command_id": ID, "correlation_id": "corr-1", "causation_id": "cause-1", "actor": TEXT}
         if optional
         else {}
     )
@@ -172,9 +182,12 @@ def test_an_event_encodes_to_the_same_bytes_as_the_first_encoder(
             "occurred_at": WHEN,
             "correlation_id": extra.get("correlation_id"),
             "causation_id": extra.get("causation_id"),
+            "actor": extra.get("actor"),
         }
     )
-    assert decode_event(encoded.value).payload == event
+    decoded = decode_event(encoded.value)
+    assert decoded.payload == event
+    assert decoded.envelope.actor == extra.get("actor")
 
 
 @pytest.mark.parametrize(
