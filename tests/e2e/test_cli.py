@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from esctl.localstack.kafka import LocalKafkaCluster, free_port
+from esctl.localstack.kafka_security import KAFKA_SECURITY_VARIABLES
 from shared.kafka.topics import Topics
 from shared.settings import KafkaSettings
 from tests.conftest import unique
@@ -143,6 +144,7 @@ async def test_esctl_up_serves_the_system_and_ctrl_c_stops_everything_it_started
         "KEY_STORE_URL",
         "READ_STORE_URL",
         "WORKFLOW_STORE_URL",
+        *KAFKA_SECURITY_VARIABLES,
     }
     env = {k: v for k, v in os.environ.items() if k not in session}
     env["ESCTL_STATE_DIR"] = str(state)

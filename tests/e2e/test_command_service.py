@@ -22,6 +22,7 @@ import pytest
 
 from shared.kafka.clients import partition_for_key
 from shared.kafka.commands import CommandClient
+from shared.kafka.security import process_security
 from shared.kafka.topics import Topics
 from shared.messages.blog import RegisterAuthor
 from shared.messages.codec import encode_command
@@ -393,6 +394,21 @@ def kcat_binary() -> str | None:
     return found
 
 
+def kcat_security() -> list[str]:
+    """kcat's options for this process's Kafka principal (librdkafka speaks SASL_SSL too)."""
+    sec = process_security()
+    if sec.protocol == "PLAINTEXT":
+        return []
+    options = {"security.protocol": sec.protocol.lower(), "ssl.ca.location": sec.cafile}
+    if sec.sasl:
+        options |= {
+            "sasl.mechanisms": sec.mechanism,
+            "sasl.username": sec.username,
+            "sasl.password": sec.password,
+        }
+    return [arg for k, v in options.items() if v for arg in ("-X", f"{k}={v}")]
+
+
 async def test_a_command_produced_by_kcat_is_processed_even_with_librdkafkas_partitioner(
     kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:
@@ -429,6 +445,7 @@ async def test_a_command_produced_by_kcat_is_processed_even_with_librdkafkas_par
                 kcat,
                 "-b",
                 kafka_bootstrap,
+                *kcat_security(),
                 "-t",
                 topics.commands,
                 "-P",
