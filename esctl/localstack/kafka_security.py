@@ -89,6 +89,12 @@ def generate(security_dir: Path) -> None:
             security_dir / f"{principal}.env",
             "".join(f"{k}={v}\n" for k, v in client_env(security_dir, principal).items()).encode(),
         )
+        # for Kafka's own tools (kafka-topics.sh ... --command-config <principal>.properties)
+        props = java_client_properties(client_security(security_dir, principal))
+        _write_private(
+            security_dir / f"{principal}.properties",
+            "".join(f"{k}={v}\n" for k, v in props.items()).encode(),
+        )
 
 
 def _certificates(security_dir: Path) -> None:
@@ -179,6 +185,27 @@ def client_env(security_dir: Path, principal: str) -> dict[str, str]:
     }
 
 
+def java_client_properties(security: KafkaSecurity) -> dict[str, str]:
+    """The same security for Kafka's own (Java) tools: `--command-config` properties."""
+    if security.protocol == "PLAINTEXT":
+        return {}
+    props = {"security.protocol": security.protocol}
+    if security.cafile:
+        props |= {"ssl.truststore.type": "PEM", "ssl.truststore.location": security.cafile}
+    if security.sasl:
+        module = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule"
+            if security.mechanism == "PLAIN"
+            else "org.apache.kafka.common.security.scram.ScramLoginModule"
+        )
+        props |= {
+            "sasl.mechanism": security.mechanism,
+            "sasl.jaas.config": f'{module} required username="{security.username}" '
+            f'password="{security.password}";',
+        }
+    return props
+
+
 def client_security(security_dir: Path, principal: str) -> KafkaSecurity:
     return KafkaSecurity(
         protocol="SASL_SSL",
@@ -248,6 +275,7 @@ __all__ = [
     "default_bindings",
     "generate",
     "grant",
+    "java_client_properties",
     "password",
     "service_bindings",
     "service_env",
