@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: system install check lint typecheck format test test-local test-containers test-unit images up kafka postgres schemas bench clean
+.PHONY: system install check lint typecheck format test test-local test-secure test-containers test-unit images up kafka postgres schemas bench clean
 
 system:  ## the Debian packages (Java, Maven, PostgreSQL, kcat, venv), installed when missing (root)
 	bash scripts/system-packages.sh
@@ -28,13 +28,18 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: install  ## the whole suite: the local tier, then the container tier
+test: install  ## the whole suite: the local tier, the secure-broker tier, the container tier
 	$(MAKE) test-local
+	$(MAKE) test-secure
 	$(MAKE) test-containers
 
 test-local: install  ## unit, contract, integration, e2e against a local broker and PostgreSQL
 	$(BIN)/esctl postgres install
 	ESCTL_TEST_INFRA=local $(BIN)/pytest --ignore=tests/containers
+
+test-secure: install  ## the e2e tier and the Kafka security tests on a `--secure` local broker
+	$(BIN)/esctl postgres install
+	ESCTL_TEST_INFRA=local ESCTL_TEST_KAFKA_SECURE=1 $(BIN)/pytest tests/e2e tests/integration/test_kafka_security.py
 
 test-containers: install  ## testcontainers tier + the compose stack (Docker, or podman + local images)
 	bash containers/tier.sh $(BIN)/pytest tests/containers

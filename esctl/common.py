@@ -42,7 +42,7 @@ def say_and_exit(message: str) -> NoReturn:
 
 
 def fail(exc: EsError) -> NoReturn:
-    if isinstance(exc, KafkaUnreachable):
+    if isinstance(exc, KafkaUnreachable) and "KAFKA_SECURITY_PROTOCOL" not in exc.reason:
         say_and_exit(
             f"{exc.message}: is the broker running, and is that its address? Check "
             "KAFKA_BOOTSTRAP_SERVERS (`esctl kafka status` shows the local broker)"

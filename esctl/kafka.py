@@ -31,6 +31,14 @@ def kafka_start(
     port: Annotated[int, typer.Option(help="broker port of node 1 (nodes 2,3: +1,+2)")] = 9092,
     nodes: Annotated[int, typer.Option(help="1, or 3 for durability tests")] = 1,
     heap_mb: Annotated[int, typer.Option(help="JVM heap per node, MiB (<= 512)")] = 512,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="TLS + SASL/SCRAM-SHA-512 + ACLs: a local CA, one principal per service and "
+            "`admin`, passwords in <data-dir>/security",
+        ),
+    ] = False,
     data_dir: DataDir = STATE_DIR / "kafka",
 ) -> None:
     """Format storage (first time), start the broker(s), wait for a metadata answer."""
@@ -40,6 +48,7 @@ def kafka_start(
             cluster is None
             or len(cluster.state.nodes) != nodes
             or (cluster.state.nodes[0].broker_port != port)
+            or cluster.state.secure != secure
         ):
             if cluster is not None and any(cluster.status().values()):
                 say_and_exit(
@@ -47,13 +56,30 @@ def kafka_start(
                     "first (`esctl kafka stop`), or use another data dir (--data-dir; for "
                     "`esctl up`, ESCTL_STATE_DIR gives the whole stack its own)"
                 )
-            cluster = lk.LocalKafkaCluster.create(data_dir, nodes=nodes, port=port, heap_mb=heap_mb)
+            if cluster is not None and cluster.state.secure != secure:
+                # a broker's security is fixed at format time (SCRAM credentials, listeners)
+                say_and_exit(
+                    f"the cluster in {data_dir} was made "
+                    f"{'with' if cluster.state.secure else 'without'} --secure, which cannot "
+                    "change once it is formatted: delete it first (`esctl kafka destroy`), or "
+                    "use another data dir (--data-dir)"
+                )
+            cluster = lk.LocalKafkaCluster.create(
+                data_dir, nodes=nodes, port=port, heap_mb=heap_mb, secure=secure
+            )
         with console.status(f"starting Kafka {lk.kafka_version()} ({nodes} node(s))"):
             cluster.start()
     except EsError as exc:
         fail(exc)
         return
     console.print(f"Kafka {lk.kafka_version()} ready at {cluster.bootstrap_servers}")
+    if cluster.state.secure:
+        sec = cluster.security_dir
+        console.print(
+            f"SASL_SSL (SCRAM-SHA-512), ACLs on; CA {sec / 'ca.pem'}; credentials per principal "
+            f"in {sec}/<principal>.env (admin, command-service, projector, query-service, "
+            f"workflow-service): `set -a; . {sec}/admin.env; set +a`"
+        )
     print(cluster.bootstrap_servers)
 
 

@@ -16,6 +16,7 @@ import typer
 from esctl.common import STATE_DIR, DataDir, console, say, say_and_exit
 from esctl.kafka import kafka_start
 from esctl.localstack import kafka as lk
+from esctl.localstack.kafka_security import KAFKA_SECURITY_VARIABLES
 from esctl.tokens import local_auth_secret_file, local_secret
 
 SERVICES = {
@@ -143,7 +144,10 @@ def up(
     try:
         kafka_start(port=port, nodes=1, heap_mb=512, data_dir=data_dir)
         STATE_DIR.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{port}", LOG_FORMAT="console")
+        # the broker started here is PLAINTEXT: the services talk to it so, whatever
+        # KAFKA_SECURITY_PROTOCOL and KAFKA_SASL_* this shell has for another broker
+        env = {k: v for k, v in os.environ.items() if k not in KAFKA_SECURITY_VARIABLES}
+        env |= {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}", "LOG_FORMAT": "console"}
         env.setdefault(
             "READ_STORE_URL", f"sqlite:///{(STATE_DIR / 'read-store.sqlite3').resolve()}"
         )

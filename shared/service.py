@@ -16,6 +16,8 @@ from fastapi import FastAPI
 from shared.auth import check_at_start
 from shared.errors import ConfigurationError, EsError, InfrastructureUnavailable
 from shared.kafka.clients import wait_for_brokers
+from shared.kafka.errors import access_denied
+from shared.kafka.security import KafkaSecurity, process_security, use_security
 from shared.kek import KeyRing
 from shared.keystore import KeyStore
 from shared.logging import configure_logging, get_logger
@@ -62,7 +64,12 @@ async def serve(
         for task in done:
             if task is not stopper and task.exception() is not None:
                 failure = task.exception()
-                log.error("service_task_failed", task=task.get_name(), error=repr(failure))
+                assert failure is not None
+                denied = access_denied(failure, process_security().principal)
+                if denied is not None:  # one clear line: who may not do what
+                    log.error(denied.code, task=task.get_name(), error=denied.message)
+                else:
+                    log.error("service_task_failed", task=task.get_name(), error=repr(failure))
     finally:
         server.should_exit = True
         if shutdown is not None:
@@ -92,11 +99,11 @@ async def wait_for_kafka_at_start(settings: ServiceSettings) -> None:
             await wait_for_brokers(bootstrap, timeout_s=2.0)
         except InfrastructureUnavailable as exc:
             log.info("waiting_for_kafka", kafka=bootstrap, reason=exc.message)
-            try:
-                await wait_for_brokers(bootstrap, timeout_s=settings.kafka_startup_wait_s)
-            except InfrastructureUnavailable as final:
-                log.error("kafka_unreachable", kafka=bootstrap, error=final.message)
-                raise SystemExit(1) from None
+            await wait_for_brokers(bootstrap, timeout_s=settings.kafka_startup_wait_s)
+    except EsError as final:
+        # unreachable for good, or credentials the broker refuses (which waiting cannot fix)
+        log.error(final.code, kafka=bootstrap, error=final.message)
+        raise SystemExit(1) from None
     finally:
         aiokafka_log.setLevel(level)
     log.info("kafka_reachable", kafka=bootstrap, waited_s=round(time.monotonic() - started, 1))
@@ -136,6 +143,12 @@ def run(
     except ConfigurationError as exc:  # one clear line, no traceback: fix the settings
         log.error("service_not_started", code=exc.code, error=exc.message)
         raise SystemExit(2) from None
+    try:
+        # the process's Kafka principal: every client it builds authenticates as this one
+        use_security(KafkaSecurity.from_settings(settings))
+    except EsError as exc:
+        log.error(exc.code, error=exc.message)
+        raise SystemExit(1) from None
     asyncio.run(main(settings))
 
 
@@ -145,7 +158,7 @@ def kafka_health(bootstrap_servers: str) -> Callable[[], Awaitable[dict[str, obj
     async def check() -> dict[str, object]:
         try:
             await wait_for_brokers(bootstrap_servers, timeout_s=3.0)
-        except InfrastructureUnavailable as exc:
+        except EsError as exc:
             return {"status": "unavailable", "kafka": exc.message}
         return {"status": "ok", "kafka": "reachable"}
 

@@ -61,6 +61,25 @@ class KafkaSettings(BaseSettings):
     commands_retention_ms: int = 7 * 24 * 3600 * 1000
     results_retention_ms: int = 24 * 3600 * 1000
 
+    # -- Kafka security (issue 17, item 4): TLS, SASL/SCRAM; every client of the process uses
+    # these (shared.kafka.security). PLAINTEXT, the default, is a broker without security.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="PLAINTEXT, SSL (TLS only) or SASL_SSL (TLS + SASL)"
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        default="SCRAM-SHA-512", description="SASL mechanism (with SASL_SSL)"
+    )
+    kafka_sasl_username: str = Field(default="", description="the process's Kafka principal")
+    kafka_sasl_password: str = Field(
+        default="", repr=False, description="its password (or KAFKA_SASL_PASSWORD_FILE)"
+    )
+    kafka_sasl_password_file: str = Field(
+        default="", description="a file holding the password (wins over KAFKA_SASL_PASSWORD)"
+    )
+    kafka_ssl_cafile: str = Field(
+        default="", description="PEM CA bundle the broker's certificate is checked against"
+    )
+
 
 class ServiceSettings(KafkaSettings):
     """Common to every service: identity, HTTP port and body limit, logging."""

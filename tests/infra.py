@@ -141,9 +141,45 @@ def postgres_container(image: str = POSTGRES_IMAGE) -> Iterator[str]:
         yield url
 
 
+def kafka_secure() -> bool:
+    """ESCTL_TEST_KAFKA_SECURE=1: the session's broker is a local `--secure` one (TLS,
+    SASL/SCRAM, ACLs); the tests act as `admin`, every service process as its own principal."""
+    return os.environ.get("ESCTL_TEST_KAFKA_SECURE", "") not in ("", "0")
+
+
+@contextmanager
+def secure_kafka_broker() -> Iterator[str]:
+    """A local secure cluster; this process's environment gets `admin`'s credentials (which
+    child processes inherit) and ESCTL_KAFKA_SECURITY_DIR (ServiceProcess switches each service
+    to its own principal, with its ACLs on the prefix it is started with)."""
+    from esctl.localstack.kafka_security import SECURITY_DIR_ENV  # noqa: PLC0415
+    from shared.kafka.security import reset_security  # noqa: PLC0415
+
+    data_dir = Path(tempfile.mkdtemp(prefix="esctl-test-kafka-secure-"))
+    cluster = LocalKafkaCluster.create(data_dir, nodes=1, heap_mb=512, secure=True)
+    before = dict(os.environ)
+    try:
+        cluster.start()
+        env = cluster.client_env("admin")
+        env.pop("KAFKA_BOOTSTRAP_SERVERS")  # the tests pass the address where they mean to
+        os.environ.update(env)
+        os.environ[SECURITY_DIR_ENV] = str(cluster.security_dir)
+        reset_security()
+        yield cluster.bootstrap_servers
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
+        reset_security()
+        cluster.destroy()
+
+
 @contextmanager
 def kafka_broker() -> Iterator[str]:
     """Yield a bootstrap address of a real broker for the whole session."""
+    if kafka_secure():
+        with secure_kafka_broker() as bootstrap:
+            yield bootstrap
+        return
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
         return

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 from aiokafka import TopicPartition
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from esctl.localstack.kafka import java_executable, libs_dir
+from esctl.localstack.kafka_security import java_client_properties
 from shared.kafka import InboundRecord, make_admin, make_consumer, make_producer
+from shared.kafka.security import process_security
 
 
 async def produce(
@@ -134,24 +138,31 @@ def kafka_consumer_groups_describe(
     bootstrap: str, group: str
 ) -> dict[tuple[str, int], tuple[int | str, ...]]:
     """Kafka's own `kafka-consumer-groups.sh --describe --group G`, run from the broker's jars:
-    (topic, partition) -> (CURRENT-OFFSET, LOG-END-OFFSET, LAG), numbers where it prints them."""
-    run = subprocess.run(
-        [
-            java_executable(),
-            "-cp",
-            f"{libs_dir()}/*",
-            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
-            "--bootstrap-server",
-            bootstrap,
-            "--describe",
-            "--group",
-            group,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    (topic, partition) -> (CURRENT-OFFSET, LOG-END-OFFSET, LAG), numbers where it prints them.
+    On a secure broker it runs as this process's principal (`--command-config`)."""
+    props = java_client_properties(process_security())
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "client.properties"
+        config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        run = subprocess.run(
+            [
+                java_executable(),
+                "-cp",
+                f"{libs_dir()}/*",
+                "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+                "--bootstrap-server",
+                bootstrap,
+                "--command-config",
+                str(config),
+                "--describe",
+                "--group",
+                group,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
     assert run.returncode == 0, run.stderr
     rows = {}
     for line in run.stdout.splitlines():

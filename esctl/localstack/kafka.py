@@ -29,8 +29,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+from esctl.localstack import kafka_security as ks
 from shared.errors import ConfigurationError, InfrastructureUnavailable
+from shared.kafka.acls import BROKER, PRINCIPALS, SUPER_USERS
 from shared.kafka.clients import wait_for_brokers
+from shared.kafka.security import KafkaSecurity
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -124,7 +127,7 @@ def _kafka_uuid() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
 
 
-def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion from sync code, also when an event loop is running."""
     try:
         asyncio.get_running_loop()
@@ -147,6 +150,8 @@ class ClusterState:
     cluster_id: str
     nodes: list[NodeState] = field(default_factory=list)
     heap_mb: int = 512
+    #: SASL_SSL with SCRAM-SHA-512 and ACLs (see kafka_security), or PLAINTEXT
+    secure: bool = False
 
 
 class LocalKafkaCluster:
@@ -166,13 +171,15 @@ class LocalKafkaCluster:
         nodes: int = 1,
         port: int | None = None,
         heap_mb: int = 512,
+        secure: bool = False,
     ) -> LocalKafkaCluster:
-        """A new cluster description (nothing started). `port` is node 1's broker port."""
+        """A new cluster description (nothing started). `port` is node 1's broker port;
+        `secure`: TLS, SASL/SCRAM and ACLs."""
         if nodes not in (1, 3):
             raise ConfigurationError("a local cluster has 1 or 3 nodes")
         if not 64 <= heap_mb <= 512:
             raise ConfigurationError("broker heap must be between 64 and 512 MiB")
-        state = ClusterState(cluster_id=_kafka_uuid(), heap_mb=heap_mb)
+        state = ClusterState(cluster_id=_kafka_uuid(), heap_mb=heap_mb, secure=secure)
         for i in range(1, nodes + 1):
             broker = port + i - 1 if port else free_port()
             state.nodes.append(NodeState(i, broker, free_port()))
@@ -187,6 +194,7 @@ class LocalKafkaCluster:
         state = ClusterState(
             cluster_id=raw["cluster_id"],
             heap_mb=raw.get("heap_mb", 512),
+            secure=raw.get("secure", False),
             nodes=[NodeState(**n) for n in raw["nodes"]],
         )
         return cls(data_dir, state)
@@ -200,6 +208,26 @@ class LocalKafkaCluster:
     @property
     def bootstrap_servers(self) -> str:
         return ",".join(f"127.0.0.1:{n.broker_port}" for n in self.state.nodes)
+
+    @property
+    def security_dir(self) -> Path:
+        """Where a secure cluster keeps its CA, certificate and passwords."""
+        return self.data_dir / "security"
+
+    @property
+    def admin_security(self) -> KafkaSecurity | None:
+        """How the launcher itself connects: as `admin` on a secure cluster, else PLAINTEXT
+        (None: the process's own security would be used, which may be another principal)."""
+        if not self.state.secure:
+            return KafkaSecurity()
+        return ks.client_security(self.security_dir, "admin")
+
+    def client_env(self, principal: str = "admin") -> dict[str, str]:
+        """The environment variables of a client of this cluster acting as `principal`."""
+        env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers}
+        if self.state.secure:
+            env |= ks.client_env(self.security_dir, principal)
+        return env
 
     def node(self, node_id: int) -> NodeState:
         for n in self.state.nodes:
@@ -250,6 +278,43 @@ class LocalKafkaCluster:
             "broker.heartbeat.interval.ms": "500",
             "broker.session.timeout.ms": "3000",
             "replica.lag.time.max.ms": "5000",
+        } | (self._secure_properties(node) if self.state.secure else {})
+
+    def _secure_properties(self, node: NodeState) -> dict[str, str]:
+        """SASL_SSL everywhere. Clients and brokers (inter-broker) use SCRAM-SHA-512, whose
+        credentials KRaft takes at format time (`--add-scram`); the controller listener uses
+        PLAIN with the broker's password in this file (KRaft controllers cannot check SCRAM
+        before they have read the metadata that holds it)."""
+        sec = self.security_dir
+        broker_password = ks.password(sec, BROKER)
+        scram = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{BROKER}" password="{broker_password}";'
+        )
+        plain = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="{BROKER}" password="{broker_password}" '
+            f'user_{BROKER}="{broker_password}";'
+        )
+        return {
+            "listeners": f"SASL_SSL://127.0.0.1:{node.broker_port},"
+            f"CONTROLLER://127.0.0.1:{node.controller_port}",
+            "advertised.listeners": f"SASL_SSL://127.0.0.1:{node.broker_port}",
+            "inter.broker.listener.name": "SASL_SSL",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:SASL_SSL",
+            "sasl.mechanism.inter.broker.protocol": ks.MECHANISM,
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.sasl_ssl.sasl.enabled.mechanisms": ks.MECHANISM,
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": scram,
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": plain,
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(sec / "node.pem"),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(sec / "ca.pem"),
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found": "false",
+            "super.users": ";".join(f"User:{u}" for u in SUPER_USERS),
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -258,16 +323,21 @@ class LocalKafkaCluster:
         """Format storage where needed, start every node that is not running, wait for all."""
         install()
         self.save()
+        if self.state.secure:
+            ks.generate(self.security_dir)
         for node in self.state.nodes:
             if not self._alive(node):
                 self._start_node(node)
         self.save()
         if wait:
             self.wait_ready(timeout_s=timeout_s)
+            if self.state.secure:
+                # idempotent: each start makes sure the services' ACLs are there
+                run_sync(ks.grant(self.security_dir, self.bootstrap_servers, ks.default_bindings()))
 
     def wait_ready(self, *, timeout_s: float = 90.0, expected: int | None = None) -> None:
         """Wait until a metadata request lists every node (or `expected` of them) as a broker."""
-        _run_sync(self.wait_ready_async(timeout_s=timeout_s, expected=expected))
+        run_sync(self.wait_ready_async(timeout_s=timeout_s, expected=expected))
 
     async def wait_ready_async(
         self, *, timeout_s: float = 90.0, expected: int | None = None
@@ -275,7 +345,10 @@ class LocalKafkaCluster:
         want = expected if expected is not None else len(self.state.nodes)
         try:
             await wait_for_brokers(
-                self.bootstrap_servers, expected_brokers=want, timeout_s=timeout_s
+                self.bootstrap_servers,
+                expected_brokers=want,
+                timeout_s=timeout_s,
+                security=self.admin_security,
             )
         except InfrastructureUnavailable as exc:
             logs = "\n".join(self._log_tail(n.node_id) for n in self.state.nodes)
@@ -314,11 +387,12 @@ class LocalKafkaCluster:
                 return
             try:
                 # Ask the restarted node itself: the others may still list it as a broker.
-                _run_sync(
+                run_sync(
                     wait_for_brokers(
                         f"127.0.0.1:{node.broker_port}",
                         expected_brokers=len(self.state.nodes),
                         timeout_s=timeout_s,
+                        security=self.admin_security,
                     )
                 )
                 return
@@ -348,6 +422,9 @@ class LocalKafkaCluster:
         nd = self.node_dir(node.node_id)
         nd.mkdir(parents=True, exist_ok=True)
         config = self._config_path(node.node_id)
+        if self.state.secure:  # it holds the broker's password (controller listener)
+            config.touch(mode=0o600)
+            config.chmod(0o600)
         config.write_text("".join(f"{k}={v}\n" for k, v in self.server_properties(node).items()))
         classpath = f"{libs_dir()}/*"
         java = java_executable()
@@ -366,6 +443,7 @@ class LocalKafkaCluster:
                     "-c",
                     str(config),
                     "--ignore-formatted",
+                    *self._scram_arguments(),
                 ],
                 capture_output=True,
                 text=True,
@@ -413,6 +491,16 @@ class LocalKafkaCluster:
                 start_new_session=True,
             )
         node.pid = proc.pid
+
+    def _scram_arguments(self) -> list[str]:
+        """`--add-scram` of every principal: KRaft's SCRAM credentials start in the metadata
+        written at format time (there is no ZooKeeper to add them to before the start)."""
+        if not self.state.secure:
+            return []
+        return [
+            f"--add-scram={ks.MECHANISM}=[name={p},password={ks.password(self.security_dir, p)}]"
+            for p in PRINCIPALS
+        ]
 
     def _owns(self, pid: int, node_id: int) -> bool:
         """True when `pid` is alive and is this cluster's node `node_id` (not a reused pid)."""

@@ -12,7 +12,8 @@ from typing import ClassVar
 
 import httpx
 
-from esctl.localstack.kafka import free_port
+from esctl.localstack import kafka_security as ks
+from esctl.localstack.kafka import LocalKafkaCluster, free_port, run_sync
 from shared.errors import InfrastructureUnavailable
 
 
@@ -41,6 +42,7 @@ class ServiceProcess:
         return self.proc.pid if self.proc else None
 
     def start(self) -> None:
+        self._as_own_kafka_principal()
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", self.module],
@@ -51,6 +53,21 @@ class ServiceProcess:
         )
         log.close()  # the child has its own descriptor
         ServiceProcess._started.add(self.proc)
+
+    def _as_own_kafka_principal(self) -> None:
+        """On a secure local cluster (ESCTL_KAFKA_SECURITY_DIR set): run the service as its own
+        principal, with its ACLs granted on the topic prefix and group it is started with."""
+        security_dir = self.env.get(ks.SECURITY_DIR_ENV)
+        if not security_dir:
+            return
+        directory = Path(security_dir)
+        self.env = ks.service_env(directory, self.module, self.env)
+        bindings = ks.service_bindings(self.module, self.env)
+        # granted on the cluster itself: the service may be pointed at a proxy of it, or at
+        # an address where it is about to appear
+        cluster = LocalKafkaCluster.load(directory.parent)
+        if bindings and cluster is not None:
+            run_sync(ks.grant(directory, cluster.bootstrap_servers, bindings))
 
     @classmethod
     def terminate_leftovers(cls) -> list[int]:

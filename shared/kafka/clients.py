@@ -10,17 +10,26 @@ import asyncio
 import contextlib
 import errno
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer import sender as _aiokafka_sender
 
-from shared.errors import InfrastructureUnavailable, KafkaUnreachable
+from shared.errors import EsError, InfrastructureUnavailable, KafkaUnreachable
+from shared.kafka.errors import (
+    KafkaAccessDenied,
+    KafkaAuthenticationFailed,
+    access_denied,
+    authentication_failure,
+)
+from shared.kafka.security import KafkaSecurity, process_security
 
 C = TypeVar("C")
 
@@ -58,18 +67,37 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 }
 
 
-def make_producer(bootstrap_servers: str, **overrides: Any) -> AIOKafkaProducer:
+def _secured(security: KafkaSecurity | None) -> dict[str, Any]:
+    """The TLS/SASL arguments of a client: `security`, or the process's (see `security`)."""
+    return (security or process_security()).client_kwargs()
+
+
+def make_producer(
+    bootstrap_servers: str, *, security: KafkaSecurity | None = None, **overrides: Any
+) -> AIOKafkaProducer:
     """An idempotent `acks=all` producer (not started)."""
-    return AIOKafkaProducer(bootstrap_servers=bootstrap_servers, **(PRODUCER_DEFAULTS | overrides))
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers,
+        **(PRODUCER_DEFAULTS | _secured(security) | overrides),
+    )
 
 
 def make_transactional_producer(
-    bootstrap_servers: str, transactional_id: str, **overrides: Any
+    bootstrap_servers: str,
+    transactional_id: str,
+    *,
+    security: KafkaSecurity | None = None,
+    **overrides: Any,
 ) -> AIOKafkaProducer:
     """A transactional producer (not started). Starting it fences older owners of the id."""
     # linger 0: a transaction's records are sent back to back without yielding to the event
     # loop, so they batch anyway, and each phase of the transaction waits on its sends.
-    settings = PRODUCER_DEFAULTS | {"transaction_timeout_ms": 60_000, "linger_ms": 0} | overrides
+    settings = (
+        PRODUCER_DEFAULTS
+        | {"transaction_timeout_ms": 60_000, "linger_ms": 0}
+        | _secured(security)
+        | overrides
+    )
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers, transactional_id=transactional_id, **settings
     )
@@ -91,7 +119,8 @@ async def running(client: C, failure: str | Callable[[BaseException], str]) -> A
     t[0]"` gives `"cannot read the end of t[0]: <the error>"`), or makes the whole sentence.
 
     An `OSError` of the body passes unchanged: there it comes from the caller's own I/O (an
-    archive file, say), not from the client, whose network errors are `KafkaError`s."""
+    archive file, say), not from the client, whose network errors are `KafkaError`s. An
+    authorization failure becomes `KafkaAccessDenied`, which retrying does not fix."""
     started: Any = client
     try:
         try:
@@ -100,9 +129,21 @@ async def running(client: C, failure: str | Callable[[BaseException], str]) -> A
             raise InfrastructureUnavailable(_failed(failure, exc)) from exc
         yield client
     except KafkaError as exc:
+        denied = access_denied(exc, principal_of(client))
+        if denied is not None:
+            raise denied from exc
         raise InfrastructureUnavailable(_failed(failure, exc)) from exc
     finally:
         await stop_quietly(client)
+
+
+def principal_of(client: Any) -> str:
+    """The principal `client` (a producer, consumer or admin client) authenticates as."""
+    # aiokafka's network client: `client` of a producer, `_client` of a consumer or admin
+    inner = getattr(client, "_client", None) or getattr(client, "client", None)
+    if getattr(inner, "_security_protocol", "PLAINTEXT") != "SASL_SSL":
+        return "User:ANONYMOUS"
+    return f"User:{getattr(inner, '_sasl_plain_username', '?')}"
 
 
 def _failed(failure: str | Callable[[BaseException], str], exc: BaseException) -> str:
@@ -119,29 +160,100 @@ def group_timing(session_timeout_ms: int) -> dict[str, int]:
 
 
 def make_consumer(
-    bootstrap_servers: str, *topics: str, group_id: str | None = None, **overrides: Any
+    bootstrap_servers: str,
+    *topics: str,
+    group_id: str | None = None,
+    security: KafkaSecurity | None = None,
+    **overrides: Any,
 ) -> AIOKafkaConsumer:
     """A `read_committed`, manually committing consumer (not started)."""
     return AIOKafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap_servers,
         group_id=group_id,
-        **(CONSUMER_DEFAULTS | overrides),
+        **(CONSUMER_DEFAULTS | _secured(security) | overrides),
     )
 
 
-def make_admin(bootstrap_servers: str, **overrides: Any) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **overrides)
+def make_admin(
+    bootstrap_servers: str, *, security: KafkaSecurity | None = None, **overrides: Any
+) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, **(_secured(security) | overrides)
+    )
+
+
+async def why_no_connection(
+    bootstrap_servers: str, security: KafkaSecurity | None = None, *, timeout_s: float = 5.0
+) -> EsError | None:
+    """What one connection to the first broker says that aiokafka's bootstrap keeps to its log
+    (it answers every failed login with "Unable to bootstrap"): KafkaAuthenticationFailed when
+    the broker refuses the credentials or the TLS handshake fails, KafkaUnreachable with a hint
+    when a broker that speaks TLS closes on a PLAINTEXT client; None when a connection works
+    (or fails for an ordinary reason: refused, no answer)."""
+    sec = security or process_security()
+    addresses = bootstrap_addresses(bootstrap_servers)
+    if not addresses:
+        return None
+    host, port = addresses[0]
+    try:
+        conn = await asyncio.wait_for(
+            create_conn(
+                host,
+                port,
+                request_timeout_ms=int(timeout_s * 1000),
+                **sec.client_kwargs(),
+            ),
+            timeout_s,
+        )
+    except ssl.SSLCertVerificationError as exc:
+        return KafkaAuthenticationFailed(
+            bootstrap_servers,
+            sec.principal,
+            f"its TLS certificate is not trusted ({exc.verify_message}); set KAFKA_SSL_CAFILE "
+            "to the CA that signed it",
+        )
+    except ssl.SSLError as exc:
+        return KafkaAuthenticationFailed(
+            bootstrap_servers, sec.principal, f"TLS handshake failed ({exc.reason or exc})"
+        )
+    except KafkaError as exc:
+        reason = authentication_failure(exc)
+        if reason is not None:
+            return KafkaAuthenticationFailed(
+                bootstrap_servers,
+                sec.principal,
+                f"{reason}: check KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD(_FILE)",
+            )
+        if sec.protocol == "PLAINTEXT":
+            return KafkaUnreachable(
+                bootstrap_servers,
+                "it closed the connection on a PLAINTEXT client: a broker with TLS/SASL does "
+                "that; set KAFKA_SECURITY_PROTOCOL=SASL_SSL, KAFKA_SASL_USERNAME, "
+                "KAFKA_SASL_PASSWORD(_FILE) and KAFKA_SSL_CAFILE",
+            )
+        return None
+    except (OSError, TimeoutError):
+        return None
+    conn.close()
+    return None
 
 
 async def wait_for_brokers(
-    bootstrap_servers: str, *, expected_brokers: int = 1, timeout_s: float = 60.0
+    bootstrap_servers: str,
+    *,
+    expected_brokers: int = 1,
+    timeout_s: float = 60.0,
+    security: KafkaSecurity | None = None,
 ) -> dict[str, Any]:
-    """Wait until a metadata request answers with at least `expected_brokers` brokers."""
+    """Wait until a metadata request answers with at least `expected_brokers` brokers.
+
+    Credentials the broker refuses end the wait at once (KafkaAuthenticationFailed): they do
+    not get better with time."""
     deadline = time.monotonic() + timeout_s
     last_error: str = "no answer"
     while time.monotonic() < deadline:
-        admin = make_admin(bootstrap_servers, request_timeout_ms=5_000)
+        admin = make_admin(bootstrap_servers, security=security, request_timeout_ms=5_000)
         try:
             await admin.start()
             cluster: dict[str, Any] = await admin.describe_cluster()
@@ -150,6 +262,12 @@ async def wait_for_brokers(
             last_error = f"{len(cluster.get('brokers', []))} of {expected_brokers} brokers up"
         except (TimeoutError, KafkaError, OSError) as exc:
             last_error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, KafkaError):
+                why = await why_no_connection(bootstrap_servers, security)
+                if isinstance(why, KafkaAuthenticationFailed):
+                    raise why from None
+                if isinstance(why, KafkaUnreachable):
+                    last_error = why.reason
         finally:
             await stop_quietly(admin)  # also a client that never connected
         await asyncio.sleep(0.5)
@@ -193,10 +311,13 @@ async def _connect(host: str, port: int, timeout_s: float) -> None:
         await writer.wait_closed()
 
 
-async def ensure_reachable(bootstrap_servers: str, *, timeout_s: float = 5.0) -> None:
+async def ensure_reachable(
+    bootstrap_servers: str, *, timeout_s: float = 5.0, security: KafkaSecurity | None = None
+) -> None:
     """Raise KafkaUnreachable unless a broker of `bootstrap_servers` accepts a connection and
     answers a metadata request, each within `timeout_s` (for tools a person waits on, which
-    should say in seconds, in one sentence, that the address is wrong or the broker is down)."""
+    should say in seconds, in one sentence, that the address is wrong or the broker is down);
+    KafkaAuthenticationFailed when it refuses the credentials (`security`, or the process's)."""
     addresses = bootstrap_addresses(bootstrap_servers)
     if not addresses:
         raise KafkaUnreachable(bootstrap_servers or '""', "no address given")
@@ -206,10 +327,16 @@ async def ensure_reachable(bootstrap_servers: str, *, timeout_s: float = 5.0) ->
     if all(isinstance(o, BaseException) for o in outcomes):
         reasons = sorted({_why(o, timeout_s) for o in outcomes if isinstance(o, BaseException)})
         raise KafkaUnreachable(bootstrap_servers, ", ".join(reasons))
-    admin = make_admin(bootstrap_servers, request_timeout_ms=int(timeout_s * 1000))
+    admin = make_admin(
+        bootstrap_servers, security=security, request_timeout_ms=int(timeout_s * 1000)
+    )
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
     except (TimeoutError, KafkaError, OSError) as exc:
+        # a refused login or a TLS broker met in PLAINTEXT: say so rather than "no answer"
+        why = await why_no_connection(bootstrap_servers, security, timeout_s=timeout_s)
+        if why is not None:
+            raise why from exc
         answer = "no answer" if isinstance(exc, TimeoutError) else "no Kafka answer"
         raise KafkaUnreachable(
             bootstrap_servers,
@@ -235,6 +362,14 @@ async def topic_partitions(consumer: Any, topic: str) -> list[int]:
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:
         await consumer._client.force_metadata_update()  # no public API for this
+        partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        # A metadata request for all topics leaves out those the principal may not describe;
+        # asked by name, the broker says TOPIC_AUTHORIZATION_FAILED: say denied, not missing.
+        await consumer._client.add_topic(topic)
+        await consumer._client.force_metadata_update()
+        if topic in consumer._client.cluster.unauthorized_topics:
+            raise KafkaAccessDenied(principal_of(consumer), f"topic {topic}", "read")
         partitions = consumer.partitions_for_topic(topic)
     if not partitions:
         raise InfrastructureUnavailable(f"topic {topic} does not exist (or has no partitions)")

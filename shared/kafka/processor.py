@@ -36,7 +36,9 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from shared.errors import EsError
 from shared.kafka.clients import make_transactional_producer, stop_quietly
 from shared.kafka.consumer import TopicConsumer
+from shared.kafka.errors import access_denied
 from shared.kafka.records import Delivered, InboundRecord, OutboundRecord, dead_letter
+from shared.kafka.security import process_security
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -195,6 +197,9 @@ class TransactionalPartitionProcessor:
             for failure in failures:
                 if not isinstance(failure, Exception):
                     raise failure
+                denied = access_denied(failure, process_security().principal)
+                if denied is not None:  # the ACLs will not change by themselves: stop here
+                    raise denied from failure
             if failures:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -248,7 +253,7 @@ class TransactionalPartitionProcessor:
     def _acquire_failed(self, partition: int, exc: BaseException) -> None:
         # aiokafka swallows listener errors; surface it to run() instead of idling.
         log.error("partition_acquire_failed", partition=partition, error=repr(exc))
-        self._fatal = exc
+        self._fatal = access_denied(exc, process_security().principal) or exc
 
     async def _fence(self, partition: int) -> Any:
         """A started transactional producer for `partition`: starting it (InitProducerId)

@@ -10,12 +10,14 @@ from aiokafka.admin import NewTopic
 
 from shared.errors import ConfigurationError
 from shared.kafka.clients import make_admin, running
+from shared.kafka.security import KafkaSecurity
 from shared.logging import get_logger
 from shared.settings import KafkaSettings
 
 log = get_logger(__name__)
 
 TOPIC_ALREADY_EXISTS = 36
+TOPIC_AUTHORIZATION_FAILED = 29
 
 
 @dataclass(frozen=True)
@@ -125,9 +127,14 @@ def system_topic_specs(settings: KafkaSettings) -> list[TopicSpec]:
     ]
 
 
-async def describe_partition_counts(bootstrap_servers: str, names: list[str]) -> dict[str, int]:
-    """Partition count of each existing topic among `names` (missing topics are absent)."""
-    async with running(make_admin(bootstrap_servers), "cannot describe topics") as admin:
+async def describe_partition_counts(
+    bootstrap_servers: str, names: list[str], *, security: KafkaSecurity | None = None
+) -> dict[str, int]:
+    """Partition count of each existing topic among `names` (missing topics are absent, and so
+    are those the principal may not describe)."""
+    async with running(
+        make_admin(bootstrap_servers, security=security), "cannot describe topics"
+    ) as admin:
         described = await admin.describe_topics(names)
     return {
         t["topic"]: len(t["partitions"])
@@ -137,17 +144,30 @@ async def describe_partition_counts(bootstrap_servers: str, names: list[str]) ->
 
 
 async def ensure_topics(
-    bootstrap_servers: str, specs: list[TopicSpec], *, timeout_s: float = 30.0
+    bootstrap_servers: str,
+    specs: list[TopicSpec],
+    *,
+    timeout_s: float = 30.0,
+    security: KafkaSecurity | None = None,
 ) -> dict[str, int]:
     """Create missing topics (idempotent); return the partition count of each."""
-    async with running(make_admin(bootstrap_servers), "cannot create topics") as admin:
+    async with running(
+        make_admin(bootstrap_servers, security=security), "cannot create topics"
+    ) as admin:
         response = await admin.create_topics(
             [
                 NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.configs)
                 for s in specs
             ]
         )
+        not_ours: set[str] = set()
         for topic, code, *rest in response.topic_errors:
+            if code == TOPIC_AUTHORIZATION_FAILED:
+                # On a broker with ACLs a principal may create only the topics it uses (and
+                # the broker says so whether the topic exists or not): the others are another
+                # principal's to create, and not waited for here.
+                not_ours.add(topic)
+                continue
             if code not in (0, TOPIC_ALREADY_EXISTS):
                 message = rest[0] if rest else ""
                 raise ConfigurationError(f"cannot create topic {topic}: error {code} {message}")
@@ -155,10 +175,10 @@ async def ensure_topics(
                 log.info("topic_created", topic=topic)
     # The controller answers CreateTopics before every broker's metadata cache knows the new
     # topics: wait until a metadata request lists them all.
-    names = [s.name for s in specs]
+    names = [s.name for s in specs if s.name not in not_ours]
     deadline = time.monotonic() + timeout_s
     while True:
-        counts = await describe_partition_counts(bootstrap_servers, names)
+        counts = await describe_partition_counts(bootstrap_servers, names, security=security)
         if len(counts) == len(names) or time.monotonic() > deadline:
             return counts
         await asyncio.sleep(0.1)
@@ -170,8 +190,14 @@ async def bootstrap_system_topics(settings: KafkaSettings) -> dict[str, int]:
     One writer per partition relies on command partition p and event partition p belonging to
     the same aggregates; with different counts the key hashes land on different numbers.
     """
-    counts = await ensure_topics(settings.kafka_bootstrap_servers, system_topic_specs(settings))
+    bootstrap = settings.kafka_bootstrap_servers
+    counts = await ensure_topics(bootstrap, system_topic_specs(settings))
     t = Topics.from_settings(settings)
+    # a principal that may not create one of them (ACLs) waits for the one who may
+    deadline = time.monotonic() + 30.0
+    while not {t.commands, t.events} <= counts.keys() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        counts |= await describe_partition_counts(bootstrap, [t.commands, t.events])
     check_co_partitioned(counts, t.commands, t.events)
     return counts
 

@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from esctl.localstack.kafka import LocalKafkaCluster, free_port
+from esctl.localstack.kafka_security import KAFKA_SECURITY_VARIABLES
 from shared.kafka.topics import Topics
 from shared.settings import KafkaSettings
 from tests.conftest import unique
@@ -150,6 +151,7 @@ async def test_esctl_up_serves_the_system_and_ctrl_c_stops_everything_it_started
         "READ_STORE_URL",
         "WORKFLOW_STORE_URL",
         "AUTH_HS256_SECRET",  # esctl up's own (the local stack's secret)
+        *KAFKA_SECURITY_VARIABLES,
     }
     env = {k: v for k, v in os.environ.items() if k not in session}
     env["ESCTL_STATE_DIR"] = str(state)
