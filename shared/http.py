@@ -406,7 +406,12 @@ def _secure(operation: dict[str, Any], rule: Rule | None) -> None:
             **{"WWW-Authenticate": WWW_AUTHENTICATE},
         ),
     )
-    responses.setdefault("403", problem_doc(f"`forbidden`: the roles allowed are {roles}"))
+    forbidden = f"`forbidden`: the roles allowed are {roles}"
+    if "403" in responses:  # the route's own 403s (e.g. the domain's `not_owner`) as well
+        mine = responses["403"]
+        responses["403"] = {**mine, "description": f"{forbidden}; {mine.get('description', '')}"}
+    else:
+        responses["403"] = problem_doc(forbidden)
 
 
 def _document(app: FastAPI, access: Mapping[str, Rule]) -> dict[str, Any]:

@@ -166,9 +166,7 @@ def make(store: ReadStore) -> AppMaker:
             return projector.build_app(projector.SETTINGS(), ports)
         if service == "query":
             keys = InMemoryKeyStore()
-            return as_caller(
-                query.build_app(query.SETTINGS(), query.QueryAdapters(read_store, keys))
-            )
+            return query.build_app(query.SETTINGS(), query.QueryAdapters(read_store, keys))
         view, control = InMemoryWorkflowView(), InMemoryControlChannel()
         adapters = workflow.WorkflowAdapters(view=view, control=control, health=kafka)
         return workflow.build_app(workflow.SETTINGS(), adapters)

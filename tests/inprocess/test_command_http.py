@@ -20,8 +20,9 @@ from shared.http import PROBLEM_JSON
 from shared.lifecycle.erase import ErasureRefused, ErasureReport, KeyCheck, NotADataSubject
 from shared.messages.codec import EncodedMessage
 from shared.messages.results import CommandOutcome, EventPosition
+from shared.principal import LOCAL_DEMO
 from shared.settings import CommandServiceSettings
-from tests.inprocess.conftest import HTTPClient, bearer, healthy
+from tests.inprocess.conftest import HTTPClient, as_caller, bearer, healthy
 from tests.inprocess.test_shared_http import call_chunked
 
 route = pytest.mark.route
@@ -145,8 +146,10 @@ async def test_registering_an_author_is_201_with_its_events_and_consistency_toke
     http: HTTPClient, app: FastAPI, client: InMemoryCommandClient
 ) -> None:
     """POST /authors: 201 with the outcome, `X-Consistency-Token` at the last event; the command
-    is RegisterAuthor keyed by a generated `author-...` id."""
-    r = await http(app).post("/authors", json={"name": "Ada", "email": "ada@example.org"})
+    is RegisterAuthor keyed by a generated `author-...` id when the caller has no subject
+    (authentication off; with one, the subject is the id: test_ownership_http.py)."""
+    api = http(as_caller(app, LOCAL_DEMO))
+    r = await api.post("/authors", json={"name": "Ada", "email": "ada@example.org"})
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["status"] == "accepted" and body["consistency_token"] == "0:2"
@@ -161,12 +164,13 @@ async def test_registering_an_author_is_201_with_its_events_and_consistency_toke
 async def test_an_idempotency_key_makes_the_command_id_a_function_of_the_key(
     http: HTTPClient, app: FastAPI, client: InMemoryCommandClient
 ) -> None:
-    """The same Idempotency-Key twice: the same command id (uuid5 of the key) both times."""
+    """The same Idempotency-Key twice: the same command id (uuid5 of the caller and the key)."""
     post = {"post_id": "p1", "author_id": "ada", "title": "T"}
     headers = {"Idempotency-Key": "k-1"}
     first = await http(app).post("/posts", json=post, headers=headers)
     again = await http(app).post("/posts", json=post, headers=headers)
-    expected = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, "k-1"))
+    # scoped by the caller's subject (the admin token's): another caller's k-1 is another command
+    expected = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, "test-admin\nk-1"))
     assert first.json()["command_id"] == again.json()["command_id"] == expected
     assert [c["command_id"] for c in sent(client)] == [expected, expected]
 

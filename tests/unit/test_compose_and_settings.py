@@ -127,7 +127,7 @@ def test_the_key_store_has_its_own_database_and_role_and_only_its_users_know_the
 
 
 def test_compose_env_script_makes_the_secrets_once_with_mode_0600(tmp_path: Path) -> None:
-    """`containers/compose-env.sh FILE` writes the four variables compose needs, random, 0600;
+    """`containers/compose-env.sh FILE` writes the five secrets compose needs, random, 0600;
     run again it changes nothing (a new KEK would orphan every stored key)."""
     env_file = tmp_path / ".env"
     script = ROOT / "containers" / "compose-env.sh"
@@ -138,11 +138,16 @@ def test_compose_env_script_makes_the_secrets_once_with_mode_0600(tmp_path: Path
         "POSTGRES_PASSWORD",
         "READ_STORE_PASSWORD",
         "KEY_STORE_PASSWORD",
+        "AUTH_HS256_SECRET",
         "KEY_ENCRYPTION_KEY",
     }
-    assert len(set(values.values())) == 4
+    assert len(set(values.values())) == 5
     assert len(decode_kek(values["KEY_ENCRYPTION_KEY"], "KEY_ENCRYPTION_KEY")) == 32
-    assert all(re.fullmatch(r"[0-9a-f]{48}", v) for k, v in values.items() if "PASSWORD" in k)
+    assert all(
+        re.fullmatch(r"[0-9a-f]{48}", v)
+        for k, v in values.items()
+        if "PASSWORD" in k or k == "AUTH_HS256_SECRET"
+    )
     assert env_file.stat().st_mode & 0o777 == 0o600
     again = subprocess.run(["bash", str(script), str(env_file)], check=True, capture_output=True)
     assert env_file.read_text() == first
