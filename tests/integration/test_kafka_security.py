@@ -3,7 +3,9 @@ service principal cannot do outside its ACLs (a clear error, nothing written).""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 import os
 import tempfile
 import uuid
@@ -15,6 +17,7 @@ from aiokafka import TopicPartition
 
 from esctl.localstack import kafka_security as ks
 from esctl.localstack.kafka import LocalKafkaCluster
+from esctl.localstack.services import ServiceProcess
 from shared.errors import KafkaUnreachable
 from shared.kafka.acls import COMMAND, PROJECTOR, QUERY, WORKFLOW
 from shared.kafka.clients import (
@@ -200,3 +203,35 @@ async def test_the_projector_cannot_take_the_command_services_transactional_ids(
         async with running(producer, "cannot start"):
             pass
     assert f"transactional id {txn_id}" in caught.value.resource
+
+
+async def test_a_service_with_a_wrong_password_exits_at_once_and_says_why(
+    secure: Secure, tmp_path: Path
+) -> None:
+    """A service whose password the broker refuses does not wait KAFKA_STARTUP_WAIT_S (300 s)
+    for a broker that answers: it logs one kafka_authentication_failed line naming its
+    principal and exits 1."""
+    wrong = tmp_path / "password"
+    wrong.write_text("not-the-password")
+    env = (
+        ks.client_env(secure.security_dir, PROJECTOR)
+        | {
+            "KAFKA_BOOTSTRAP_SERVERS": secure.bootstrap,
+            "KAFKA_SASL_PASSWORD_FILE": str(wrong),
+            ks.SECURITY_DIR_ENV: "",  # no launcher help: this process has the wrong password
+            "TOPIC_PREFIX": f"sec-{uuid.uuid4().hex[:10]}.",
+            "READ_STORE_URL": f"sqlite:///{tmp_path / 'read.sqlite3'}",
+        }
+    )
+    service = ServiceProcess("projector_service", env, tmp_path, "projector")
+    service.start()
+    assert service.proc is not None
+    try:
+        code = await asyncio.to_thread(service.proc.wait, 120)
+    finally:
+        await service.stop()
+    assert code == 1, service.logs()[-2000:]
+    lines = [json.loads(x) for x in service.logs().splitlines() if x.startswith("{")]
+    failed = [x for x in lines if x.get("event") == "kafka_authentication_failed"]
+    assert len(failed) == 1, lines
+    assert "User:projector" in str(failed[0]["error"])
