@@ -311,7 +311,7 @@ async def test_the_key_store_is_apart_its_keys_wrapped_and_the_ports_on_loopback
     port = stack.http_port(stack.containers()["command-service"][0], 8001)
 
     async def author() -> bool:
-        async with httpx.AsyncClient(timeout=10) as http:
+        async with http_client(timeout=10) as http:
             try:
                 r = await http.post(
                     f"http://127.0.0.1:{port}/authors",
