@@ -235,17 +235,21 @@ async def test_lists_hold_only_the_posts_the_caller_may_read(
     assert len(first.json()["items"]) == 1  # filtered in the query: no empty first page
 
 
+#: per caller: ada's and bob's (name, email) as shown, or None where the caller gets a 404 (an
+#: author's page) or an empty stream; the same rules on both routes
+AUTHOR_FIELDS_SEEN = [
+    ("anonymous", ("Ada Lovelace", None), None),
+    ("other author", ("Ada Lovelace", None), ("Bob Draftsman", "bob@example.org")),
+    ("reviewer", ("Ada Lovelace", None), ("Bob Draftsman", None)),
+    ("the author", ("Ada Lovelace", "ada@example.org"), None),
+    ("admin", ("Ada Lovelace", "ada@example.org"), ("Bob Draftsman", "bob@example.org")),
+]
+
+
 @route("query", "GET /authors/{author_id}")
 @pytest.mark.parametrize(
     ("who", "ada", "bob"),
-    [
-        # (name, email) shown, or None for 404
-        ("anonymous", ("Ada Lovelace", None), None),
-        ("other author", ("Ada Lovelace", None), ("Bob Draftsman", "bob@example.org")),
-        ("reviewer", ("Ada Lovelace", None), ("Bob Draftsman", None)),
-        ("the author", ("Ada Lovelace", "ada@example.org"), None),
-        ("admin", ("Ada Lovelace", "ada@example.org"), ("Bob Draftsman", "bob@example.org")),
-    ],
+    AUTHOR_FIELDS_SEEN,
 )
 async def test_an_authors_email_only_for_that_author_and_admins_the_name_once_published(
     http: HTTPClient,
@@ -295,13 +299,7 @@ async def test_the_audit_trail_names_the_actor_of_every_event_for_those_who_may_
 @route("query", "GET /streams/{aggregate_id}/events")
 @pytest.mark.parametrize(
     ("who", "ada", "bob"),
-    [
-        ("anonymous", ("Ada Lovelace", None), None),
-        ("other author", ("Ada Lovelace", None), ("Bob Draftsman", "bob@example.org")),
-        ("reviewer", ("Ada Lovelace", None), ("Bob Draftsman", None)),
-        ("the author", ("Ada Lovelace", "ada@example.org"), None),
-        ("admin", ("Ada Lovelace", "ada@example.org"), ("Bob Draftsman", "bob@example.org")),
-    ],
+    AUTHOR_FIELDS_SEEN,
 )
 async def test_an_authors_stream_withholds_what_the_caller_may_not_read(
     http: HTTPClient,
