@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: system install check lint typecheck format test test-local test-secure test-containers test-unit images up kafka postgres schemas bench clean
+.PHONY: system install check lint typecheck format test test-contracts test-local test-secure test-containers test-unit images up kafka postgres schemas bench clean
 
 system:  ## the Debian packages (Java, Maven, PostgreSQL, kcat, venv), installed when missing (root)
 	bash scripts/system-packages.sh
@@ -28,10 +28,13 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: install  ## the whole suite: the local tier, the secure-broker tier, the container tier
+test: install  ## the whole suite: the contracts, the local tier, the secure-broker tier, the container tier
+	$(MAKE) test-contracts
 	$(MAKE) test-local
 	$(MAKE) test-secure
 	$(MAKE) test-containers
+
+test-contracts: install  ## the alert rules (promtool test rules) and the AsyncAPI document (@asyncapi/cli validate)
 
 test-local: install  ## unit, contract, integration, e2e against a local broker and PostgreSQL
 	$(BIN)/esctl postgres install
