@@ -8,9 +8,10 @@ names the roles; unknown roles are ignored. `sub` is the subject.
 `AuthMiddleware` runs before every route (one place): no `Authorization` header -> `ANONYMOUS`;
 a valid bearer token -> its principal; anything else -> 401 problem+json (`invalid_token`,
 `token_expired`, ...) with `WWW-Authenticate: Bearer ...`, whatever the route (a client that
-sends a broken token learns it at once). With authentication off (`AUTH_ENABLED=false`, local
-demos only) every request is `LOCAL_DEMO`. Which route each principal may call is decided by
-`shared.access` (the route guard), not here.
+sends a broken token learns it at once). A token whose key must be fetched from a JWKS URL that
+does not answer -> 503 `auth_unavailable` with `Retry-After` (cannot tell now). With
+authentication off (`AUTH_ENABLED=false`, local demos only) every request is `LOCAL_DEMO`.
+Which route each principal may call is decided by `shared.access` (the route guard), not here.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ log = get_logger(__name__)
 
 #: A local HS256 secret shorter than this is refused (RFC 7518 §3.2: at least the hash size).
 MIN_SECRET_BYTES: Final = 32
+#: what a 503 `auth_unavailable` (the JWKS URL not answering) tells the client to wait
+JWKS_RETRY_AFTER_S: Final = 5
 ASYMMETRIC: Final = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
 
 
@@ -67,6 +70,12 @@ class TokenRejected(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class KeysUnavailable(Exception):
+    """The keys a token needs cannot be fetched now (the JWKS URL does not answer): nobody can
+    be authenticated with them until it does, which is the server's trouble, not the caller's
+    (503, try again), unlike a token that is wrong (401)."""
 
 
 class _Keys(Protocol):
@@ -103,9 +112,12 @@ class _JwksUrl:
         try:
             return self.client.get_signing_key_from_jwt(token)
         except jwt.PyJWKClientConnectionError as exc:
-            # 401 all the same: the caller cannot be authenticated now (the log says why)
-            log.warning("jwks_unavailable", error=str(exc))
-            raise TokenRejected("invalid_token", f"the JWKS could not be fetched: {exc}") from exc
+            # keys already fetched stay usable (PyJWT's cache): only a key id not seen yet
+            # needs the URL, and while it does not answer the token cannot be checked either way
+            log.warning("jwks_unavailable", url=self.client.uri, error=str(exc))
+            raise KeysUnavailable(
+                f"the JWKS at {self.client.uri} could not be fetched: {exc}"
+            ) from exc
         except jwt.PyJWKClientError as exc:
             raise TokenRejected("invalid_token", str(exc)) from exc
 
@@ -298,6 +310,11 @@ class AuthMiddleware:
         except TokenRejected as exc:
             await unauthorized(exc.code, exc.message)(scope, receive, send)
             return
+        except KeysUnavailable as exc:
+            response = problem(503, "auth_unavailable", "Authentication unavailable", str(exc))
+            response.headers["Retry-After"] = str(JWKS_RETRY_AFTER_S)
+            await response(scope, receive, send)
+            return
         state["principal"] = principal
         await self.app(scope, receive, send)
 
@@ -321,6 +338,7 @@ def _authorization(scope: Scope) -> str | None:
 __all__ = [
     "AuthMiddleware",
     "Authenticator",
+    "KeysUnavailable",
     "TokenRejected",
     "authenticator",
     "check_at_start",

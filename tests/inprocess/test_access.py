@@ -14,12 +14,14 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import FastAPI
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from command_service import bootstrap as command
 from command_service.adapters import InMemoryCommandClient
+from esctl.localstack.kafka import free_port
 from query_service import bootstrap as query
 from shared.access import ACCESS, CALLERS, PUBLIC, allowed, markdown_table
 from shared.auth import mint
@@ -307,3 +309,56 @@ async def test_the_documents_state_the_bearer_scheme_and_each_routes_401_and_403
                     continue
                 assert operation["security"] == [{"bearer": []}]
                 assert re.search("admin", operation["responses"]["403"]["description"])
+
+
+async def test_keys_from_a_jwks_url_are_fetched_and_a_url_that_does_not_answer_is_a_503(
+    tmp_path: Path, store: ReadStore
+) -> None:
+    """AUTH_JWKS_URL over HTTP (an identity provider's endpoint, served here by a local
+    server): a token signed by a key it lists is accepted, an unknown key id is a 401. Once the
+    server is gone, keys already fetched still verify (PyJWT's cache), while a service that has
+    not fetched them yet cannot check any token: 503 `auth_unavailable` with Retry-After, not a
+    401 telling the caller its token is bad."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    document = _jwks_file(tmp_path, key.public_key(), "k1", "RS256").read_text()
+    fetched: list[str] = []
+
+    async def serve(request: web.Request) -> web.Response:
+        fetched.append(request.path)
+        return web.Response(text=document, content_type="application/json")
+
+    web_app = web.Application()
+    web_app.router.add_get("/jwks.json", serve)
+    runner = web.AppRunner(web_app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    settings = query.SETTINGS(
+        auth_hs256_secret="", auth_jwks_url=f"http://127.0.0.1:{port}/jwks.json"
+    )
+
+    def app() -> FastAPI:
+        return query.build_app(settings, query.QueryAdapters(store, InMemoryKeyStore()))
+
+    def signed(kid: str) -> dict[str, str]:
+        body = {"sub": "ops", "roles": ["operator"], "exp": time.time() + 60}
+        encoded = jwt.encode(body, key, algorithm="RS256", headers={"kid": kid})
+        return {"Authorization": f"Bearer {encoded}"}
+
+    def client(app: FastAPI) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test")
+
+    async with client(app()) as early, client(app()) as late:
+        try:
+            assert (await early.get("/metrics", headers=signed("k1"))).status_code == 200
+            assert fetched == ["/jwks.json"]
+            assert (await early.get("/metrics", headers=signed("k9"))).status_code == 401
+        finally:
+            await runner.cleanup()
+        assert (await early.get("/metrics", headers=signed("k1"))).status_code == 200
+        r = await late.get("/metrics", headers=signed("k1"))
+        assert r.status_code == 503, r.text
+        assert r.json()["code"] == "auth_unavailable"
+        assert f"127.0.0.1:{port}" in r.json()["detail"]
+        assert r.headers["Retry-After"] == "5"
+        assert "WWW-Authenticate" not in r.headers
