@@ -98,6 +98,61 @@ def bench(
     raise typer.Exit(subprocess.run(args, cwd=root, check=False).returncode)
 
 
+class _Signalled(Exception):
+    """SIGTERM or SIGHUP reached `esctl up`: stop what it started, as Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.name = signal.Signals(signum).name
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_signalled(signum: int, _frame: object) -> None:
+    raise _Signalled(signum)
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM (`kill`, a supervisor, `timeout`) and SIGHUP (the terminal closed) stop the
+    services and the broker the way Ctrl-C does; without this, Python dies at once on them and
+    leaves its children running. SIGINT is put back too: a shell without job control starts a
+    background `esctl up &` with SIGINT ignored, so `kill -INT` did nothing."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_signalled)
+    signal.signal(signal.SIGHUP, _raise_signalled)
+
+
+def _stop_started(
+    procs: dict[str, subprocess.Popen[bytes]],
+    data_dir: Path,
+    port: int,
+    *,
+    broker_was_running: bool,
+) -> None:
+    """Stop the services `esctl up` started, then its broker unless it was running before."""
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs.values():
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    started = lk.LocalKafkaCluster.load(data_dir)
+    if not broker_was_running and started is not None:
+        started.stop()  # only the node processes this data dir's cluster started
+        console.print("services and broker stopped")
+    else:
+        where = started.bootstrap_servers if started is not None else f"127.0.0.1:{port}"
+        console.print(
+            f"services stopped; the broker at {where} keeps running (`esctl kafka stop` stops it)",
+            soft_wrap=True,
+            highlight=False,
+        )
+
+
 def up(
     port: Annotated[int, typer.Option(help="Kafka broker port")] = 9092,
     data_dir: DataDir = STATE_DIR / "kafka",
@@ -127,9 +182,9 @@ def up(
     local secret made at the first run and kept (`esctl token` mints with it); an admin and an
     author token are printed. `--insecure` turns authentication off instead.
 
-    The services create the topics and log to the terminal. Ctrl-C stops everything this
-    command started: the four services, and the broker unless it was already running (then it
-    keeps running, with its data). `esctl kafka destroy` deletes the broker's data.
+    The services create the topics and log to the terminal. Ctrl-C (or SIGTERM, SIGHUP) stops
+    everything this command started: the four services, and the broker unless it was already
+    running (then it keeps running, with its data). `esctl kafka destroy` deletes the broker's data.
     """
     ports = {
         "command_service": command_port,
@@ -141,6 +196,7 @@ def up(
     broker_was_running = existing is not None and any(existing.status().values())
     procs: dict[str, subprocess.Popen[bytes]] = {}
     dead: list[str] = []
+    _stop_on_signals()
     try:
         kafka_start(port=port, nodes=1, heap_mb=512, data_dir=data_dir)
         STATE_DIR.mkdir(parents=True, exist_ok=True)
@@ -190,27 +246,11 @@ def up(
         say(f"{', '.join(dead)}; stopping the others", label="exited")
     except KeyboardInterrupt:
         say("stopping what `esctl up` started", label="Ctrl-C", style="yellow")
+    except _Signalled as stop:
+        say("stopping what `esctl up` started", label=stop.name, style="yellow")
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        started = lk.LocalKafkaCluster.load(data_dir)
-        if not broker_was_running and started is not None:
-            started.stop()  # only the node processes this data dir's cluster started
-            console.print("services and broker stopped")
-        else:
-            where = started.bootstrap_servers if started is not None else f"127.0.0.1:{port}"
-            console.print(
-                f"services stopped; the broker at {where} keeps running "
-                "(`esctl kafka stop` stops it)",
-                soft_wrap=True,
-                highlight=False,
-            )
+        for sig in _STOP_SIGNALS:  # a second signal must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
+        _stop_started(procs, data_dir, port, broker_was_running=broker_was_running)
     if dead:
         raise typer.Exit(1)

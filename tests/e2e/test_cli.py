@@ -128,8 +128,8 @@ async def test_esctl_up_serves_the_system_and_ctrl_c_stops_everything_it_started
 ) -> None:
     """`esctl up` starts a broker and the four services, which answer over HTTP to the admin
     token it prints (and 401 without one; with `--insecure`: no token printed, a warning, and
-    no token needed); Ctrl-C (SIGINT) stops every process it started (the services and the
-    broker) and frees their ports."""
+    no token needed); Ctrl-C (SIGINT; SIGTERM in the insecure case) stops every process it
+    started (the services and the broker) and frees their ports."""
     state = tmp_path / "var"
     data_dir = state / "kafka"
     kafka_port = free_port()
@@ -217,9 +217,9 @@ async def test_esctl_up_serves_the_system_and_ctrl_c_stops_everything_it_started
         services = [c for c in psutil.Process(up.pid).children(recursive=True) if c.pid != broker]
         assert {c.cmdline()[-1] for c in services} == set(ports)
 
-        # Ctrl-C; to esctl alone (a terminal signals the services too, which stop on SIGINT
-        # themselves): esctl must stop what it started
-        up.send_signal(signal.SIGINT)
+        # Ctrl-C (or SIGTERM: `kill`, a supervisor); to esctl alone (a terminal signals the
+        # services too, which stop on SIGINT themselves): esctl must stop what it started
+        up.send_signal(signal.SIGTERM if insecure else signal.SIGINT)
         code = await asyncio.to_thread(up.wait, 90)
         assert code == 0, log_path.read_text()[-3000:]
         _, alive = psutil.wait_procs(services, timeout=5)
