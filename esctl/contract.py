@@ -25,6 +25,25 @@ def schema_export(
         console.print(f"wrote {path}")
 
 
+@schema_app.command("asyncapi")
+def schema_asyncapi(
+    out: Annotated[Path, typer.Option(help="the file to write (- for standard output)")] = Path(
+        "schemas/asyncapi.yaml"
+    ),
+) -> None:
+    """Write the AsyncAPI 3.0 document of every topic: keys, headers, payloads, who produces
+    and consumes each."""
+    from shared.asyncapi import asyncapi_yaml
+
+    text = asyncapi_yaml()
+    if str(out) == "-":
+        typer.echo(text, nl=False)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    console.print(f"wrote {out}")
+
+
 @topics_app.command("create")
 def topics_create() -> None:
     """Create the system's topics with their configs (idempotent), from the environment."""
