@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from shared.errors import EsError
 from shared.kafka.records import InboundRecord, dead_letter
 from shared.kafka.topics import Topics, TopicSpec, system_topic_specs
 from shared.messages.base import AGGREGATE_ID_PATTERN, COMMANDS, EVENTS
@@ -45,6 +46,8 @@ from shared.settings import (
     WorkflowSettings,
 )
 
+#: the code of the error raised when the code writes something the document does not describe
+INCOMPLETE = "asyncapi_incomplete"
 ASYNCAPI_VERSION = "3.0.0"
 KAFKA_BINDING = "0.5.0"
 REF = "#/components/schemas/{model}"
@@ -147,9 +150,10 @@ _DLQ_PAYLOAD_TEXT = (
 def _header(name: str) -> dict[str, Any]:
     text = _HEADER_TEXT.get(name) or _TRACE_HEADERS.get(name)
     if text is None:
-        raise ValueError(
+        raise EsError(
             f"the codec writes header {name!r}, which shared/asyncapi.py does not describe: "
-            "add it to _HEADER_TEXT"
+            "add it to _HEADER_TEXT",
+            code=INCOMPLETE,
         )
     return {"type": "string", **text}
 
@@ -586,7 +590,12 @@ def _channels() -> dict[str, Any]:
             "bindings": _topic_binding(specs[topic]),
         }
     if set(specs) != {getattr(names, f) for f in _CHANNELS}:
-        raise ValueError("a system topic has no channel in shared/asyncapi.py")
+        missing = sorted(set(specs) - {getattr(names, f) for f in _CHANNELS})
+        raise EsError(
+            f"topics without a channel in shared/asyncapi.py: {', '.join(missing)}; add them "
+            "to _CHANNELS",
+            code=INCOMPLETE,
+        )
     return dict(sorted(channels.items()))
 
 

@@ -20,7 +20,14 @@ from pydantic import BaseModel
 
 from command_service.domain import PostState, PostStatus
 from command_service.snapshots import encode_state
-from shared.asyncapi import WORKFLOW_COMMANDS, asyncapi_document, asyncapi_yaml
+from shared.asyncapi import (
+    INCOMPLETE,
+    WORKFLOW_COMMANDS,
+    _header,
+    asyncapi_document,
+    asyncapi_yaml,
+)
+from shared.errors import EsError
 from shared.kafka.records import InboundRecord, dead_letter
 from shared.kafka.topics import Topics, system_topic_specs
 from shared.messages import COMMANDS, EVENTS, Command
@@ -342,3 +349,11 @@ def test_the_yaml_has_no_aliases_and_reads_back_as_the_document(doc: dict[str, A
     text = asyncapi_yaml()
     assert "&id" not in text and "*id" not in text
     assert yaml.safe_load(text) == json.loads(json.dumps(doc))
+
+
+def test_a_header_the_document_does_not_describe_stops_the_generation() -> None:
+    """A header added to an encoder without its description here is named, not dropped."""
+    with pytest.raises(EsError, match="'tenant'") as caught:
+        _header("tenant")
+    assert caught.value.code == INCOMPLETE
+    assert _header("traceparent")["pattern"].startswith("^[0-9a-f]{2}-")
