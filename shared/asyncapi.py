@@ -508,7 +508,9 @@ _CHANNELS: dict[str, tuple[str, str, list[str]]] = {
         "commands",
         "Commands, the system's only input: produce the command record with key = aggregate "
         "id. Each is answered on the command-results topic. Same partition count as the "
-        "events topic.",
+        "events topic. Partitioned by murmur2 of the key (the Java client's default); a "
+        "record on another partition (e.g. librdkafka's default partitioner) is moved to its "
+        "key's partition by the command service before it is decided.",
         sorted(COMMANDS.types()),
     ),
     "events": (
@@ -625,8 +627,9 @@ def _operations(channels: dict[str, Any]) -> dict[str, Any]:
             COMMAND_SERVICE,
             "send",
             "commands",
-            "The HTTP intake (POST /commands) produces commands; the processor moves a record "
-            "that arrived on a partition other than its key's.",
+            "The HTTP intake (POST /authors, /posts, /posts/{id}/<action>, "
+            "/subjects/{id}/erase) produces commands; the processor moves a record that "
+            "arrived on a partition other than its key's.",
             False,
             None,
         ),
