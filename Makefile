@@ -35,6 +35,7 @@ test: install  ## the whole suite: the contracts, the local tier, the secure-bro
 	$(MAKE) test-containers
 
 test-contracts: install  ## the alert rules (promtool test rules) and the AsyncAPI document (@asyncapi/cli validate)
+	bash scripts/asyncapi-validate.sh schemas/asyncapi.yaml
 
 test-local: install  ## unit, contract, integration, e2e against a local broker and PostgreSQL
 	$(BIN)/esctl postgres install
@@ -59,8 +60,9 @@ up: install  ## Kafka + the four services + SQLite read store, in the foreground
 bench: install  ## benchmarks against raw Kafka and the eventsourcing library -> bench/RESULTS.md
 	$(BIN)/python -m bench.run
 
-schemas: $(STAMP)
+schemas: $(STAMP)  ## regenerate the committed contract: command JSON Schemas, the AsyncAPI document
 	$(BIN)/esctl schema export --out schemas/commands
+	$(BIN)/esctl schema asyncapi --out schemas/asyncapi.yaml
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

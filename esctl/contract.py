@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from esctl.common import console, reach_kafka, run_kafka, settings_from_env
+from esctl.common import console, fail, reach_kafka, run_kafka, settings_from_env
 
 schema_app = typer.Typer(help="The message contract for other languages.", no_args_is_help=True)
 topics_app = typer.Typer(help="The system's Kafka topics.", no_args_is_help=True)
@@ -23,6 +23,29 @@ def schema_export(
 
     for path in export_command_schemas(out):
         console.print(f"wrote {path}")
+
+
+@schema_app.command("asyncapi")
+def schema_asyncapi(
+    out: Annotated[Path, typer.Option(help="the file to write (- for standard output)")] = Path(
+        "schemas/asyncapi.yaml"
+    ),
+) -> None:
+    """Write the AsyncAPI 3.0 document of every topic: keys, headers, payloads, who produces
+    and consumes each."""
+    from shared.asyncapi import asyncapi_yaml
+    from shared.errors import EsError
+
+    try:
+        text = asyncapi_yaml()
+    except EsError as exc:  # the code writes something the document does not describe
+        fail(exc)
+    if str(out) == "-":
+        typer.echo(text, nl=False)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    console.print(f"wrote {out}")
 
 
 @topics_app.command("create")

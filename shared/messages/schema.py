@@ -8,13 +8,13 @@ from typing import Any, Literal
 
 from pydantic import create_model
 
-from shared.messages.base import COMMANDS, CommandEnvelope
+from shared.messages.base import COMMANDS, EVENTS, CommandEnvelope, EventEnvelope
 
 
-def command_record_schema(message_type: str) -> dict[str, Any]:
-    """The JSON Schema of one full command record (envelope + that command's payload)."""
+def command_record_model(message_type: str) -> type[CommandEnvelope]:
+    """The full command record (envelope + that command's payload) as one model."""
     cls = COMMANDS.get(message_type)
-    record = create_model(
+    return create_model(
         f"{message_type}Record",
         __base__=CommandEnvelope,
         __doc__=(cls.__doc__ or message_type).strip()
@@ -22,6 +22,24 @@ def command_record_schema(message_type: str) -> dict[str, Any]:
         type=(Literal[message_type], ...),  # type: ignore[arg-type]  # a literal built at runtime
         payload=(cls, ...),
     )
+
+
+def event_record_model(message_type: str) -> type[EventEnvelope]:
+    """The full event record (envelope + that event's payload, current version) as one model."""
+    cls = EVENTS.get(message_type)
+    return create_model(
+        f"{message_type}Record",
+        __base__=EventEnvelope,
+        __doc__=(cls.__doc__ or message_type).strip(),
+        type=(Literal[message_type], ...),  # type: ignore[arg-type]  # a literal built at runtime
+        payload=(cls, ...),
+    )
+
+
+def command_record_schema(message_type: str) -> dict[str, Any]:
+    """The JSON Schema of one full command record (envelope + that command's payload)."""
+    cls = COMMANDS.get(message_type)
+    record = command_record_model(message_type)
     schema = record.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = f"urn:esctl:command:{message_type}:v{cls.schema_version}"

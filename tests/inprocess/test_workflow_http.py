@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
+from shared.asyncapi import asyncapi_document
 from shared.http import PROBLEM_JSON
 from shared.kafka.records import InboundRecord
 from shared.settings import WorkflowSettings
@@ -169,6 +170,10 @@ async def test_an_action_is_a_control_record_keyed_by_the_post_and_202(
     assert key == b"p1"
     assert (sent["workflow_id"], sent["action"], sent["reason"]) == ("pub-1", action, "ops")
     assert (sent["request_id"], sent["at"]) == (r.json()["request_id"], NOW.isoformat())
+    # the record is the one the AsyncAPI document describes (schemas/asyncapi.yaml)
+    schema = asyncapi_document()["components"]["schemas"]["OperatorAction"]
+    assert set(schema["required"]) <= set(sent) <= set(schema["properties"])
+    assert sent["action"] in schema["properties"]["action"]["enum"]
 
 
 @pytest.mark.parametrize(
