@@ -25,18 +25,11 @@ from shared.settings import KafkaSettings
 from tests.conftest import unique
 from tests.e2e.harness import ROOT, ServiceProcess, command_service_env, http_client
 from tests.kafka_helpers import produce, wait_until
+from tests.unit.test_alert_rules import JOBS
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
-CONFIGS = [ROOT / "deploy" / "prometheus" / n for n in ("prometheus.yml", "prometheus-compose.yml")]
-#: scrape job -> (the service's module, its default port)
-JOBS = {
-    "command-service": ("command_service", 8001),
-    "query-service": ("query_service", 8002),
-    "projector": ("projector_service", 8003),
-    "workflow-service": ("workflow_service", 8004),
-}
 #: what Prometheus makes itself, not the services: the target labels and the scrape's series
 PROMETHEUS_LABELS = frozenset({"job", "instance"})
 PROMETHEUS_METRICS = frozenset({"up"})
@@ -156,23 +149,6 @@ def parse_exposition(text: str) -> Samples:
         for sample in family.samples:
             out.setdefault(sample.name, []).append(sample)
     return out
-
-
-def test_the_scrape_configurations_have_one_job_per_service_on_its_port() -> None:
-    """The rules name these jobs: both configurations scrape each service under that name,
-    prometheus.yml on the service's default port."""
-    for path in CONFIGS:
-        config = yaml.safe_load(path.read_text())
-        assert config["rule_files"] == ["rules.yml"], path.name
-        jobs = {c["job_name"]: c for c in config["scrape_configs"]}
-        assert set(jobs) == set(JOBS), path.name
-        for job, scrape in jobs.items():
-            assert scrape["authorization"]["credentials_file"] == "operator.token", (path, job)
-            port = JOBS[job][1]
-            if "static_configs" in scrape:
-                assert scrape["static_configs"] == [{"targets": [f"127.0.0.1:{port}"]}]
-            else:
-                assert scrape["dns_sd_configs"] == [{"names": [job], "type": "A", "port": port}]
 
 
 async def test_every_metric_a_rule_names_is_exported_by_the_running_services(
