@@ -35,6 +35,7 @@ test: install  ## the whole suite: the contracts, the local tier, the secure-bro
 	$(MAKE) test-containers
 
 test-contracts: install  ## the alert rules (promtool test rules) and the AsyncAPI document (@asyncapi/cli validate)
+	bash deploy/prometheus/check.sh
 	bash scripts/asyncapi-validate.sh schemas/asyncapi.yaml
 
 test-local: install  ## unit, contract, integration, e2e against a local broker and PostgreSQL

@@ -21,10 +21,11 @@ after the send, its outcome names the events' offsets and the snapshot policy
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from command_service.authors import AuthorCheck, actor_of, issuer_refusal
 from command_service.book import PartitionBook
@@ -59,6 +60,11 @@ QUEUE_SECONDS = Histogram(
 )
 RESTORE_SECONDS = Histogram(
     "esctl_partition_restore_seconds", "Time to restore one partition's state"
+)
+RESTORING = Gauge(
+    "esctl_partition_restoring",
+    "1 while an assigned partition's state is being restored, 0 once it is (owned partitions)",
+    ["partition"],
 )
 
 
@@ -99,10 +105,12 @@ class CommandHandler:
 
     async def on_assigned(self, partition: int) -> None:
         self.restoring.add(partition)
+        RESTORING.labels(str(partition)).set(1)
         try:
             await self._restore(partition)
         finally:
             self.restoring.discard(partition)
+            RESTORING.labels(str(partition)).set(0)
 
     async def _restore(self, partition: int) -> None:
         book = PartitionBook(OutcomeBook(self.remembered))
@@ -125,6 +133,8 @@ class CommandHandler:
         )
 
     async def on_revoked(self, partition: int) -> None:
+        with contextlib.suppress(KeyError):  # the series of partitions owned now only
+            RESTORING.remove(str(partition))
         self.books.pop(partition, None)
         self.encoder.forget(partition)
         self._batches.pop(partition, None)

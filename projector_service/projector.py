@@ -19,6 +19,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from shared.kafka.clients import make_producer, stop_quietly
 from shared.kafka.consumer import TopicConsumer
 from shared.kafka.errors import KafkaError
+from shared.kafka.metrics import dead_letter_counter
 from shared.kafka.records import InboundRecord, dead_letter
 from shared.logging import get_logger
 from shared.readmodel.pipeline import IndexedEvent, read_records
@@ -53,6 +54,7 @@ class Projector:
         self.group_id = group_id
         self.store = store
         self.dlq_topic = dlq_topic
+        self._dead_letters = dead_letter_counter(dlq_topic)
         self.max_records = max_records
         self._consumer = TopicConsumer(
             bootstrap_servers,
@@ -151,6 +153,7 @@ class Projector:
         for bad in unreadable:
             # Never block the partition: keep the record, with the reason, in the DLQ.
             BAD_EVENTS.inc()
+            self._dead_letters.inc()
             log.error(
                 "event_dead_lettered",
                 partition=bad.partition,

@@ -24,9 +24,9 @@ from shared.messages.codec import utcnow
 from shared.service import kafka_health, serve, wait_for_kafka_at_start
 from shared.settings import WorkflowSettings
 from workflow_service.activities import Activities
-from workflow_service.api import WorkflowReader, WorkflowView, build_api
+from workflow_service.api import WorkflowReader, WorkflowView, build_api, is_stuck
 from workflow_service.control import ControlSender, KafkaControlChannel
-from workflow_service.engine import WorkflowEngine
+from workflow_service.engine import WORKFLOWS_STUCK, WorkflowEngine
 from workflow_service.model import WorkflowConfig
 
 log = get_logger(__name__)
@@ -79,6 +79,19 @@ def build_app(settings: WorkflowSettings, adapters: WorkflowAdapters) -> FastAPI
     return secure(app, settings)
 
 
+def stuck_counter(
+    engine: WorkflowEngine, clock: Callable[[], datetime], stuck_after: timedelta
+) -> Callable[[], float]:
+    """How many workflows of `engine` are stuck now (the API's rule, `is_stuck`): the value
+    of `esctl_workflows_stuck`, counted when /metrics is scraped."""
+
+    def count() -> float:
+        now = clock()
+        return sum(1 for state in engine.running() if is_stuck(state, now, stuck_after))
+
+    return count
+
+
 async def main(settings: WorkflowSettings) -> None:
     bootstrap = settings.kafka_bootstrap_servers
     topics = Topics.from_settings(settings)
@@ -109,6 +122,9 @@ async def main(settings: WorkflowSettings) -> None:
         consumer_overrides=group_timing(settings.session_timeout_ms),
     )
     engine.attach(processor)
+    WORKFLOWS_STUCK.set_function(
+        stuck_counter(engine, utcnow, timedelta(seconds=settings.stuck_after_s))
+    )
     view = WorkflowView(bootstrap, topics)
     control = KafkaControlChannel(bootstrap, topics.workflow_control)
     app = build_app(

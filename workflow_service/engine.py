@@ -34,7 +34,7 @@ import contextlib
 import functools
 import heapq
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -82,6 +82,13 @@ WORKFLOWS_FORGOTTEN = Counter(
     "esctl_workflows_forgotten_total", "Finished workflows tombstoned after their retention"
 )
 WORKFLOWS_ACTIVE = Gauge("esctl_workflows_active", "Running workflows owned by this instance")
+#: set to a function of the engine where the service is composed (bootstrap.py): counted when
+#: scraped, from the workflows in memory
+WORKFLOWS_STUCK = Gauge(
+    "esctl_workflows_stuck",
+    "Running workflows owned by this instance without progress for STUCK_AFTER_S and no timer "
+    "to come (what `esctl workflows list --stuck` shows)",
+)
 STATUS_CHANGES = Counter(
     "esctl_workflow_status_total", "Workflows that reached a status", ["kind", "status"]
 )
@@ -177,6 +184,13 @@ class WorkflowEngine:
 
     def attach(self, processor: TransactionalPartitionProcessor) -> None:
         self.processor = processor
+
+    def running(self) -> Iterator[WorkflowState]:
+        """The running (not finished) workflows of the partitions this instance owns."""
+        for part in list(self.partitions.values()):
+            for ids in list(part.active_by_post.values()):
+                for wid in list(ids):
+                    yield part.workflows[wid]
 
     # -- PartitionHandler --------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from shared.errors import EsError
 from shared.kafka.clients import make_transactional_producer, stop_quietly
 from shared.kafka.consumer import TopicConsumer
 from shared.kafka.errors import access_denied
+from shared.kafka.metrics import dead_letter_counter
 from shared.kafka.records import Delivered, InboundRecord, OutboundRecord, dead_letter
 from shared.kafka.security import process_security
 from shared.logging import get_logger
@@ -141,6 +142,7 @@ class TransactionalPartitionProcessor:
         self.max_wait_ms = max_wait_ms
         self.hooks = hooks or ProcessorHooks()
         self.stats = ProcessorStats()
+        self._dead_letters = dead_letter_counter(dlq_topic) if dlq_topic else None
         self._producer_overrides = producer_overrides or {}
         # Partitions assigned together are fenced at once (InitProducerId per partition: a round
         # trip to the transaction coordinator, which also waits for the old owner's open
@@ -439,7 +441,11 @@ class TransactionalPartitionProcessor:
         self.stats.records_in += len(records)
         self.stats.records_out += len(outputs)
         # the handler's own dead letters (records it could not read) count with the processor's
-        self.stats.dead_letters += sum(1 for o in outputs if o.topic == self.dlq_topic)
+        letters = sum(1 for o in outputs if o.topic == self.dlq_topic)
+        if letters:
+            self.stats.dead_letters += letters
+            if self._dead_letters is not None:
+                self._dead_letters.inc(letters)
 
     async def _commit_skipped(self, owned: _Owned) -> None:
         """Commit the consumer's position when it passed offsets that hold no record for us:
@@ -546,6 +552,8 @@ class TransactionalPartitionProcessor:
         await self._in_transaction(producer, body)
         owned.committed = record.offset + 1
         self.stats.dead_letters += 1
+        if self._dead_letters is not None:
+            self._dead_letters.inc()
         log.error(
             "record_dead_lettered",
             partition=record.partition,

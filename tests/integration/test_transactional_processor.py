@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from shared.kafka import (
     InboundRecord,
@@ -238,3 +239,5 @@ async def test_a_record_that_makes_the_handler_raise_goes_to_the_dead_letter_top
     assert dead[0].header("dlq.error.message") == "cannot digest poison"
     assert dead[0].header("dlq.source.offset") == "1"
     assert processor.stats.dead_letters == 1
+    # what the alert DeadLettersGrowing reads (deploy/prometheus/rules.yml)
+    assert REGISTRY.get_sample_value("esctl_dead_letters_total", {"topic": dlq}) == 1
