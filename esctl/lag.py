@@ -43,7 +43,7 @@ def lag(
             help="with --watch: the seconds the trend, the change and the rates are measured over",
             min=1,
         ),
-    ] = 60.0,
+    ] = 30.0,
 ) -> None:
     """Consumer lag of every group (or each --group), per partition: the columns of Kafka's
     `kafka-consumer-groups --describe` and the lag in seconds (age of the oldest unread record).
@@ -185,7 +185,7 @@ def _print_lag(
     *,
     watching: bool,
     partitions: bool = True,
-    window: float = 60.0,
+    window: float = 30.0,
 ) -> None:
     """One block of `esctl lag`: on a terminal a table (cleared and redrawn when watching); in
     a pipe plain columns, and when watching each block under a line with its time. Watching,

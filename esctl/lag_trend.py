@@ -8,9 +8,11 @@ the samples of each group over a sliding window and answers, per group, a `Trend
 * `lag`: the group's lag in records (the sum over the partitions whose lag is known; None when
   none is: nothing committed yet), `lag_seconds` the largest lag in seconds of its partitions;
 * `change`: the lag now minus the lag at the previous refresh; `window_change` the same over the
-  window: since the oldest sample at most `window_s` old (since the start of the watch while it
-  is younger than that), or since the previous refresh when that is older (`window_span_s` says
-  which span it covers);
+  window: since the oldest refresh at most `window_s` old that knew the group's lag (since the
+  start of the watch while it is younger than that), or since the previous refresh when that is
+  older (`window_span_s` says which span it covers). A short window (30 s by default): the
+  trend turns at most that long after the group does, and a consumer that commits every few
+  seconds does not make it flicker;
 * `consumed_per_s` / `produced_per_s`: how fast the committed offsets and the log-end offsets
   advanced over that span (offsets per second, transaction markers included). A partition whose
   offset went backwards (the group's offsets reset, the topic deleted and created again) or
@@ -31,8 +33,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-#: The span `window_change` and the rates cover, unless the watch is younger.
-DEFAULT_WINDOW_S = 60.0
+#: The span `window_change`, the rates and the trend cover, unless the watch is younger.
+DEFAULT_WINDOW_S = 30.0
 
 RISING, FALLING, STEADY = "rising", "falling", "steady"
 ARROWS = {RISING: "↑", FALLING: "↓", STEADY: "→", None: ""}
