@@ -7,15 +7,25 @@ consumes and its topics are written, and a trend (see esctl.lag_trend, which doe
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
-from esctl.common import EXIT_ERROR, reach_kafka, run_kafka, say, settings_from_env
+from esctl.common import reach_kafka, run_kafka, say, settings_from_env
 from esctl.output import Column, print_table
+
+#: On a terminal, the trend in colour: red when it needs someone, green when it does not.
+TREND_STYLES = {
+    "falling behind": "bold red",
+    "stalled": "bold red",
+    "catching up": "yellow",
+    "caught up": "green",
+}
 
 if TYPE_CHECKING:
     from esctl.lag_trend import Trend, TrendTracker
@@ -59,6 +69,8 @@ def lag(
     (Ctrl-C ends --watch); 1 a --group that does not exist; 2 Kafka unreachable or an error.
     """
     from esctl.lag_trend import TrendTracker
+    from shared.errors import EsError
+    from shared.kafka.errors import KafkaError
     from shared.kafka.lag import lag_report
     from shared.settings import KafkaSettings
 
@@ -69,15 +81,17 @@ def lag(
     tracker = TrendTracker(window_s=window)
 
     def show() -> LagReport | None:
-        try:
-            report: LagReport = run_kafka(
-                lag_report(bootstrap, group, topic_prefix=prefix), bootstrap
-            )
-        except typer.Exit as exc:  # the error is said (one line on stderr)
-            if not watching or exc.exit_code != EXIT_ERROR:
-                raise
-            say(f"still watching: next try in {watch:g}s", label="note", style="yellow")
-            return None
+        coro = lag_report(bootstrap, group, topic_prefix=prefix)
+        if not watching:
+            report: LagReport = run_kafka(coro, bootstrap)
+        else:
+            try:
+                report = asyncio.run(coro)
+            except (EsError, KafkaError, ConnectionError, TimeoutError) as exc:
+                # Kafka failing for a while is what one may be watching for: say it, go on
+                why = exc.message if isinstance(exc, EsError) else f"{type(exc).__name__} {exc}"
+                say(f"{why}; still watching, next try in {watch:g}s")
+                return None
         trends = _trends(tracker, report) if watching else {}
         if as_json:
             # watching, every row gains its group's trend (the `group_*` fields)
@@ -172,7 +186,7 @@ def _summary(trends: dict[str, Trend], window: float) -> tuple[list[Column | str
             _signed(t.window_change),
             _rate(t.consumed_per_s),
             _rate(t.produced_per_s),
-            t.words(),
+            Text(t.words(), style=TREND_STYLES.get(t.state or "", "")),
         )
         for name, t in sorted(trends.items())
     ]
