@@ -1,7 +1,7 @@
 """`esctl lag`: the consumer lag of every group, per partition, once or watched.
 
 Watched (`--watch S`), each refresh also shows per group its total lag and whether it is catching
-up: the change since the previous refresh and over a window, the rates at which the group
+up: the change since the previous refresh and over the last minute, the rates at which the group
 consumes and its topics are written, and a trend (see esctl.lag_trend, which does the arithmetic).
 """
 
@@ -50,10 +50,10 @@ def lag(
     window: Annotated[
         float,
         typer.Option(
-            help="with --watch: the seconds the trend, the change and the rates are measured over",
+            help="with --watch: the seconds the trend, rates and estimate are measured over",
             min=1,
         ),
-    ] = 30.0,
+    ] = 10.0,
 ) -> None:
     """Consumer lag of every group (or each --group), per partition: the columns of Kafka's
     `kafka-consumer-groups --describe` and the lag in seconds (age of the oldest unread record).
@@ -62,11 +62,12 @@ def lag(
     yet), LOG-END-OFFSET the high watermark, LAG what a read_committed consumer still has to read:
     0 for a caught-up group on a transactional topic, where Kafka's tool shows 1 (the commit
     marker). With --watch, each refresh first shows per group its lag, its change since the
-    previous refresh and over the window, the offsets consumed and produced per second, and the
-    trend: `↑ falling behind`, `↓ catching up, caught up in ~40s`, `→ steady`, `→ stalled` (lag,
-    nothing consumed), `caught up`; with --json every row gains these as `group_*` fields. Kafka
-    failing during --watch is one line on stderr and the next refresh tries again. Exit code: 0
-    (Ctrl-C ends --watch); 1 a --group that does not exist; 2 Kafka unreachable or an error.
+    previous refresh and over the last minute, the offsets consumed and produced per second and
+    the trend over the --window: `↑ falling behind`, `↓ catching up, caught up in ~40s`,
+    `→ steady`, `→ stalled` (lag, nothing consumed), `caught up`; with --json every row gains
+    these as `group_*` fields. Kafka failing during --watch is one line on stderr and the next
+    refresh tries again. Exit code: 0 (Ctrl-C ends --watch); 1 a --group that does not exist;
+    2 Kafka unreachable or an error.
     """
     from esctl.lag_trend import TrendTracker
     from shared.errors import EsError
@@ -99,7 +100,7 @@ def lag(
             # flushed: with --watch, a pipe reader (`| jq`) gets each refresh when it is made
             print(json.dumps(rows), flush=True)
         else:
-            _print_lag(report, trends, watching=watching, partitions=partitions, window=window)
+            _print_lag(report, trends, watching=watching, partitions=partitions)
         for name in report.missing:
             say(f"no consumer group {name}", label="note", style="yellow")
         if not report.rows and not report.missing:
@@ -161,18 +162,14 @@ def _seconds(value: float | None) -> str | None:
     return None if value is None else f"{value:.1f}"
 
 
-def _window_name(window: float) -> str:
-    return f"{window:g}s" if window < 120 else f"{window / 60:g}m"
-
-
-def _summary(trends: dict[str, Trend], window: float) -> tuple[list[Column | str], list[Any]]:
+def _summary(trends: dict[str, Trend]) -> tuple[list[Column | str], list[Any]]:
     """The groups' table of a refresh: one row per group, the trend last (free text)."""
     columns: list[Column | str] = [
         "group",
         "lag",
         "lag-seconds",
         "change",
-        f"change-{_window_name(window)}",
+        "change-1m",
         "consumed/s",
         "produced/s",
         Column("trend", wrap=True),
@@ -183,7 +180,7 @@ def _summary(trends: dict[str, Trend], window: float) -> tuple[list[Column | str
             t.lag,
             _seconds(t.lag_seconds),
             _signed(t.change),
-            _signed(t.window_change),
+            _signed(t.minute_change),
             _rate(t.consumed_per_s),
             _rate(t.produced_per_s),
             Text(t.words(), style=TREND_STYLES.get(t.state or "", "")),
@@ -199,7 +196,6 @@ def _print_lag(
     *,
     watching: bool,
     partitions: bool = True,
-    window: float = 30.0,
 ) -> None:
     """One block of `esctl lag`: on a terminal a table (cleared and redrawn when watching); in
     a pipe plain columns, and when watching each block under a line with its time. Watching,
@@ -232,7 +228,7 @@ def _print_lag(
         if watching:
             Console().clear()
             if trends:
-                print_table(*_summary(trends, window), title=title)
+                print_table(*_summary(trends), title=title)
                 title = None
         if not watching or partitions or not trends:
             print_table(columns, rows, title=title)
@@ -245,7 +241,7 @@ def _print_lag(
 
     print("consumer lag at " + datetime.now().astimezone().isoformat(timespec="seconds"))
     if trends:
-        print_table(*_summary(trends, window))
+        print_table(*_summary(trends))
     if rows and partitions:
         if trends:
             print()  # the groups, a blank line, the partitions

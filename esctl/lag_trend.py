@@ -7,14 +7,16 @@ the samples of each group over a sliding window and answers, per group, a `Trend
 
 * `lag`: the group's lag in records (the sum over the partitions whose lag is known; None when
   none is: nothing committed yet), `lag_seconds` the largest lag in seconds of its partitions;
-* `change`: the lag now minus the lag at the previous refresh; `window_change` the same over the
-  window: since the oldest refresh at most `window_s` old that knew the group's lag (since the
-  start of the watch while it is younger than that), or since the previous refresh when that is
-  older (`window_span_s` says which span it covers). A short window (30 s by default): the
-  trend turns at most that long after the group does, and a consumer that commits every few
-  seconds does not make it flicker;
+* `change`: the lag now minus the lag at the previous refresh; `minute_change` the same over the
+  last minute (since the oldest refresh at most `MINUTE_S` old that knew the lag: since the start
+  of the watch while it is younger), the context; `window_change` the same over the window, the
+  trend: `window_s` (10 s by default; since the previous refresh when that is older;
+  `window_span_s` says which span it covers). A short window, so that the trend turns within
+  seconds of the group turning (a minute-long one said "falling behind" for two refreshes of
+  a group consuming at 90 records/s, and gave 8 minutes for what took 40 s); a consumer that
+  commits every few seconds moves it by that much, a longer `window_s` smooths that;
 * `consumed_per_s` / `produced_per_s`: how fast the committed offsets and the log-end offsets
-  advanced over that span (offsets per second, transaction markers included). A partition whose
+  advanced over the window (offsets per second, transaction markers included). A partition whose
   offset went backwards (the group's offsets reset, the topic deleted and created again) or
   that has no earlier value counts 0 for that step, like a counter reset, and `reset` says so;
 * `direction`: "rising", "falling" or "steady" (the lag over the window), None on the first
@@ -33,8 +35,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-#: The span `window_change`, the rates and the trend cover, unless the watch is younger.
-DEFAULT_WINDOW_S = 30.0
+#: The span `window_change`, the rates, the trend and the estimate cover.
+DEFAULT_WINDOW_S = 10.0
+#: The span of `minute_change`.
+MINUTE_S = 60.0
 
 RISING, FALLING, STEADY = "rising", "falling", "steady"
 ARROWS = {RISING: "↑", FALLING: "↓", STEADY: "→", None: ""}
@@ -71,6 +75,7 @@ class Trend:
     lag: int | None
     lag_seconds: float | None
     change: int | None = None
+    minute_change: int | None = None
     window_change: int | None = None
     window_span_s: float | None = None
     consumed_per_s: float | None = None
@@ -104,6 +109,7 @@ class Trend:
             "group_lag": self.lag,
             "group_lag_seconds": self.lag_seconds,
             "group_lag_change": self.change,
+            "group_lag_change_1m": self.minute_change,
             "group_lag_change_window": self.window_change,
             "group_window_s": _round(self.window_span_s),
             "group_consumed_per_s": _round(self.consumed_per_s),
@@ -152,7 +158,7 @@ def _advance(before: int | None, after: int | None) -> tuple[int, bool]:
 
 
 class TrendTracker:
-    """The samples of every watched group over the last `window_s` seconds."""
+    """The samples of every watched group over the last minute (or `window_s`, if longer)."""
 
     def __init__(self, window_s: float = DEFAULT_WINDOW_S) -> None:
         if window_s <= 0:
@@ -190,14 +196,26 @@ class TrendTracker:
         )
         series.points.append(point)
         series.last = sample
-        # drop what is older than the window, but keep the previous refresh whatever its age
-        while len(series.points) > 2 and series.points[0].at < sample.at - self.window_s:
+        # drop what is older than both spans, but keep the previous refresh whatever its age
+        keep = max(self.window_s, MINUTE_S)
+        while len(series.points) > 2 and series.points[0].at < sample.at - keep:
             series.points.popleft()
-        # the base: the oldest refresh in the window with a lag known (a group that had
-        # nothing committed at first has a trend from its second refresh with a lag)
-        known = [p for p in list(series.points)[:-1] if p.lag is not None]
-        base = known[0] if known else series.points[0]
-        return _trend(sample, previous, base, point, reset=reset)
+        window = _base(series.points, sample.at - self.window_s)
+        minute = _base(series.points, sample.at - MINUTE_S)
+        trend = _trend(sample, previous, window, point, reset=reset)
+        if minute.lag is not None and point.lag is not None:
+            trend = replace(trend, minute_change=point.lag - minute.lag)
+        return trend
+
+
+def _base(points: deque[_Point], since: float) -> _Point:
+    """What a span ending now starts from: the oldest refresh since `since` that knew the lag
+    (a group with nothing committed at first has a trend from its second refresh with a lag);
+    the previous refresh when none is that recent; the oldest one when none knew the lag."""
+    before = list(points)[:-1]
+    recent = [p for p in before if p.at >= since] or before[-1:]
+    known = [p for p in recent if p.lag is not None]
+    return known[0] if known else recent[0]
 
 
 def _first(sample: GroupSample) -> Trend:

@@ -80,6 +80,7 @@ class Watch:
         first = rows[0]
         # every row of the group carries the group's figures, the old fields unchanged
         keys = {"group", "topic", "partition", "committed", "log_end", "lag", "lag_seconds"}
+        keys |= {"group_lag_change_1m", "group_consumed_per_s", "group_produced_per_s"}
         assert all(keys <= r.keys() and r["group_lag"] == first["group_lag"] for r in rows)
         change = first["group_lag_change"]
         return Refresh(
@@ -97,13 +98,13 @@ class Watch:
         summary = await self._section()
         partitions = await self._section()
         raw = "\n".join([title, *summary, "", *partitions])
-        # GROUP LAG LAG-SECONDS CHANGE CHANGE-1S CONSUMED/S PRODUCED/S TREND (free text, last)
+        # GROUP LAG LAG-SECONDS CHANGE CHANGE-1M CONSUMED/S PRODUCED/S TREND (free text, last)
         assert summary[0].split() == [
             "GROUP",
             "LAG",
             "LAG-SECONDS",
             "CHANGE",
-            "CHANGE-1S",
+            "CHANGE-1M",
             "CONSUMED/S",
             "PRODUCED/S",
             "TREND",

@@ -110,6 +110,20 @@ def test_the_window_covers_the_last_window_s_seconds_and_the_change_the_last_ref
     assert last.direction == FALLING
     assert last.consumed_per_s == pytest.approx(1.2) and last.produced_per_s == pytest.approx(0.4)
     assert last.caught_up_in_s == pytest.approx(10.0)
+    assert last.minute_change == 8  # the context: since the start (younger than a minute)
+
+
+def test_the_minute_change_covers_a_minute_the_trend_only_the_window() -> None:
+    """A group 100 behind for a long while, that consumes 50 in the last 10 s: over the window
+    it is catching up; over the last minute its lag is down 50; older refreshes are dropped."""
+    tracker = TrendTracker(window_s=10)
+    trends = feed(
+        tracker, *[sample(t, (0, 100)) for t in range(0, 111, 10)], sample(120, (50, 100))
+    )
+    last = trends[-1]
+    assert (last.minute_change, last.window_change, last.state) == (-50, -50, CATCHING_UP)
+    assert trends[-2].minute_change == 0 and trends[-2].state == STALLED
+    assert [p.at for p in tracker._series["g"].points] == [60, 70, 80, 90, 100, 110, 120]
 
 
 def test_a_refresh_older_than_the_window_is_still_the_base() -> None:
