@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from esctl.common import reach_kafka, run_kafka, say, settings_from_env
+from esctl.common import fail, reach_kafka, run_kafka, say, settings_from_env
 from esctl.output import Column, print_table
 
 #: On a terminal, the trend in colour: red when it needs someone, green when it does not.
@@ -88,10 +88,14 @@ def lag(
         else:
             try:
                 report = asyncio.run(coro)
-            except (EsError, KafkaError, ConnectionError, TimeoutError) as exc:
+            except EsError as exc:
+                if not exc.retriable:  # refused (authorization...): retrying will not help
+                    fail(exc)
+                say(f"{exc.message}; still watching, next try in {watch:g}s")
+                return None
+            except (KafkaError, ConnectionError, TimeoutError) as exc:
                 # Kafka failing for a while is what one may be watching for: say it, go on
-                why = exc.message if isinstance(exc, EsError) else f"{type(exc).__name__} {exc}"
-                say(f"{why}; still watching, next try in {watch:g}s")
+                say(f"{type(exc).__name__} {exc}; still watching, next try in {watch:g}s")
                 return None
         trends = _trends(tracker, report) if watching else {}
         if as_json:

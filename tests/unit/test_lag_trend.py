@@ -1,4 +1,6 @@
-"""The trend arithmetic of `esctl lag --watch` (esctl.lag_trend): samples in, trends out."""
+"""The trend arithmetic of `esctl lag --watch` (esctl.lag_trend): samples in, trends out; and
+the watch loop when a refresh fails (the lag report stubbed: the real one runs in
+tests/integration/test_lag_watch_trend.py)."""
 
 from __future__ import annotations
 
@@ -195,3 +197,72 @@ def test_the_window_must_be_positive() -> None:
 )
 def test_durations_are_estimates(seconds: float, text: str) -> None:
     assert duration(seconds) == text
+
+
+# ------------------------------------------------------------------ the watch loop's failures
+
+
+class _Script:
+    """Stands for shared.kafka.lag.lag_report: answers (or raises) from a list, then Ctrl-C."""
+
+    def __init__(self, *steps: object) -> None:
+        self.steps = list(steps)
+
+    async def __call__(self, *args: object, **kwargs: object) -> object:
+        if not self.steps:
+            raise KeyboardInterrupt
+        step = self.steps.pop(0)
+        if isinstance(step, BaseException):
+            raise step
+        return step
+
+
+def _run_watch(monkeypatch: pytest.MonkeyPatch, script: _Script) -> tuple[int, str, str]:
+    from typer.testing import CliRunner
+
+    import esctl.lag
+    import shared.kafka.lag
+    from esctl.app import app
+
+    monkeypatch.setattr(esctl.lag, "reach_kafka", lambda bootstrap: None)
+    monkeypatch.setattr(shared.kafka.lag, "lag_report", script)
+    result = CliRunner().invoke(app, ["lag", "--watch", "0.01", "--groups-only"])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _report(committed: int, end: int) -> object:
+    from shared.kafka.lag import LagReport, PartitionLag
+
+    row = PartitionLag("g", "t", 0, committed, end, end - committed, 1.0)
+    return LagReport(rows=[row], groups=["g"])
+
+
+def test_a_watch_says_a_failed_refresh_in_one_line_and_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kafka failing between two refreshes: one line on stderr, the next refresh shows the lag
+    and its change since the last refresh that worked; Ctrl-C ends it with exit code 0."""
+    from shared.errors import InfrastructureUnavailable
+
+    down = InfrastructureUnavailable("cannot read the consumer groups: KafkaConnectionError")
+    code, out, err = _run_watch(monkeypatch, _Script(_report(0, 10), down, _report(0, 30)))
+    assert code == 0, err
+    assert err.splitlines() == [
+        "error: cannot read the consumer groups: KafkaConnectionError; still watching, next try "
+        "in 0.01s"
+    ]
+    refreshes = [b for b in out.split("consumer lag at ") if b]
+    assert len(refreshes) == 2
+    assert refreshes[1].splitlines()[2].split()[:4] == ["g", "30", "1.0", "+20"]  # since 10
+
+
+def test_a_watch_ends_on_an_error_that_retrying_does_not_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Refused (not authorized, say): one line and exit code 2, not a retry every refresh."""
+    from shared.kafka.errors import KafkaAccessDenied
+
+    denied = KafkaAccessDenied("User:alice", "group g", "describe")
+    code, _out, err = _run_watch(monkeypatch, _Script(_report(0, 10), denied))
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "still watching" not in err
