@@ -5,7 +5,11 @@ tests/integration/test_lag_watch_trend.py)."""
 from __future__ import annotations
 
 import pytest
+from typer.testing import CliRunner
 
+import esctl.lag
+import shared.kafka.lag
+from esctl.app import app
 from esctl.lag_trend import (
     CATCHING_UP,
     CAUGHT_UP,
@@ -21,6 +25,9 @@ from esctl.lag_trend import (
     TrendTracker,
     duration,
 )
+from shared.errors import InfrastructureUnavailable
+from shared.kafka.errors import KafkaAccessDenied
+from shared.kafka.lag import LagReport, PartitionLag
 
 
 def sample(
@@ -218,21 +225,13 @@ class _Script:
 
 
 def _run_watch(monkeypatch: pytest.MonkeyPatch, script: _Script) -> tuple[int, str, str]:
-    from typer.testing import CliRunner
-
-    import esctl.lag
-    import shared.kafka.lag
-    from esctl.app import app
-
     monkeypatch.setattr(esctl.lag, "reach_kafka", lambda bootstrap: None)
     monkeypatch.setattr(shared.kafka.lag, "lag_report", script)
     result = CliRunner().invoke(app, ["lag", "--watch", "0.01", "--groups-only"])
     return result.exit_code, result.stdout, result.stderr
 
 
-def _report(committed: int, end: int) -> object:
-    from shared.kafka.lag import LagReport, PartitionLag
-
+def _report(committed: int, end: int) -> LagReport:
     row = PartitionLag("g", "t", 0, committed, end, end - committed, 1.0)
     return LagReport(rows=[row], groups=["g"])
 
@@ -242,8 +241,6 @@ def test_a_watch_says_a_failed_refresh_in_one_line_and_goes_on(
 ) -> None:
     """Kafka failing between two refreshes: one line on stderr, the next refresh shows the lag
     and its change since the last refresh that worked; Ctrl-C ends it with exit code 0."""
-    from shared.errors import InfrastructureUnavailable
-
     down = InfrastructureUnavailable("cannot read the consumer groups: KafkaConnectionError")
     code, out, err = _run_watch(monkeypatch, _Script(_report(0, 10), down, _report(0, 30)))
     assert code == 0, err
@@ -260,8 +257,6 @@ def test_a_watch_ends_on_an_error_that_retrying_does_not_fix(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Refused (not authorized, say): one line and exit code 2, not a retry every refresh."""
-    from shared.kafka.errors import KafkaAccessDenied
-
     denied = KafkaAccessDenied("User:alice", "group g", "describe")
     code, _out, err = _run_watch(monkeypatch, _Script(_report(0, 10), denied))
     assert code == 2
