@@ -64,8 +64,9 @@ def rich_table(
     for c in map(_column, columns):
         table.add_column(c.name, no_wrap=not c.wrap, overflow="fold")
     for row in rows:
-        # Text, not markup: a value such as `review:[draft]` is printed as it is
-        table.add_row(*(Text(_cell(v)) for v in row))
+        # Text, not markup: a value such as `review:[draft]` is printed as it is; a value
+        # given as a Text keeps its style (plain columns print its text only)
+        table.add_row(*(Text(_cell(v), style=v.style if isinstance(v, Text) else "") for v in row))
     return table
 
 

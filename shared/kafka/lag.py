@@ -92,6 +92,8 @@ class LagReport:
     rows: list[PartitionLag] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    #: When the offsets were read (time.monotonic()): what a trend over refreshes measures from.
+    read_at: float = field(default_factory=time.monotonic)
 
 
 async def list_groups(bootstrap_servers: str) -> list[str]:
@@ -144,6 +146,7 @@ async def lag_report(
     try:
         await asyncio.gather(high.start(), stable.start())
         log_ends, stable_ends = await asyncio.gather(high.end_offsets(tps), stable.end_offsets(tps))
+        report.read_at = time.monotonic()
         lagging = {
             (tp, offset)
             for partitions in assigned.values()

@@ -280,7 +280,8 @@ async def test_lag_watch_in_a_pipe_prints_a_new_timestamped_block_at_each_refres
     kafka_bootstrap: str, make_topic: TopicFactory
 ) -> None:
     """`esctl lag --watch 1 | ...` prints block after block, each under a line with its time,
-    showing the lag as it changes; Ctrl-C (SIGINT) ends it with exit code 0."""
+    showing the lag as it changes (the groups' summary, then the partitions); Ctrl-C (SIGINT)
+    ends it with exit code 0."""
     topic = await make_topic("lag-watch", partitions=1)
     group = unique("lag-watch-group")
     consumer = make_consumer(kafka_bootstrap, group_id=group)
@@ -307,11 +308,19 @@ async def test_lag_watch_in_a_pipe_prints_a_new_timestamped_block_at_each_refres
     assert proc.stdout is not None
     blocks: list[list[str]] = []
 
-    async def next_block() -> list[str]:
+    async def section() -> list[str]:
         lines = []
         while (line := (await proc.stdout.readline()).decode()) not in ("\n", ""):  # type: ignore[union-attr]
             lines.append(line.rstrip("\n"))
         return lines
+
+    async def next_block() -> list[str]:
+        """A refresh: its time and the groups' summary, a blank line, the partitions, a blank
+        line; the time and the partitions returned (tests/integration/test_lag_watch_trend.py
+        reads the summary)."""
+        title, summary_header, summary = await section()
+        assert summary_header.split()[:2] == ["GROUP", "LAG"] and summary.split()[0] == group
+        return [title, *await section()]
 
     try:
         blocks.append(await asyncio.wait_for(next_block(), 60))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+from rich.text import Text
+
 from esctl.output import Column, plain_table, print_table
 from esctl.workflows import WORKFLOW_STATUSES
 from workflow_service.model import ACTIVE, COMPENSATING, TERMINAL
@@ -42,6 +44,17 @@ def test_on_a_narrow_terminal_ids_are_never_cut() -> None:
         )
         assert LONG in out.getvalue()
         assert ("┃" in out.getvalue()) is boxed
+
+
+def test_a_styled_value_is_coloured_on_a_terminal_and_plain_in_a_pipe() -> None:
+    """A cell given as rich Text (the trend of `esctl lag --watch`) keeps its colour in the
+    terminal's table and is its bare text in the plain columns (no escape codes)."""
+    cell = Text("↑ falling behind", style="bold red")
+    on_terminal, in_pipe = io.StringIO(), io.StringIO()
+    print_table(["group", "trend"], [("g", cell)], file=on_terminal, terminal=True, width=80)
+    print_table(["group", "trend"], [("g", cell)], file=in_pipe, terminal=False)
+    assert "\x1b[1;31m↑ falling behind" in on_terminal.getvalue()
+    assert in_pipe.getvalue().splitlines() == ["GROUP   TREND", "g       ↑ falling behind"]
 
 
 def test_the_cli_knows_every_workflow_status_of_the_workflow_service() -> None:
