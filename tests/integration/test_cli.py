@@ -151,12 +151,12 @@ def test_send_suggests_the_closest_command_type() -> None:
 
 
 def test_up_help_says_what_ctrl_c_stops() -> None:
-    """`esctl up --help` says what Ctrl-C stops: the four services, and the broker unless it
-    was already running."""
+    """`esctl up --help` says what Ctrl-C (and SIGTERM, SIGHUP) stops: the four services, and
+    the broker unless it was already running."""
     result = esctl({"COLUMNS": "200"}, "up", "--help")
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
-    assert "Ctrl-C stops everything this command started: the four services" in text
+    assert "Ctrl-C (or SIGTERM, SIGHUP) stops everything this command started: the four" in text
     assert "the broker unless it was already running" in text
 
 
