@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import structlog
 
+from shared import tracing
+
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -54,6 +56,15 @@ class _RetriedIsNoError(logging.Filter):
         return True
 
 
+def add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """`trace_id` and `span_id` (hex) of the current span, when tracing is on and one is."""
+    if tracing.ENABLED:
+        current = tracing.ids()
+        if current is not None:
+            event["trace_id"], event["span_id"] = current
+    return event
+
+
 def configure_logging(
     fmt: Literal["json", "console"] = "json",
     level: Literal["debug", "info", "warning", "error"] = "info",
@@ -63,6 +74,7 @@ def configure_logging(
     """Configure structlog (and route stdlib logging, e.g. aiokafka's, through the same output)."""
     shared_processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
