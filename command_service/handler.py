@@ -271,6 +271,8 @@ class CommandHandler:
         """The command's records (events, dead letter, re-routed command) carry its span; so
         will its outcome (`after_send`)."""
         tracing.traced_since(outputs, first)
+        if record.header("type") is None:  # a record without headers (kcat): name it by its body
+            traced[0].update_name(f"decide {self.records.command_type(record) or 'command'}")
         command_id = self.records.command_id(record)
         if command_id is not None:
             self._trace_headers.setdefault(partition, {})[command_id] = tracing.inject([])

@@ -105,6 +105,16 @@ class CommandRecords:
                 return uuid.UUID(header)
         return _recover_command_id(record.value)
 
+    @staticmethod
+    def command_type(record: InboundRecord) -> str | None:
+        """The command type a record's body names, if readable."""
+        try:
+            obj: Any = json.loads(record.value or b"")
+            kind = obj["type"]
+        except (ValueError, TypeError, KeyError):
+            return None
+        return kind if isinstance(kind, str) else None
+
     def reroute(self, record: InboundRecord, partition: int) -> OutboundRecord | None:
         """The record bound for the partition that owns its key, when it arrived on another.
 

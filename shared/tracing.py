@@ -231,6 +231,8 @@ def span(name: str, **attributes: Any) -> Iterator[Span]:
 # -- HTTP --------------------------------------------------------------------------------------
 
 _ASGI = Any
+#: probes and scrapes, every few seconds: not worth a trace each
+UNTRACED_PATHS = frozenset({"/health", "/metrics"})
 
 
 class TracingMiddleware:
@@ -242,7 +244,7 @@ class TracingMiddleware:
         self.app = app
 
     async def __call__(self, scope: Mapping[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not ENABLED:
+        if scope["type"] != "http" or not ENABLED or scope.get("path") in UNTRACED_PATHS:
             await self.app(scope, receive, send)
             return
         carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
