@@ -183,13 +183,15 @@ def start_batch(
 
 def start_record(record: InboundRecord, name: str, group: str | None = None) -> tuple[Span, object]:
     """A CONSUMER span `name` for one record, child of the context in its headers (a new trace
-    when it has none), made current; end it with `end`. Records it makes carry its context
-    (`traced_since`)."""
+    when it has none) and linked to the current (batch) span, made current; end it with `end`.
+    Records it makes carry its context (`traced_since`)."""
+    batch = trace.get_current_span().get_span_context()
     span = _tracer.start_span(
         name,
         context=extract(record.headers),
         kind=SpanKind.CONSUMER,
         attributes=_record_attributes(record, group),
+        links=[Link(batch)] if batch.is_valid else None,
     )
     token = otel_context.attach(trace.set_span_in_context(span))
     return span, token
@@ -212,12 +214,13 @@ def finish(span: Span, error: BaseException | None = None) -> None:
 
 def child_of(record: InboundRecord, name: str, **attributes: Any) -> Span:
     """A span child of `record`'s context, not made current (ended by the caller)."""
+    batch = trace.get_current_span().get_span_context()
     return _tracer.start_span(
         name,
         context=extract(record.headers),
         kind=SpanKind.CONSUMER,
         attributes={**_record_attributes(record, None), **attributes},
-        links=[Link(trace.get_current_span().get_span_context())],
+        links=[Link(batch)] if batch.is_valid else None,
     )
 
 

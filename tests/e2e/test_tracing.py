@@ -226,6 +226,8 @@ async def test_one_http_command_makes_one_trace_across_the_four_services(
     ]
     assert len(batches) == 1, "no batch span of the command service links the producer span"
     assert batches[0]["attributes"]["messaging.batch.message_count"] >= 1
+    assert batches[0]["trace_id"] != trace_id
+    assert [link["span_id"] for link in decide["links"]] == [batches[0]["span_id"]]
 
     # projector: the event's apply span is a child of the decision (the event's context)
     applied = one(traced["projector"], "apply", name="apply PostSubmittedForReview")

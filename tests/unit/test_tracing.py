@@ -4,8 +4,10 @@ JSON-lines file, the HTTP middleware, trace ids in log lines, and the switch (of
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import httpx
 import pytest
 import structlog
 from fastapi import FastAPI
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from command_service.handler import CommandHandler
 from shared import tracing
@@ -20,7 +23,7 @@ from shared.errors import ConfigurationError
 from shared.kafka.records import Delivered, InboundRecord
 from shared.logging import add_trace_ids
 from shared.messages.blog import CreatePost
-from tests.unit.test_command_handler import NOW, PARTITIONS, TOPICS, command_record, handler
+from tests.unit.test_command_handler import TOPICS, command_record, handler
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -103,6 +106,9 @@ def test_a_record_without_a_readable_traceparent_starts_a_new_trace(
     decided = by_name["decide X"]
     assert decided["parent_span_id"] is None  # a root: not the batch's child either
     assert decided["trace_id"] != by_name["process t.commands"]["trace_id"]
+    assert [link["span_id"] for link in decided["links"]] == [
+        by_name["process t.commands"]["span_id"]
+    ]
     assert by_name["process t.commands"]["links"] == []
 
 
@@ -211,7 +217,6 @@ async def test_a_commands_events_and_outcome_carry_its_decision_span(spans: Any)
     expected = f"00-{TRACE_ID}-{decide['span_id']}-01".encode()
     assert [dict(o.headers)["traceparent"] for o in outputs] == [expected]
     assert [dict(r.headers)["traceparent"] for r in results] == [expected]
-    assert NOW and PARTITIONS and TOPICS  # the handler of the handler tests, same clock
 
 
 def _rec(key: str) -> InboundRecord:
@@ -226,3 +231,46 @@ def test_command_ids_are_read_from_the_header_or_the_body() -> None:
     bare = InboundRecord(rec.topic, 0, 0, rec.key, rec.value, [])
     assert h.records.command_id(bare) == cid
     assert h.records.command_id(InboundRecord(rec.topic, 0, 0, b"k", b"nope", [])) is None
+
+
+def test_spans_go_over_otlp_http_to_the_endpoint_with_the_standard_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A local OTLP/HTTP receiver gets the spans as protobuf on /v1/traces, with the resource
+    the OTEL_* variables describe."""
+    received: list[tuple[str, str, bytes]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, self.headers["Content-Type"], body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
+            "OTEL_SERVICE_NAME": "renamed",
+        }
+        for name, value in env.items():  # the exporter reads the standard variables itself
+            monkeypatch.setenv(name, value)
+        assert tracing.configure_tracing("unit", env)
+        with tracing.span("exported"):
+            pass
+        tracing.shutdown_tracing()
+    finally:
+        server.shutdown()
+    [(path, content_type, body)] = received
+    assert (path, content_type) == ("/v1/traces", "application/x-protobuf")
+    request = ExportTraceServiceRequest.FromString(body)
+    [resource_spans] = request.resource_spans
+    resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+    assert resource["service.name"] == "renamed"
+    assert [s.name for ss in resource_spans.scope_spans for s in ss.spans] == ["exported"]
