@@ -34,6 +34,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
+from shared import logging as eslogging
 from shared.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -389,6 +390,7 @@ def configure_tracing(service_name: str, env: Mapping[str, str] | None = None) -
     _provider = provider
     _tracer = provider.get_tracer("esctl")
     ENABLED = True
+    eslogging.current_trace_ids = ids
     return True
 
 
@@ -409,6 +411,7 @@ def shutdown_tracing() -> None:
     global ENABLED, _provider, _tracer  # noqa: PLW0603
     provider, _provider = _provider, None
     ENABLED = False
+    eslogging.current_trace_ids = None
     _tracer = trace.NoOpTracer()
     if provider is not None:
         provider.shutdown()
