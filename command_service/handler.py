@@ -21,6 +21,7 @@ after the send, its outcome names the events' offsets and the snapshot policy
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -276,7 +277,7 @@ class CommandHandler:
         command_id = self.records.command_id(record)
         if command_id is not None:
             self._trace_headers.setdefault(partition, {})[command_id] = tracing.inject([])
-        tracing.end(traced)
+        tracing.end(traced, sys.exc_info()[1])  # runs in a `finally`: the error, if any
 
     async def after_send(
         self, partition: int, delivered: Sequence[Delivered]

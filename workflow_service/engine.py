@@ -34,6 +34,7 @@ import contextlib
 import functools
 import heapq
 import json
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -249,8 +250,8 @@ class WorkflowEngine:
                 if started is not None and started.state.workflow_id not in part.workflows:
                     outputs += self._apply(partition, part, None, started)
             finally:
-                if traced is not None:
-                    tracing.end(traced)
+                if traced is not None:  # with the error, if one is on its way
+                    tracing.end(traced, sys.exc_info()[1])
         if records:
             self._positions[partition] = records[-1].offset + 1
         if records and not part.caught_up:

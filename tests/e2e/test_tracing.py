@@ -87,6 +87,8 @@ class TracedStack:
                     GROUP_ID=f"{self.prefix}workflow-service",
                     WORKFLOW_STORE_URL=f"sqlite:///{tmp / 'workflows.sqlite3'}",
                     REVIEWERS="ann",
+                    REVIEW_REMINDER_AFTER_S="1",  # a step fired by a timer, soon
+                    REVIEW_DEADLINE_AFTER_S="3600",
                 ),
                 tmp,
                 "workflow",
@@ -183,7 +185,8 @@ async def test_one_http_command_makes_one_trace_across_the_four_services(
             s["name"] == "apply PostSubmittedForReview" and s["trace_id"] == trace_id
             for s in stack.spans("projector")
         )
-        return "decide AssignReviewer" in names and bare_decided and projected
+        reminded = any(s["name"] == "decide SendReviewReminder" for s in command_spans)
+        return "decide AssignReviewer" in names and bare_decided and projected and reminded
 
     await wait_until(all_there, timeout_s=60, what="the spans of the workflow's command")
     await stack.stop()  # flushes every service's spans
@@ -285,3 +288,9 @@ async def test_one_http_command_makes_one_trace_across_the_four_services(
     assert [s["span_id"] for s in others if s["parent_span_id"] is None] == [
         bare_decision["span_id"]
     ]
+
+    # a step fired by a timer: a trace of its own, its command's decision in it
+    [reminder] = [s for s in spans["command"] if s["name"] == "decide SendReviewReminder"]
+    timer_step = one(spans["workflow"], "timer step", span_id=reminder["parent_span_id"])
+    assert timer_step["name"] == "workflow step review"
+    assert timer_step["parent_span_id"] is None and timer_step["trace_id"] != trace_id
