@@ -256,7 +256,7 @@ class TracingMiddleware:
         path = scope.get("path", "")
         attributes = {"http.request.method": method, "url.path": path}
         with _tracer.start_as_current_span(
-            f"{method} {path}",
+            method,  # `<method> <route>` once routed: never the raw path (unbounded names)
             context=propagate.extract(carrier, context=otel_context.Context()),
             kind=SpanKind.SERVER,
             attributes=attributes,

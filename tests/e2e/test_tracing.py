@@ -174,26 +174,26 @@ async def test_one_http_command_makes_one_trace_across_the_four_services(
     await produce(stack.bootstrap, stack.topics.commands, [(bare.key, bare.value)])
 
     async def all_there() -> bool:
-        command_spans = stack.spans("command")
-        names = {s["name"] for s in command_spans if s["trace_id"] == trace_id}
-        bare_decided = any(
-            s["name"] == "decide CreatePost"
-            and s["attributes"].get("messaging.kafka.message.key") == "bare-post"
-            for s in command_spans
-        )
-        projected = any(
-            s["name"] == "apply PostSubmittedForReview" and s["trace_id"] == trace_id
-            for s in stack.spans("projector")
-        )
-        reminded = any(s["name"] == "decide SendReviewReminder" for s in command_spans)
-        return "decide AssignReviewer" in names and bare_decided and projected and reminded
+        """Every span the assertions look at was written, in whatever trace (a broken link
+        then fails an assertion below that names it, not this wait)."""
+        command_names = {s["name"] for s in stack.spans("command")}
+        return {
+            "decide AssignReviewer",
+            "decide SendReviewReminder",
+            "decide CreatePost",
+        } <= command_names and "apply PostSubmittedForReview" in {
+            s["name"] for s in stack.spans("projector")
+        }
 
     await wait_until(all_there, timeout_s=60, what="the spans of the workflow's command")
     await stack.stop()  # flushes every service's spans
 
     spans = {name: stack.spans(name) for name in SERVICES}
     traced = {name: [s for s in spans[name] if s["trace_id"] == trace_id] for name in SERVICES}
-    assert all(traced[name] for name in SERVICES), {n: len(t) for n, t in traced.items()}
+    assert all(traced[name] for name in SERVICES), (
+        f"spans per service in the client's trace {trace_id}: "
+        f"{ {n: len(t) for n, t in traced.items()} }"
+    )
 
     # command service: HTTP span (child of the client's) -> send -> decide (via the headers)
     commands_topic = stack.topics.commands

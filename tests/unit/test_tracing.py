@@ -184,6 +184,8 @@ async def test_http_requests_continue_the_callers_trace_and_answer_a_tracerespon
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
         continued = await http.get("/posts/1", headers={"traceparent": TRACEPARENT})
         fresh = await http.get("/posts/2")
+        missing = await http.get("/no/such/path")
+    assert missing.status_code == 404 and "traceresponse" in missing.headers
     [version, trace_id, span_id, flags] = continued.headers["traceresponse"].split("-")
     assert (version, trace_id, flags) == ("00", TRACE_ID, "01")
     assert fresh.headers["traceresponse"].split("-")[1] != TRACE_ID
@@ -192,6 +194,9 @@ async def test_http_requests_continue_the_callers_trace_and_answer_a_tracerespon
     assert server["kind"] == "SERVER" and server["parent_span_id"] == PARENT_ID
     assert server["name"] == "GET /posts/{post_id}"
     assert server["attributes"]["http.response.status_code"] == 200
+    unrouted = by_span[missing.headers["traceresponse"].split("-")[2]]
+    assert unrouted["name"] == "GET"  # no route: the method alone, never the raw path
+    assert unrouted["attributes"]["url.path"] == "/no/such/path"
 
 
 async def test_a_commands_events_and_outcome_carry_its_decision_span(spans: Any) -> None:
