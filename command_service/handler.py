@@ -22,8 +22,12 @@ after the send, its outcome names the events' offsets and the snapshot policy
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
+from typing import Any
+from uuid import UUID
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -35,6 +39,7 @@ from command_service.encoder import EventEncoder, Written
 from command_service.ports import AuthorDirectory, PartitionHistory, SubjectKeys
 from command_service.records import CommandRecords
 from command_service.snapshot_policy import SnapshotPolicy
+from shared import tracing
 from shared.errors import MessageError
 from shared.kafka.records import Delivered, InboundRecord, OutboundRecord
 from shared.kafka.topics import Topics
@@ -42,7 +47,7 @@ from shared.keystore import SubjectErasedError
 from shared.logging import get_logger, message_context
 from shared.messages.base import Command
 from shared.messages.blog import CreatePost, RenameAuthor
-from shared.messages.codec import DecodedCommand
+from shared.messages.codec import DecodedCommand, Headers
 from shared.messages.results import CommandOutcome
 
 log = get_logger(__name__)
@@ -98,6 +103,8 @@ class CommandHandler:
         )
         self.books: dict[int, PartitionBook] = {}
         self._batches: dict[int, BatchOutcomes] = {}
+        #: tracing on: per partition, the trace headers of each command of the batch (by id)
+        self._trace_headers: dict[int, dict[UUID, Headers]] = {}
         #: partitions being restored now (for readiness: /health answers 503 meanwhile)
         self.restoring: set[int] = set()
 
@@ -138,6 +145,7 @@ class CommandHandler:
         self.books.pop(partition, None)
         self.encoder.forget(partition)
         self._batches.pop(partition, None)
+        self._trace_headers.pop(partition, None)
 
     # -- decide ------------------------------------------------------------------------------
 
@@ -152,30 +160,40 @@ class CommandHandler:
         outputs: list[OutboundRecord] = []
         BATCH_SIZE.observe(len(records))
         for record in records:
+            # tracing on: one span per command, child of the context its record carries;
+            # the records it makes carry that span's context (off: one test per record)
+            traced = self._trace_start(record) if tracing.ENABLED else None
+            first = len(outputs)
             try:
-                command = self.records.read(record)
-            except MessageError as exc:
-                refused = self.records.refuse(record, exc, now)
-                outputs.append(refused.dead_letter)
-                if refused.outcome is not None:
-                    batch.refused(refused.outcome)
-                log.warning(
-                    "command_record_rejected",
-                    partition=partition,
-                    offset=record.offset,
-                    code=exc.code,
-                    error=exc.message,
-                )
-                continue
-            moved = self.records.reroute(record, partition)
-            if moved is not None:
-                outputs.append(moved)
-                continue
-            env = command.envelope
-            with message_context(correlation_id=env.correlation_id, message_id=str(env.command_id)):
-                if batch.repeat(env.command_id):
+                try:
+                    command = self.records.read(record)
+                except MessageError as exc:
+                    refused = self.records.refuse(record, exc, now)
+                    outputs.append(refused.dead_letter)
+                    if refused.outcome is not None:
+                        batch.refused(refused.outcome)
+                    log.warning(
+                        "command_record_rejected",
+                        partition=partition,
+                        offset=record.offset,
+                        code=exc.code,
+                        error=exc.message,
+                    )
                     continue
-                await self._decide(book, partition, command, now, outputs, batch)
+                moved = self.records.reroute(record, partition)
+                if moved is not None:
+                    outputs.append(moved)
+                    continue
+                env = command.envelope
+                with message_context(
+                    correlation_id=env.correlation_id, message_id=str(env.command_id)
+                ):
+                    if batch.repeat(env.command_id):
+                        continue
+                    await self._decide(book, partition, command, now, outputs, batch)
+            finally:
+                if traced is not None:
+                    self._trace_end(traced, partition, record, outputs, first)
         self._batches[partition] = batch
         return outputs
 
@@ -250,6 +268,27 @@ class CommandHandler:
         )
         outputs.extend(item.record for item in written)
 
+    def _trace_start(self, record: InboundRecord) -> tuple[Any, object]:
+        return tracing.start_record(record, f"decide {record.header('type') or 'command'}")
+
+    def _trace_end(
+        self,
+        traced: tuple[Any, object],
+        partition: int,
+        record: InboundRecord,
+        outputs: list[OutboundRecord],
+        first: int,
+    ) -> None:
+        """The command's records (events, dead letter, re-routed command) carry its span; so
+        will its outcome (`after_send`)."""
+        tracing.traced_since(outputs, first)
+        if record.header("type") is None:  # a record without headers (kcat): name it by its body
+            traced[0].update_name(f"decide {self.records.command_type(record) or 'command'}")
+        command_id = self.records.command_id(record)
+        if command_id is not None:
+            self._trace_headers.setdefault(partition, {})[command_id] = tracing.inject([])
+        tracing.end(traced, sys.exc_info()[1])  # runs in a `finally`: the error, if any
+
     async def after_send(
         self, partition: int, delivered: Sequence[Delivered]
     ) -> Sequence[OutboundRecord]:
@@ -262,6 +301,12 @@ class CommandHandler:
             OutboundRecord.of(self.topics.command_results, o.encode(), partition=partition)
             for o in outcomes
         ]
+        if tracing.ENABLED:
+            spans = self._trace_headers.pop(partition, {})
+            results = [
+                replace(r, headers=[*r.headers, *spans.get(o.command_id, ())])
+                for r, o in zip(results, outcomes, strict=True)
+            ]
         ends = [d.offset + 1 for d in delivered if d.record.topic == self.topics.events]
         if ends:
             book.log_end = max(book.log_end, *ends)

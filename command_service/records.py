@@ -8,6 +8,7 @@ the HTTP edge (`command_service/api.py`) says which status answers each.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from dataclasses import dataclass
@@ -94,6 +95,25 @@ class CommandRecords:
                 processed_at=now,
             )
         return Refused(dead_letter(record, error, self.topics.commands_dlq), outcome)
+
+    @staticmethod
+    def command_id(record: InboundRecord) -> uuid.UUID | None:
+        """The command id of a record (its `message_id` header, else its body), if readable."""
+        header = record.header("message_id")
+        if header is not None:
+            with contextlib.suppress(ValueError):
+                return uuid.UUID(header)
+        return _recover_command_id(record.value)
+
+    @staticmethod
+    def command_type(record: InboundRecord) -> str | None:
+        """The command type a record's body names, if readable."""
+        try:
+            obj: Any = json.loads(record.value or b"")
+            kind = obj["type"]
+        except (ValueError, TypeError, KeyError):
+            return None
+        return kind if isinstance(kind, str) else None
 
     def reroute(self, record: InboundRecord, partition: int) -> OutboundRecord | None:
         """The record bound for the partition that owns its key, when it arrived on another.

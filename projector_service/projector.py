@@ -16,6 +16,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from shared import tracing
 from shared.kafka.clients import make_producer, stop_quietly
 from shared.kafka.consumer import TopicConsumer
 from shared.kafka.errors import KafkaError
@@ -165,6 +166,35 @@ class Projector:
         return events
 
     async def _apply(self, fetched: dict[int, list[InboundRecord]]) -> None:
+        if not tracing.ENABLED:
+            await self._apply_fetched(fetched)
+            return
+        # A span for the fetch, linked to every event's context, and per event an `apply`
+        # span in the event's trace (child of its context) that lasts until the database
+        # transaction that applied it committed.
+        records = [r for rs in fetched.values() for r in rs]
+        partition = next(iter(fetched)) if len(fetched) == 1 else None
+        started = tracing.start_batch(self.topic, partition, records, self.group_id)
+        applies = [
+            tracing.child_of(
+                r,
+                f"apply {r.header('type') or 'event'}",
+                **{"db.operation.batch.size": len(records)},
+            )
+            for r in records
+        ]
+        error: BaseException | None = None
+        try:
+            await self._apply_fetched(fetched)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            for span in applies:
+                tracing.finish(span, error)
+            tracing.end(started, error)
+
+    async def _apply_fetched(self, fetched: dict[int, list[InboundRecord]]) -> None:
         """Every partition of one fetch in one database transaction, then one Kafka commit."""
         batches = [
             PartitionBatch(

@@ -16,6 +16,7 @@ is null and named in `withheld_fields`.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -34,6 +35,7 @@ from query_service.access import (
     reads_unpublished,
     withhold_sealed,
 )
+from shared import tracing
 from shared.access import ACCESS
 from shared.http import (
     CONSISTENCY_TOKEN,
@@ -190,6 +192,23 @@ class PositionWatcher:
         return self._latest
 
 
+async def _wait(
+    watcher: PositionWatcher, token: str, timeout_s: float
+) -> dict[int, dict[str, Any]]:
+    """The wait for a consistency token; with tracing on, a span of the request's trace: the
+    token, how long it waited, and an error status when it was not reached in time."""
+    wanted = parse_token(token)
+    if not tracing.ENABLED:
+        return await watcher.wait_for(wanted, timeout_s)
+    with tracing.span("wait for consistency", **{"esctl.consistency.token": token}) as span:
+        started = time.monotonic()
+        try:
+            return await watcher.wait_for(wanted, timeout_s)
+        finally:
+            waited_ms = round((time.monotonic() - started) * 1000, 3)
+            span.set_attribute("esctl.consistency.waited_ms", waited_ms)
+
+
 def _error_handlers(app: FastAPI, consistency_wait_s: float) -> None:
     @app.exception_handler(NotConsistentYet)
     async def not_yet(_: Request, exc: NotConsistentYet) -> Response:
@@ -236,7 +255,7 @@ def build_api(
         """Wait for the token (if any); return the freshness the answer is based on."""
         if not token:
             return await store.freshness()
-        return await watcher.wait_for(parse_token(token), consistency_wait_s)
+        return await _wait(watcher, token, consistency_wait_s)
 
     def answer(
         body: dict[str, Any], fresh: dict[int, dict[str, Any]], status: int = 200

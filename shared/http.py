@@ -10,6 +10,7 @@ response headers. A test fuzzes the running services against their documents (sc
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Annotated, Any
@@ -226,6 +227,15 @@ class Health(BaseModel):
     status: str = Field(description="`ok` when ready")
 
 
+#: FastAPI 0.165+ makes its own request spans when a tracer provider is set; `shared.tracing`'s
+#: middleware makes ours (with `traceresponse`, for any FastAPI version): one span per request
+_NO_NATIVE_TRACING: dict[str, Any] = (
+    {"telemetry": {"tracing": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
+
+
 def service_app(
     service: str,
     *,
@@ -245,7 +255,9 @@ def service_app(
     Every API route is guarded by `access` (`shared.access`: who may call it; the caller is
     what the authentication middleware, `shared.auth`, left in `request.state.principal`), and
     the document states the bearer scheme and the 401/403 answers route by route."""
-    app = FastAPI(title=service, dependencies=[guard(access)], **fastapi_kwargs)
+    app = FastAPI(
+        title=service, dependencies=[guard(access)], **_NO_NATIVE_TRACING, **fastapi_kwargs
+    )
     app.add_middleware(BodyLimit, limit=body_limit)
 
     health_doc = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -54,6 +54,20 @@ class _RetriedIsNoError(logging.Filter):
         return True
 
 
+#: set by `shared.tracing` while tracing is on: (trace id, span id) of the current span, or
+#: None (kept here so that logging, e.g. the CLI's, imports no OpenTelemetry)
+current_trace_ids: Callable[[], tuple[str, str] | None] | None = None
+
+
+def add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """`trace_id` and `span_id` (hex) of the current span, when tracing is on and one is."""
+    if current_trace_ids is not None:
+        current = current_trace_ids()
+        if current is not None:
+            event["trace_id"], event["span_id"] = current
+    return event
+
+
 def configure_logging(
     fmt: Literal["json", "console"] = "json",
     level: Literal["debug", "info", "warning", "error"] = "info",
@@ -63,6 +77,7 @@ def configure_logging(
     """Configure structlog (and route stdlib logging, e.g. aiokafka's, through the same output)."""
     shared_processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

@@ -13,6 +13,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from shared import tracing
 from shared.auth import check_at_start
 from shared.errors import ConfigurationError, EsError, InfrastructureUnavailable
 from shared.kafka.clients import wait_for_brokers
@@ -40,7 +41,8 @@ async def serve(
     its work should be restarted, not keep answering /health.
     """
     config = uvicorn.Config(
-        app,
+        # outermost: the request's span covers authentication and every answer
+        tracing.TracingMiddleware(app) if tracing.ENABLED else app,
         host=settings.http_host,
         port=settings.http_port,
         log_config=None,
@@ -144,12 +146,21 @@ def run(
         log.error("service_not_started", code=exc.code, error=exc.message)
         raise SystemExit(2) from None
     try:
+        if tracing.configure_tracing(settings.service_name):
+            log.info("tracing_enabled", **tracing.describe())
+    except ConfigurationError as exc:
+        log.error("service_not_started", code=exc.code, error=exc.message)
+        raise SystemExit(2) from None
+    try:
         # the process's Kafka principal: every client it builds authenticates as this one
         use_security(KafkaSecurity.from_settings(settings))
     except EsError as exc:
         log.error(exc.code, error=exc.message)
         raise SystemExit(1) from None
-    asyncio.run(main(settings))
+    try:
+        asyncio.run(main(settings))
+    finally:
+        tracing.shutdown_tracing()  # flush the spans of the last requests and records
 
 
 def kafka_health(bootstrap_servers: str) -> Callable[[], Awaitable[dict[str, object]]]:

@@ -34,12 +34,14 @@ import contextlib
 import functools
 import heapq
 import json
+import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from shared import tracing
 from shared.errors import InfrastructureUnavailable
 from shared.kafka.consumer import TopicConsumer
 from shared.kafka.errors import KafkaError
@@ -243,15 +245,27 @@ class WorkflowEngine:
         outputs: list[OutboundRecord] = []
         meta_before = part.meta()
         for rec in records:
-            decoded = decode_event(rec.value)  # a record that cannot be read goes to the DLQ
-            inp = EventInput(decoded.envelope, decoded.payload)
-            post = decoded.envelope.aggregate_id
-            for wid in sorted(part.active_by_post.get(post, ())):
-                state = part.workflows[wid]
-                outputs += self._apply(partition, part, state, decide(state, inp, self._ctx(part)))
-            started = start(inp, self._ctx(part))
-            if started is not None and started.state.workflow_id not in part.workflows:
-                outputs += self._apply(partition, part, None, started)
+            # tracing on: a span per event in the event's trace, a span per workflow step
+            # under it (`_apply`), whose context the step's commands and records carry
+            traced = (
+                tracing.start_record(rec, f"workflow {rec.header('type') or 'event'}")
+                if tracing.ENABLED
+                else None
+            )
+            try:
+                decoded = decode_event(rec.value)  # a record that cannot be read goes to the DLQ
+                inp = EventInput(decoded.envelope, decoded.payload)
+                post = decoded.envelope.aggregate_id
+                for wid in sorted(part.active_by_post.get(post, ())):
+                    state = part.workflows[wid]
+                    decision = decide(state, inp, self._ctx(part))
+                    outputs += self._apply(partition, part, state, decision)
+                started = start(inp, self._ctx(part))
+                if started is not None and started.state.workflow_id not in part.workflows:
+                    outputs += self._apply(partition, part, None, started)
+            finally:
+                if traced is not None:  # with the error, if one is on its way
+                    tracing.end(traced, sys.exc_info()[1])
         if records:
             self._positions[partition] = records[-1].offset + 1
         if records and not part.caught_up:
@@ -275,6 +289,27 @@ class WorkflowEngine:
         return [OutboundRecord(self.topics.workflow_state, meta, META_KEY, [], partition)]
 
     def _apply(
+        self,
+        partition: int,
+        part: PartitionWorkflows,
+        old: WorkflowState | None,
+        decision: Decision,
+    ) -> list[OutboundRecord]:
+        if not tracing.ENABLED:
+            return self._records_of(partition, part, old, decision)
+        new = decision.state
+        with tracing.span(
+            f"workflow step {new.kind}",
+            **{
+                "esctl.workflow.id": new.workflow_id,
+                "esctl.workflow.step": new.step,
+                "esctl.workflow.status": new.status,
+                "esctl.workflow.commands": len(decision.commands),
+            },
+        ):
+            return [tracing.traced(r) for r in self._records_of(partition, part, old, decision)]
+
+    def _records_of(
         self,
         partition: int,
         part: PartitionWorkflows,

@@ -15,13 +15,14 @@ from uuid import UUID
 
 from aiokafka.errors import KafkaError
 
+from shared import tracing
 from shared.errors import InfrastructureUnavailable, MessageError
 from shared.kafka.clients import make_producer, stop_quietly
 from shared.kafka.reader import TopicFollower
 from shared.kafka.records import InboundRecord
 from shared.kafka.topics import Topics
 from shared.logging import get_logger
-from shared.messages.codec import EncodedMessage
+from shared.messages.codec import EncodedMessage, Headers
 from shared.messages.results import CommandOutcome
 
 log = get_logger(__name__)
@@ -113,6 +114,14 @@ class CommandClient:
         except MessageError:
             return None
 
+    async def _produce(self, key: bytes | None, value: bytes | None, headers: Headers) -> None:
+        try:
+            await self._producer.send_and_wait(
+                self.topics.commands, value, key=key, headers=headers
+            )
+        except KafkaError as exc:
+            raise InfrastructureUnavailable(f"could not enqueue the command: {exc}") from exc
+
     async def send(
         self, command_id: UUID, message: EncodedMessage, *, wait_s: float
     ) -> CommandOutcome | None:
@@ -121,15 +130,11 @@ class CommandClient:
         # Register before producing so that a fast outcome cannot slip past us.
         self._waiters.setdefault(command_id, []).append(future)
         try:
-            try:
-                await self._producer.send_and_wait(
-                    self.topics.commands,
-                    message.value,
-                    key=message.key,
-                    headers=message.headers,
-                )
-            except KafkaError as exc:
-                raise InfrastructureUnavailable(f"could not enqueue the command: {exc}") from exc
+            if tracing.ENABLED:
+                with tracing.producing(self.topics.commands, message.key):
+                    await self._produce(message.key, message.value, tracing.inject(message.headers))
+            else:
+                await self._produce(message.key, message.value, message.headers)
             try:
                 return await asyncio.wait_for(asyncio.shield(future), wait_s)
             except TimeoutError:

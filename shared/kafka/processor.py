@@ -33,6 +33,7 @@ from typing import Any, Protocol, TypeVar
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
+from shared import tracing
 from shared.errors import EsError
 from shared.kafka.clients import make_transactional_producer, stop_quietly
 from shared.kafka.consumer import TopicConsumer
@@ -380,6 +381,20 @@ class TransactionalPartitionProcessor:
         return True
 
     async def _process(self, owned: _Owned, records: list[InboundRecord]) -> None:
+        if not tracing.ENABLED:
+            await self._process_batch(owned, records)
+            return
+        # the batch's span links each record's context; the handler's spans per record are
+        # children of those contexts (tasks of gather: the attached context is this task's)
+        started = tracing.start_batch(self.input_topic, owned.tp.partition, records, self.group_id)
+        try:
+            await self._process_batch(owned, records)
+        except BaseException as exc:
+            tracing.end(started, exc)
+            raise
+        tracing.end(started)
+
+    async def _process_batch(self, owned: _Owned, records: list[InboundRecord]) -> None:
         async with owned.lock:
             if not owned.active:
                 return
