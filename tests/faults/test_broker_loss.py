@@ -338,12 +338,18 @@ async def chaos(cluster: LocalKafkaCluster, topics: Topics, history: History) ->
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[LocalKafkaCluster]:
+    # this process's own clients would log every refused connection to a node starting or
+    # killed (the services log theirs, to their files)
+    aiokafka_log = logging.getLogger("aiokafka")
+    level = aiokafka_log.level
+    aiokafka_log.setLevel(logging.CRITICAL)
     cluster = LocalKafkaCluster.create(tmp_path / "cluster", nodes=3, heap_mb=256)
-    await asyncio.to_thread(cluster.start)
     try:
+        await asyncio.to_thread(cluster.start)
         yield cluster
     finally:
         await asyncio.to_thread(cluster.destroy)
+        aiokafka_log.setLevel(level)
 
 
 async def workflows_by_id(url: str) -> dict[str, str]:
@@ -407,8 +413,6 @@ async def test_brokers_killed_under_load_lose_nothing_and_every_answer_holds(
     }
     history = History()
     stop = asyncio.Event()
-    # this process's own clients would log every refused connection to the killed broker
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     client = CommandClient(bootstrap, topics)
     try:
         for svc in services.values():
