@@ -18,9 +18,11 @@ finally got. After the faults, `check_history` reads the outcome and event topic
 * unknown        the client never got a definite answer; the log decides what happened to it
                  (reported, not an error: an ambiguous answer is allowed, a wrong one is not).
 
-The read model and the workflows are judged by the tests that have them (`read_model_mismatches`
-and `workflows_not_terminal` are filled by the caller; see `Verdict`). `Verdict.summary()` is the
-one line the tests print; `Verdict.problems()` lists what breaks a guarantee.
+The read model and the workflows are judged by the tests that have them: `check_history` fills
+`read_model_mismatches` when given the read store (`read_model_mismatches()`: the model against
+the pure views' fold of the log) and `workflows_not_terminal` when given the workflows.
+`Verdict.summary()` is the one line the tests print; `Verdict.problems()` lists what breaks a
+guarantee.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from shared.kafka.records import InboundRecord
 from shared.kafka.topics import Topics
 from shared.messages import decode_event
 from shared.messages.results import CommandOutcome
@@ -212,10 +215,21 @@ async def read_log(
     bootstrap: str, prefix: str, partitions: int, *, timeout_s: float = 120.0
 ) -> tuple[list[CommandOutcome], list[LoggedEvent]]:
     """The outcomes and events of the topics with this prefix, to their ends (read_committed)."""
+    outcomes, records = await _read_raw(bootstrap, prefix, partitions, timeout_s=timeout_s)
+    return outcomes, logged_events(records)
+
+
+async def _read_raw(
+    bootstrap: str, prefix: str, partitions: int, *, timeout_s: float
+) -> tuple[list[CommandOutcome], list[InboundRecord]]:
     topics = Topics.from_settings(KafkaSettings(topic_prefix=prefix))
     results = await read_all(bootstrap, topics.command_results, partitions, timeout_s=timeout_s)
     records = await read_all(bootstrap, topics.events, partitions, timeout_s=timeout_s)
-    outcomes = [CommandOutcome.decode(r.value) for r in results]
+    return [CommandOutcome.decode(r.value) for r in results], records
+
+
+def logged_events(records: Iterable[InboundRecord]) -> list[LoggedEvent]:
+    """The event records of the log as the checker judges them."""
     events = []
     for record in records:
         env = decode_event(record.value).envelope
@@ -229,7 +243,63 @@ async def read_log(
                 offset=record.offset,
             )
         )
-    return outcomes, events
+    return events
+
+
+async def read_model_mismatches(store_url: str, records: Sequence[InboundRecord]) -> list[str]:
+    """How the read model at `store_url` differs from the pure views' fold of `records` (the
+    whole event log, in log order), one line per difference; empty when every post and author
+    row equals the fold, the event index holds each event once in its stream's order, and the
+    tag counts match the posts. The caller waits until the projector applied the whole log."""
+    from shared.readmodel.pipeline import IndexedEvent, read_records  # noqa: PLC0415
+    from shared.readmodel.store import ReadStore  # noqa: PLC0415
+    from shared.readmodel.views import fold_batch  # noqa: PLC0415
+
+    out: list[str] = []
+    events, unreadable = read_records(records)
+    out += [f"unreadable event at {u.partition}:{u.offset}: {u.reason}" for u in unreadable]
+    posts, authors = fold_batch({}, {}, events)
+    store = ReadStore(store_url)
+    try:
+        stored: dict[str, dict[str, object]] = {}
+        cursor = None
+        while True:
+            page, cursor = await store.list_posts(limit=500, cursor=cursor)
+            stored.update({row["post_id"]: row for row in page})
+            if cursor is None:
+                break
+        out += [f"post {i}: in the log, not in the read model" for i in posts.keys() - stored]
+        out += [f"post {i}: in the read model, not in the log" for i in stored.keys() - posts]
+        out += [
+            f"post {i}: read model {stored[i]} != fold {posts[i]}"
+            for i in sorted(posts.keys() & stored.keys())
+            if stored[i] != posts[i]
+        ]
+        for author_id, view in sorted(authors.items()):
+            row = await store.get_author(author_id)
+            if row != view:
+                out.append(f"author {author_id}: read model {row} != fold {view}")
+        stats = await store.stats()
+        if stats["events"] != len(events):
+            out.append(f"read model holds {stats['events']} events, the log {len(events)}")
+        if stats["authors"] != len(authors):
+            out.append(f"read model holds {stats['authors']} authors, the log {len(authors)}")
+        tags = Counter(tag for view in posts.values() for tag in view["tags"])
+        stored_tags = {t["tag"]: t["posts"] for t in stats["tags"]}
+        if stored_tags != dict(tags.most_common(50)):
+            out.append(f"tag counts {stored_tags} != fold {dict(tags.most_common(50))}")
+        streams: defaultdict[str, list[IndexedEvent]] = defaultdict(list)
+        for e in events:
+            streams[e.envelope.aggregate_id].append(e)
+        for aggregate, stream in sorted(streams.items()):
+            rows = await store.events(aggregate, limit=len(stream) + 1)
+            have = [(r["log_partition"], r["log_offset"], r["event_id"]) for r in rows]
+            want = [(e.partition, e.offset, str(e.envelope.event_id)) for e in stream]
+            if have != want:
+                out.append(f"event index of {aggregate}: {have[:5]} != log {want[:5]}")
+    finally:
+        await store.close()
+    return out
 
 
 async def check_history(
@@ -239,16 +309,20 @@ async def check_history(
     sent: Sequence[Sent],
     *,
     workflows: Mapping[str, str] | None = None,
+    read_store_url: str | None = None,
 ) -> Verdict:
     """Read the log and judge `sent` against it; `workflows` (id -> status), when given, must
-    all be terminal. Prints the summary line (shown by pytest with -s, and in the report of a
-    failing test)."""
+    all be terminal; the read model at `read_store_url`, when given, must equal the fold of the
+    log (`read_model_mismatches`). Prints the summary line (shown by pytest with -s, and in the
+    report of a failing test)."""
     from workflow_service.model import TERMINAL  # noqa: PLC0415  # only the tests with workflows
 
-    outcomes, events = await read_log(bootstrap, prefix, partitions)
-    verdict = judge(sent, outcomes, events)
+    outcomes, records = await _read_raw(bootstrap, prefix, partitions, timeout_s=120.0)
+    verdict = judge(sent, outcomes, logged_events(records))
     for workflow_id, status in sorted((workflows or {}).items()):
         if status not in TERMINAL:
             verdict.workflows_not_terminal.append(f"{workflow_id}: {status}")
+    if read_store_url is not None:
+        verdict.read_model_mismatches = await read_model_mismatches(read_store_url, records)
     print(verdict.summary())  # noqa: T201  # the counts are the test's output
     return verdict

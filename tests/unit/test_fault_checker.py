@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from shared.messages.results import CommandOutcome, EventPosition
 from tests.faults.checker import LoggedEvent, Sent, command_id_for, judge, longest_without_answer
@@ -96,3 +99,42 @@ def test_command_ids_from_idempotency_keys_are_the_command_services() -> None:
 
     caller = Principal("ada", frozenset({"author"}))
     assert _command_id("k1", caller, uuid.uuid4) == command_id_for("k1", "ada")
+
+
+async def test_the_read_model_is_compared_with_the_fold_of_the_log(tmp_path: Path) -> None:
+    """Equal after the projector's own store applied the log; a missed event, and a row changed
+    behind the store's back, each show as a line."""
+    from shared.kafka.records import InboundRecord  # noqa: PLC0415
+    from shared.messages import encode_event  # noqa: PLC0415
+    from shared.messages.blog import PostCreated, PostEdited  # noqa: PLC0415
+    from shared.readmodel.pipeline import read_records  # noqa: PLC0415
+    from shared.readmodel.store import ReadStore  # noqa: PLC0415
+    from tests.faults.checker import read_model_mismatches  # noqa: PLC0415
+
+    def record(offset: int, post: str, version: int, event: Any) -> InboundRecord:
+        m = encode_event(
+            event,
+            event_id=uuid.uuid4(),
+            aggregate_id=post,
+            aggregate_version=version,
+            occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+        )
+        return InboundRecord("events", 0, offset, m.key, m.value, list(m.headers), 0)
+
+    log = [
+        record(0, "p1", 1, PostCreated(author_id="a", title="one", body="b", tags=["x"])),
+        record(1, "p2", 1, PostCreated(author_id="a", title="two", body="b", tags=[])),
+        record(2, "p1", 2, PostEdited(title="one, edited")),
+    ]
+    url = f"sqlite:///{tmp_path / 'read.sqlite3'}"
+    store = ReadStore(url)
+    try:
+        gen = await store.migrate()
+        events, _ = read_records(log[:2])
+        await store.apply_batch(gen, 0, events, start_offset=0, next_offset=2)
+    finally:
+        await store.close()
+    assert await read_model_mismatches(url, log[:2]) == []
+    behind = await read_model_mismatches(url, log)
+    assert "read model holds 2 events, the log 3" in behind
+    assert any(line.startswith("post p1: read model") for line in behind)
