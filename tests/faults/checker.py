@@ -19,7 +19,8 @@ finally got. After the faults, `check_history` reads the outcome and event topic
                  (reported, not an error: an ambiguous answer is allowed, a wrong one is not).
 
 The read model and the workflows are judged by the tests that have them (`read_model_mismatches`
-and `workflows_not_terminal` are filled by the caller; see `Verdict`). `Verdict.summary()` is the
+and `workflows_not_terminal` are filled by the caller; see `Verdict`; `read_model_mismatches()`
+compares a read store with the fold of the log, row by row). `Verdict.summary()` is the
 one line the tests print; `Verdict.problems()` lists what breaks a guarantee.
 """
 
@@ -31,9 +32,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from shared.kafka.records import InboundRecord
 from shared.kafka.topics import Topics
 from shared.messages import decode_event
 from shared.messages.results import CommandOutcome
+from shared.readmodel.pipeline import IndexedEvent, read_records
+from shared.readmodel.store import ReadStore
+from shared.readmodel.views import fold_batch
 from shared.settings import KafkaSettings
 from tests.kafka_helpers import read_all
 
@@ -230,6 +235,57 @@ async def read_log(
             )
         )
     return outcomes, events
+
+
+async def read_model_mismatches(store_url: str, log: Sequence[InboundRecord]) -> list[str]:
+    """How the read model at `store_url` differs from the fold of `log` (the event records, to
+    their end) by the pure views, one line each (empty: it is the fold). Compared: every post
+    and author row, the tag counts, and the event index, which must hold each event once, in
+    its stream's order, at its log position (an event lost or applied twice shows there).
+    Non-asserting: the caller puts the lines in `Verdict.read_model_mismatches`."""
+    out: list[str] = []
+    events, unreadable = read_records(list(log))
+    out += [f"unreadable event at {u.partition}:{u.offset}: {u.reason}" for u in unreadable]
+    posts, authors = fold_batch({}, {}, events)
+    store = ReadStore(store_url)
+    try:
+        stored: dict[str, dict[str, object]] = {}
+        cursor = None
+        while True:
+            page, cursor = await store.list_posts(limit=500, cursor=cursor)
+            stored.update({row["post_id"]: row for row in page})
+            if cursor is None:
+                break
+        out += [f"post {i}: in the log, not in the model" for i in sorted(posts.keys() - stored)]
+        out += [f"post {i}: in the model, not in the log" for i in sorted(stored.keys() - posts)]
+        out += [
+            f"post {i}: model {stored[i]} != fold {posts[i]}"
+            for i in sorted(posts.keys() & stored.keys())
+            if stored[i] != posts[i]
+        ]
+        for author_id, view in sorted(authors.items()):
+            if (row := await store.get_author(author_id)) != view:
+                out.append(f"author {author_id}: model {row} != fold {view}")
+        stats = await store.stats()
+        if stats["events"] != len(events):
+            out.append(f"event index holds {stats['events']} events, the log {len(events)}")
+        if stats["authors"] != len(authors):
+            out.append(f"{stats['authors']} authors in the model, {len(authors)} in the log")
+        tags = Counter(tag for view in posts.values() for tag in view["tags"])
+        if {t["tag"]: t["posts"] for t in stats["tags"]} != dict(tags.most_common(50)):
+            out.append(f"tag counts {stats['tags'][:5]} != the fold's {tags.most_common(5)}")
+        streams: defaultdict[str, list[IndexedEvent]] = defaultdict(list)
+        for e in events:
+            streams[e.envelope.aggregate_id].append(e)
+        for aggregate, stream in sorted(streams.items()):
+            rows = await store.events(aggregate, limit=len(stream) + 1)
+            have = [(r["log_partition"], r["log_offset"], r["event_id"]) for r in rows]
+            want = [(e.partition, e.offset, str(e.envelope.event_id)) for e in stream]
+            if have != want:
+                out.append(f"events of {aggregate}: index {have[:3]}... != log {want[:3]}...")
+    finally:
+        await store.close()
+    return out
 
 
 async def check_history(
