@@ -214,10 +214,16 @@ async def healthy_again(services: dict[str, ServiceProcess]) -> None:
         await wait_until(all_ok, timeout_s=60, what="both services healthy again")
 
 
-async def applied_beyond(store_url: str, before: dict[int, int]) -> None:
-    """Wait until the projector applied more than `before` on every partition: it resumed."""
+async def applied_beyond(
+    store_url: str, before: dict[int, int], services: dict[str, ServiceProcess]
+) -> None:
+    """Wait until the projector applied more than `before` on every partition: it resumed
+    (a service that exited meanwhile fails at once, with the end of its log)."""
 
     async def moved() -> bool:
+        for name, svc in services.items():
+            if svc.proc is None or svc.proc.poll() is not None:
+                raise AssertionError(f"the {name} exited:\n{svc.logs()[-2000:]}")
         with contextlib.suppress(Exception):  # the database may still be starting
             now = await stored_positions(store_url)
             return all(now.get(p, 0) > o for p, o in before.items())
@@ -274,7 +280,7 @@ async def test_postgresql_restarted_and_stopped_under_load_queries_503_projector
             for n in range(QUERY_WORKERS)
         ]
         tasks.append(asyncio.create_task(health_polls(services, phase, load, stop_load)))
-        await applied_beyond(pg.url, {p: 0 for p in range(PARTITIONS)})
+        await applied_beyond(pg.url, {p: 0 for p in range(PARTITIONS)}, services)
         await asyncio.sleep(2)
 
         # 1. restarts under load: fast (sessions terminated), then immediate (a crash)
@@ -282,7 +288,7 @@ async def test_postgresql_restarted_and_stopped_under_load_queries_503_projector
         await asyncio.to_thread(pg.stop, "fast")
         await asyncio.to_thread(pg.start)
         phase.set("recovering")
-        await applied_beyond(pg.url, await stored_positions(pg.url))
+        await applied_beyond(pg.url, await stored_positions(pg.url), services)
         phase.set("restart immediate")
         seen = await stored_positions(pg.url)
         await asyncio.to_thread(pg.stop, "immediate")
@@ -290,7 +296,7 @@ async def test_postgresql_restarted_and_stopped_under_load_queries_503_projector
         phase.set("recovering")
         recovered = await stored_positions(pg.url)
         await healthy_again(services)
-        await applied_beyond(pg.url, seen)
+        await applied_beyond(pg.url, seen, services)
 
         # 2. stopped for OUTAGE_S under load, then started
         phase.set("stopping")
@@ -302,7 +308,7 @@ async def test_postgresql_restarted_and_stopped_under_load_queries_503_projector
         await asyncio.to_thread(pg.start)
         phase.set("back")
         await healthy_again(services)
-        await applied_beyond(pg.url, before_outage)
+        await applied_beyond(pg.url, before_outage, services)
         await asyncio.sleep(2)  # answers after the recovery, counted as "back"
 
         stop_load.set()
