@@ -66,7 +66,7 @@ class Projector:
             bootstrap_servers,
             topic,
             group_id=group_id,
-            on_assigned=self.seek_to_stored,
+            on_assigned=self._position_assigned,
             on_revoked=self.forget,
             max_poll_records=max_records,
             **(consumer_overrides or {}),
@@ -103,6 +103,28 @@ class Projector:
             generation=self._generation,
             positions={p: self._next[p] for p in partitions},
         )
+
+    async def _position_assigned(self, partitions: list[int]) -> None:
+        """`seek_to_stored` for newly assigned partitions, waiting (backing off) while the read
+        store is gone: the consumer swallows a callback's error, and a partition left without a
+        position would be skipped silently until the next rebalance."""
+        pause, longest = self.store_retry_s
+        while True:
+            try:
+                await self.seek_to_stored(partitions)
+                return
+            except ReadStoreUnavailable as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning(
+                    "read_store_unavailable",
+                    error=exc.message,
+                    retry_in_s=pause,
+                    assigned=partitions,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), pause)
+            pause = min(pause * 2, longest)
 
     async def forget(self, partitions: list[int]) -> None:
         for p in partitions:
