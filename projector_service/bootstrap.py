@@ -18,7 +18,7 @@ from shared.http import HealthCheck, service_app
 from shared.kafka.clients import group_timing
 from shared.kafka.lag import report_lag_forever
 from shared.kafka.topics import Topics, bootstrap_system_topics
-from shared.readmodel.store import ReadStore
+from shared.readmodel.store import ReadStore, ReadStoreUnavailable
 from shared.service import kafka_health, serve, wait_for_kafka_at_start
 from shared.settings import ProjectorSettings
 
@@ -43,6 +43,8 @@ def build_app(settings: ProjectorSettings, adapters: ProjectorAdapters) -> FastA
             report["positions"] = {
                 str(p): f["next_offset"] for p, f in (await adapters.store.freshness()).items()
             }
+        except ReadStoreUnavailable as exc:  # the projector waits for it and resumes
+            report |= {"status": "unavailable", "reason": exc.code, "read_store": exc.message}
         except Exception as exc:  # any database failure means "not healthy", with the reason
             report |= {"status": "unavailable", "read_store": repr(exc)}
         return report
@@ -59,7 +61,13 @@ def build_app(settings: ProjectorSettings, adapters: ProjectorAdapters) -> FastA
 async def main(settings: ProjectorSettings) -> None:
     topics = Topics.from_settings(settings)
     # relaxed: its rows and positions commit together and are rebuildable from Kafka (README)
-    store = ReadStore(settings.read_store_url, writer=True, relaxed_durability=True)
+    store = ReadStore(
+        settings.read_store_url,
+        writer=True,
+        relaxed_durability=True,
+        connect_timeout_s=settings.read_store_connect_timeout_s,
+        command_timeout_s=settings.read_store_command_timeout_s,
+    )
     projector = Projector(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         topic=topics.events,

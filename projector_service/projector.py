@@ -11,6 +11,7 @@ transaction marker after the last event, its position, so that a caught-up proje
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +25,7 @@ from shared.kafka.metrics import dead_letter_counter
 from shared.kafka.records import InboundRecord, dead_letter
 from shared.logging import get_logger
 from shared.readmodel.pipeline import IndexedEvent, read_records
-from shared.readmodel.store import PartitionBatch, ReadStore, StaleBatch
+from shared.readmodel.store import PartitionBatch, ReadStore, ReadStoreUnavailable, StaleBatch
 
 log = get_logger(__name__)
 
@@ -32,6 +33,10 @@ EVENTS_APPLIED = Counter("esctl_projector_events_total", "Events applied to the 
 BAD_EVENTS = Counter("esctl_projector_dead_letters_total", "Undecodable events dead-lettered")
 BATCH_SECONDS = Histogram("esctl_projector_batch_seconds", "Time to apply one batch")
 POSITION = Gauge("esctl_projector_next_offset", "Next offset to apply", ["partition"])
+STORE_UNAVAILABLE = Counter(
+    "esctl_projector_read_store_unavailable_total",
+    "Batches that found the read store gone (each is applied again once it answers)",
+)
 EVENT_AGE = Histogram(
     "esctl_projector_event_age_seconds",
     "Time from an event's occurred_at to its projection's commit (last event of each batch)",
@@ -61,7 +66,7 @@ class Projector:
             bootstrap_servers,
             topic,
             group_id=group_id,
-            on_assigned=self.seek_to_stored,
+            on_assigned=self._position_assigned,
             on_revoked=self.forget,
             max_poll_records=max_records,
             **(consumer_overrides or {}),
@@ -72,6 +77,8 @@ class Projector:
         self._committed: dict[int, int] = {}  # offsets committed to Kafka (for tooling)
         self._stopping = asyncio.Event()
         self.applied = 0
+        #: first and longest pause while the read store is gone (then doubling up to the last)
+        self.store_retry_s = (0.5, 5.0)
 
     async def start(self) -> None:
         self._generation = await self.store.migrate()
@@ -97,6 +104,28 @@ class Projector:
             positions={p: self._next[p] for p in partitions},
         )
 
+    async def _position_assigned(self, partitions: list[int]) -> None:
+        """`seek_to_stored` for newly assigned partitions, waiting (backing off) while the read
+        store is gone: the consumer swallows a callback's error, and a partition left without a
+        position would be skipped silently until the next rebalance."""
+        pause, longest = self.store_retry_s
+        while True:
+            try:
+                await self.seek_to_stored(partitions)
+                return
+            except ReadStoreUnavailable as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning(
+                    "read_store_unavailable",
+                    error=exc.message,
+                    retry_in_s=pause,
+                    assigned=partitions,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), pause)
+            pause = min(pause * 2, longest)
+
     async def forget(self, partitions: list[int]) -> None:
         for p in partitions:
             self._next.pop(p, None)
@@ -115,8 +144,44 @@ class Projector:
                     log.info("projector_repositioning", reason=str(exc))
                     await self.seek_to_stored(sorted(self._next))
                     continue
+                except ReadStoreUnavailable as exc:
+                    await self._resume_when_the_store_answers(exc)
+                    continue
             applied = set(owned)
             await self._commit_skipped([p for p in list(self._next) if p not in applied])
+
+    async def _resume_when_the_store_answers(self, error: ReadStoreUnavailable) -> None:
+        """The database went away during a batch: wait for it (backing off), then seek to the
+        positions it stored. Whether the failed batch committed is unknown (a commit may have
+        reached the server before the connection broke, and a server crash may have lost
+        commits made with `synchronous_commit=off`): the stored positions say, and the
+        compare-and-set keeps each event applied once. The process keeps running; /health is
+        503 with the reason meanwhile (it asks the store too)."""
+        STORE_UNAVAILABLE.inc()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        pause, longest = self.store_retry_s
+        log.warning("read_store_unavailable", error=error.message, retry_in_s=pause)
+        attempts = 0
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), pause)
+            if self._stopping.is_set():
+                return
+            attempts += 1
+            try:
+                await self.seek_to_stored(sorted(self._next))
+            except ReadStoreUnavailable as again:
+                pause = min(pause * 2, longest)
+                if attempts % 10 == 0:  # one line every few tens of seconds, not per attempt
+                    log.warning("read_store_unavailable", error=again.message, retry_in_s=pause)
+                continue
+            log.info(
+                "read_store_back",
+                unavailable_s=round(loop.time() - started, 1),
+                attempts=attempts,
+            )
+            return
 
     async def _commit_skipped(self, partitions: list[int]) -> None:
         """Commit to Kafka the consumer's position where it passed offsets that hold no event:

@@ -53,7 +53,7 @@ from shared.messages.base import AGGREGATE_ID_PATTERN
 from shared.personal import subjects_in
 from shared.principal import ADMIN, Principal, current_principal
 from shared.readmodel.pipeline import KeyReader, event_of_row, open_author, open_rows
-from shared.readmodel.store import ReadStore
+from shared.readmodel.store import ReadStore, ReadStoreUnavailable
 from shared.readmodel.views import Apply, View, apply_author, apply_post, fold
 
 Id = Annotated[str, Path(pattern=AGGREGATE_ID_PATTERN)]
@@ -98,11 +98,17 @@ def answers(not_found: str = "") -> dict[int | str, dict[str, Any]]:
         200: {"description": "the answer, with its freshness", "headers": FRESHNESS_HEADERS},
         503: problem_doc(
             "`not_consistent_yet`: the read model did not reach the consistency token's "
-            "positions in time (`missing` lists them); retry after Retry-After seconds",
+            "positions in time (`missing` lists them); `read_store_unavailable`: the read "
+            "store's database does not answer (down, restarting, or slower than its timeouts); "
+            "retry after Retry-After seconds",
             **{"Retry-After": RETRY_AFTER},
         ),
         **({404: problem_doc(not_found)} if not_found else {}),
     }
+
+
+#: the Retry-After of a 503 `read_store_unavailable` (a restart of PostgreSQL takes seconds)
+READ_STORE_RETRY_AFTER_S = 2
 
 
 class NotConsistentYet(Exception):
@@ -145,9 +151,16 @@ class PositionWatcher:
         self._changed = asyncio.Condition()
         self._waiters = 0
         self._task: asyncio.Task[None] | None = None
+        #: the read store's absence, as the last read found it (waiters answer with it)
+        self._error: ReadStoreUnavailable | None = None
 
     async def _read(self) -> None:
-        self._latest = await self.store.freshness()
+        try:
+            self._latest = await self.store.freshness()
+        except ReadStoreUnavailable as exc:
+            self._error = exc
+            raise
+        self._error = None
         self.reads += 1
 
     async def _poll(self) -> None:
@@ -159,7 +172,12 @@ class PositionWatcher:
             if self._waiters == 0:
                 break
             before = self._latest
-            await self._read()
+            try:
+                await self._read()
+            except ReadStoreUnavailable:
+                async with self._changed:
+                    self._changed.notify_all()  # the waiters answer 503 read_store_unavailable
+                break
             async with self._changed:
                 self._changed.notify_all()
             moved = self._latest != before
@@ -184,11 +202,13 @@ class PositionWatcher:
             self._task = asyncio.create_task(self._poll())
         try:
             async with asyncio.timeout(timeout_s), self._changed:
-                await self._changed.wait_for(lambda: not missing())
+                await self._changed.wait_for(lambda: self._error is not None or not missing())
         except TimeoutError:
             raise NotConsistentYet(missing()) from None
         finally:
             self._waiters -= 1
+        if self._error is not None:
+            raise self._error
         return self._latest
 
 
@@ -221,6 +241,15 @@ def _error_handlers(app: FastAPI, consistency_wait_s: float) -> None:
             missing={str(p): o for p, o in exc.missing.items()},
         )
         response.headers["Retry-After"] = "1"
+        return response
+
+    @app.exception_handler(ReadStoreUnavailable)
+    async def store_gone(_: Request, exc: ReadStoreUnavailable) -> Response:
+        # not a 500: nothing is wrong with the request or the service, and it passes
+        response = problem(
+            503, exc.code, "The read store is unavailable", exc.message, retriable=True
+        )
+        response.headers["Retry-After"] = str(READ_STORE_RETRY_AFTER_S)
         return response
 
 

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from query_service.api import build_api
 from shared.auth import secure
 from shared.readmodel.pipeline import KeyReader
-from shared.readmodel.store import ReadStore
+from shared.readmodel.store import ReadStore, ReadStoreUnavailable
 from shared.service import open_key_store_at_start, serve
 from shared.settings import QueryServiceSettings
 
@@ -38,6 +38,8 @@ def build_app(settings: QueryServiceSettings, adapters: QueryAdapters) -> FastAP
     async def health() -> dict[str, Any]:
         try:
             fresh = await store.freshness()
+        except ReadStoreUnavailable as exc:  # queries answer 503 read_store_unavailable meanwhile
+            return {"status": "unavailable", "reason": exc.code, "read_store": exc.message}
         except Exception as exc:  # any database failure means "not healthy", with the reason
             return {"status": "unavailable", "read_store": repr(exc)}
         return {"status": "ok", "positions": {str(p): f["next_offset"] for p, f in fresh.items()}}
@@ -56,7 +58,11 @@ def build_app(settings: QueryServiceSettings, adapters: QueryAdapters) -> FastAP
 
 async def main(settings: QueryServiceSettings) -> None:
     keys = await open_key_store_at_start(settings.key_store_url, settings)
-    store = ReadStore(settings.read_store_url)
+    store = ReadStore(
+        settings.read_store_url,
+        connect_timeout_s=settings.read_store_connect_timeout_s,
+        command_timeout_s=settings.read_store_command_timeout_s,
+    )
 
     async def startup() -> None:
         # The projector owns the schema; migrating here too lets either start first.

@@ -147,23 +147,43 @@ class CommandServiceSettings(ServiceSettings, KeyEncryptionSettings):
     )
 
 
-class ProjectorSettings(ServiceSettings):
+class ReadStoreSettings(BaseSettings):
+    """Where the read model lives, and how long its users wait for a database that is gone
+    (PostgreSQL; SQLite waits on its own lock, `busy_timeout`)."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    read_store_url: str = "sqlite:///./var/read-store.sqlite3"
+    read_store_connect_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="PostgreSQL: give up a connect, and the wait for a pooled connection, "
+        "after so long (read_store_unavailable)",
+    )
+    read_store_command_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="PostgreSQL: give up a statement after so long (read_store_unavailable)",
+    )
+
+
+class ProjectorSettings(ServiceSettings, ReadStoreSettings):
     """Projector: consumes the events topic into the read store; health/metrics on 8003."""
 
     service_name: str = "projector"
     http_port: int = 8003
     group_id: str = "projector"
-    read_store_url: str = "sqlite:///./var/read-store.sqlite3"
     batch_max_records: int = Field(default=2000, ge=1)
     session_timeout_ms: int = Field(default=10_000, ge=6_000)
 
 
-class QueryServiceSettings(ServiceSettings, KeyEncryptionSettings):
+class QueryServiceSettings(ServiceSettings, ReadStoreSettings, KeyEncryptionSettings):
     """Query service: read-only HTTP on 8002 over the read store."""
 
     service_name: str = "query-service"
     http_port: int = 8002
-    read_store_url: str = "sqlite:///./var/read-store.sqlite3"
     consistency_wait_ms: int = Field(default=5_000, ge=0)
     consistency_poll_ms: float = Field(
         default=10,

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql, sqlite
@@ -31,7 +32,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from shared.db import async_url
-from shared.errors import ConfigurationError
+from shared.errors import ConfigurationError, InfrastructureUnavailable
 from shared.messages.blog import AuthorRegistered, PostCreated
 from shared.readmodel.pipeline import IndexedEvent, upcast_row
 from shared.readmodel.views import View, fold_batch, is_author_event, is_post_event
@@ -156,6 +157,62 @@ class PartitionBatch:
     events: Sequence[IndexedEvent]
     start_offset: int
     next_offset: int
+
+
+class ReadStoreUnavailable(InfrastructureUnavailable):
+    """The read store's database does not answer: refused or dropped connections, a server
+    shutting down or starting up, a connect, pool or statement timeout. Retrying later can
+    succeed; nothing is known to have been written (a commit may have been, which the caller
+    learns by reading again: the projector re-reads its stored positions)."""
+
+    code = "read_store_unavailable"
+
+
+#: what the database's absence looks like, at any depth of an error's chain (SQLAlchemy wraps
+#: the driver's errors, and some connect errors reach us unwrapped)
+_GONE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable
+    TimeoutError,  # the connect or command timeout (asyncio's is this one)
+    sa.exc.TimeoutError,  # no pooled connection within the pool timeout
+    asyncpg.exceptions.PostgresConnectionError,  # connection lost, cannot connect
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, terminated
+)
+
+
+def _gone_because(exc: BaseException) -> BaseException | None:
+    """The error of `exc`'s chain that says the database is not there (None: `exc` is a fault
+    of the query, or of something else)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, _GONE):
+            return e
+        if isinstance(e, sa.exc.DBAPIError) and e.connection_invalidated:
+            return e
+        if isinstance(e, asyncpg.exceptions.InterfaceError) and "closed" in str(e):
+            return e  # "cannot perform operation: connection is closed"
+        todo += [getattr(e, "orig", None), e.__cause__, e.__context__]
+    return None
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database is not there (as opposed to a fault of the query)."""
+    return _gone_because(exc) is not None
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an on-call engineer: the error that says why, its type and first line."""
+    reason = _gone_because(exc) or exc
+    if isinstance(reason, sa.exc.DBAPIError) and reason.orig is not None:
+        reason = reason.orig
+    text = str(reason).splitlines()[0] if str(reason) else ""
+    if isinstance(reason, TimeoutError) and not text:
+        text = "no answer within the timeout"
+    return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
 
 
 class StaleBatch(Exception):
@@ -330,13 +387,27 @@ class ReadStore:
     measured as the end-to-end bottleneck; see bench/RESULTS.md.)
     """
 
-    def __init__(self, url: str, *, writer: bool = False, relaxed_durability: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        writer: bool = False,
+        relaxed_durability: bool = False,
+        connect_timeout_s: float = 5.0,
+        command_timeout_s: float | None = None,
+    ) -> None:
         """`relaxed_durability` (the projector): on PostgreSQL the session commits with
         `synchronous_commit=off`, so a commit does not wait for its WAL flush; a crash of the
         server may lose the last commits, rows and positions together, which the projector
         then applies again from Kafka (README, "Read side"). SQLite always runs WAL with
-        `synchronous=NORMAL`."""
+        `synchronous=NORMAL`.
+
+        On PostgreSQL no operation waits unbounded for a database that is gone: a connect gives
+        up after `connect_timeout_s`, so does the wait for a pooled connection, and a statement
+        after `command_timeout_s` (None: no limit; the services set one). Every such failure,
+        and a refused or dropped connection, raises `ReadStoreUnavailable`."""
         self.url = url
+        self.where = url
         self._sync: sa.Engine | None = None
         self._async: AsyncEngine | None = None
         if url.startswith("sqlite:///"):
@@ -350,10 +421,18 @@ class ReadStore:
             self._bulk = _Bulk(self._sync.dialect)
         else:
             server_settings = {"synchronous_commit": "off"} if relaxed_durability else {}
+            driver_url = async_url(url, "READ_STORE_URL")
+            parsed = sa.engine.make_url(driver_url)
+            self.where = f"{parsed.host}:{parsed.port or 5432}/{parsed.database}"
             self._async = create_async_engine(
-                async_url(url, "READ_STORE_URL"),
+                driver_url,
                 pool_pre_ping=True,
-                connect_args={"server_settings": server_settings},
+                pool_timeout=connect_timeout_s,
+                connect_args={
+                    "server_settings": server_settings,
+                    "timeout": connect_timeout_s,  # asyncpg's connect timeout (default 60 s)
+                    "command_timeout": command_timeout_s,
+                },
             )
             self.dialect = self._async.dialect.name
             self._bulk = _Bulk(self._async.dialect)
@@ -391,11 +470,20 @@ class ReadStore:
 
             return await asyncio.to_thread(work)
         assert self._async is not None
-        if write:
-            async with self._async.begin() as aconn:
+        try:
+            if write:
+                async with self._async.begin() as aconn:
+                    return await aconn.run_sync(fn)
+            async with self._async.connect() as aconn:
                 return await aconn.run_sync(fn)
-        async with self._async.connect() as aconn:
-            return await aconn.run_sync(fn)
+        except (StaleBatch, ConfigurationError):
+            raise
+        except Exception as exc:
+            if not _unavailable(exc):
+                raise
+            raise ReadStoreUnavailable(
+                f"the read store at {self.where} does not answer ({_describe(exc)})"
+            ) from exc
 
     def _insert(self, table: sa.Table) -> Any:
         return sqlite.insert(table) if self.dialect == "sqlite" else postgresql.insert(table)
