@@ -67,9 +67,9 @@ async def test_the_fold_of_the_log_has_no_mismatch_and_a_lost_event_shows(tmp_pa
     )
     longer = [*log, InboundRecord("t", 0, len(log), extra.key, extra.value, extra.headers)]
     found = await read_model_mismatches(url, longer)
-    assert any(line.startswith("post p2: model") for line in found), found
-    assert any("event index holds 4 events, the log 5" in line for line in found), found
-    assert any(line.startswith("events of p2") for line in found), found
+    assert any(line.startswith("post p2: read model") for line in found), found
+    assert any("read model holds 4 events, the log 5" in line for line in found), found
+    assert any(line.startswith("event index of p2") for line in found), found
 
 
 async def test_an_event_row_applied_twice_or_a_changed_row_shows(tmp_path: Path) -> None:
@@ -85,6 +85,6 @@ async def test_an_event_row_applied_twice_or_a_changed_row_shows(tmp_path: Path)
         conn.execute(sa.update(t.posts).where(t.posts.c.post_id == "p1").values(title="x"))
     engine.dispose()
     found = await read_model_mismatches(url, log)
-    assert any("event index holds 5 events, the log 4" in line for line in found), found
-    assert any(line.startswith("events of p2") for line in found), found
-    assert any(line.startswith("post p1: model") for line in found), found
+    assert any("read model holds 5 events, the log 4" in line for line in found), found
+    assert any(line.startswith("event index of p2") for line in found), found
+    assert any(line.startswith("post p1: read model") for line in found), found
