@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: system install check lint typecheck format test test-contracts test-local test-secure test-containers test-unit images up kafka postgres schemas bench clean
+.PHONY: system install toxiproxy check lint typecheck format test test-contracts test-local test-secure test-containers test-unit images up kafka postgres schemas bench clean
 
 system:  ## the Debian packages (Java, Maven, PostgreSQL, kcat, venv), installed when missing (root)
 	bash scripts/system-packages.sh
@@ -38,7 +38,10 @@ test-contracts: install  ## the alert rules (promtool test rules) and the AsyncA
 	bash deploy/prometheus/check.sh
 	bash scripts/asyncapi-validate.sh schemas/asyncapi.yaml
 
-test-local: install  ## unit, contract, integration, e2e against a local broker and PostgreSQL
+toxiproxy:  ## toxiproxy-server (the network fault tests) `go install`ed into the cache, once
+	bash scripts/toxiproxy.sh >/dev/null
+
+test-local: install toxiproxy  ## unit, contract, integration, e2e, faults against a local broker and PostgreSQL
 	$(BIN)/esctl postgres install
 	ESCTL_TEST_INFRA=local $(BIN)/pytest --ignore=tests/containers
 

@@ -151,7 +151,7 @@ async def main(settings: CommandServiceSettings) -> None:
         # the handler restores each partition on its own (PartitionBook per partition)
         fence_concurrently=True,
     )
-    client = CommandClient(bootstrap, topics)
+    client = CommandClient(bootstrap, topics, enqueue_timeout_s=settings.enqueue_timeout_ms / 1000)
 
     async def startup() -> None:
         await authors.start()

@@ -129,6 +129,12 @@ class CommandServiceSettings(ServiceSettings, KeyEncryptionSettings):
     http_port: int = 8001
     group_id: str = "command-service"
     command_timeout_ms: int = Field(default=10_000, ge=0, description="HTTP wait for outcome")
+    enqueue_timeout_ms: int = Field(
+        default=10_000,
+        ge=100,
+        description="HTTP wait for the broker to take a command before 503 (the command may "
+        "still be enqueued: a client retries with the same Idempotency-Key)",
+    )
     batch_max_records: int = Field(default=500, ge=1)
     batch_max_wait_ms: int = Field(default=20, ge=0)
     session_timeout_ms: int = Field(default=10_000, ge=6_000)

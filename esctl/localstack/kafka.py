@@ -143,6 +143,10 @@ class NodeState:
     broker_port: int
     controller_port: int
     pid: int | None = None
+    #: a second client listener, PROXIED, on this port, advertised as `proxied_advertised`
+    #: (a TCP proxy in front of it): see `LocalKafkaCluster.add_proxied_listener`
+    proxied_port: int | None = None
+    proxied_advertised: str | None = None
 
 
 @dataclass
@@ -240,6 +244,22 @@ class LocalKafkaCluster:
     def node_dir(self, node_id: int) -> Path:
         return self.data_dir / f"node-{node_id}"
 
+    def add_proxied_listener(self, node_id: int, advertised: str) -> int:
+        """Give node `node_id` a second client listener, PROXIED, on a free port of its own
+        (returned), advertised as `advertised`: the address of a TCP proxy (Toxiproxy) that
+        forwards to that port. Clients bootstrap from the addresses they are given but then
+        connect to the advertised ones, so a client that bootstraps through the proxy stays
+        behind it, while one that bootstraps on the PLAINTEXT listener keeps reaching the
+        broker directly. Set before `start` (or before a `restart` of the node); PLAINTEXT
+        clusters only."""
+        if self.state.secure:
+            raise ConfigurationError("a proxied listener is for PLAINTEXT clusters only")
+        node = self.node(node_id)
+        node.proxied_port = node.proxied_port or free_port()
+        node.proxied_advertised = advertised
+        self.save()
+        return node.proxied_port
+
     def _config_path(self, node_id: int) -> Path:
         return self.node_dir(node_id) / "server.properties"
 
@@ -278,7 +298,22 @@ class LocalKafkaCluster:
             "broker.heartbeat.interval.ms": "500",
             "broker.session.timeout.ms": "3000",
             "replica.lag.time.max.ms": "5000",
-        } | (self._secure_properties(node) if self.state.secure else {})
+        } | (self._secure_properties(node) if self.state.secure else self._proxied(node))
+
+    @staticmethod
+    def _proxied(node: NodeState) -> dict[str, str]:
+        """The listeners with the PROXIED one (`add_proxied_listener`), or nothing."""
+        if node.proxied_port is None or node.proxied_advertised is None:
+            return {}
+        return {
+            "listeners": f"PLAINTEXT://127.0.0.1:{node.broker_port},"
+            f"PROXIED://127.0.0.1:{node.proxied_port},"
+            f"CONTROLLER://127.0.0.1:{node.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.broker_port},"
+            f"PROXIED://{node.proxied_advertised}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,PROXIED:PLAINTEXT,"
+            "CONTROLLER:PLAINTEXT",
+        }
 
     def _secure_properties(self, node: NodeState) -> dict[str, str]:
         """SASL_SSL everywhere. Clients and brokers (inter-broker) use SCRAM-SHA-512, whose

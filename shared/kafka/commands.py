@@ -38,6 +38,17 @@ def _command_id(record: InboundRecord) -> UUID | None:
         return None
 
 
+def _log_late_failure(sending: asyncio.Future[object]) -> None:
+    """What became of a command whose caller stopped waiting for the broker to take it."""
+    if sending.cancelled():
+        return
+    exc = sending.exception()
+    if exc is not None:
+        log.warning("command_not_enqueued_after_timeout", error=repr(exc))
+    else:
+        log.info("command_enqueued_after_timeout")
+
+
 class CommandClient:
     """Produce commands; await outcomes from the results topic."""
 
@@ -48,8 +59,13 @@ class CommandClient:
         *,
         recent_window_s: float = 600.0,
         cache_size: int = 100_000,
+        enqueue_timeout_s: float | None = None,
     ) -> None:
         self.topics = topics
+        # aiokafka's idempotent producer retries a batch until the broker takes it (it has no
+        # delivery.timeout.ms): without a bound here, a process cut off from the broker keeps
+        # its callers waiting for as long as the cut lasts (None: no bound, for `esctl send`)
+        self._enqueue_timeout_s = enqueue_timeout_s
         # No linger: a person waits on each command (linger 1 cost 1.1 ms of the produce's 2.1,
         # bench/profiles/end-to-end.md); under load batches still form behind the request in
         # flight, since the sender sends one request per partition at a time.
@@ -115,10 +131,19 @@ class CommandClient:
             return None
 
     async def _produce(self, key: bytes | None, value: bytes | None, headers: Headers) -> None:
+        sending = asyncio.ensure_future(
+            self._producer.send_and_wait(self.topics.commands, value, key=key, headers=headers)
+        )
         try:
-            await self._producer.send_and_wait(
-                self.topics.commands, value, key=key, headers=headers
-            )
+            # shielded: on a timeout the record stays with the producer, which may still
+            # deliver it (and whose failure then is only logged)
+            await asyncio.wait_for(asyncio.shield(sending), self._enqueue_timeout_s)
+        except TimeoutError as exc:
+            sending.add_done_callback(_log_late_failure)
+            raise InfrastructureUnavailable(
+                f"the broker did not take the command within {self._enqueue_timeout_s:g}s; it "
+                "may still be enqueued later: retry with the same Idempotency-Key"
+            ) from exc
         except KafkaError as exc:
             raise InfrastructureUnavailable(f"could not enqueue the command: {exc}") from exc
 
