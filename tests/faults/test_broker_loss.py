@@ -343,7 +343,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[LocalKafkaCluster]:
     aiokafka_log = logging.getLogger("aiokafka")
     level = aiokafka_log.level
     aiokafka_log.setLevel(logging.CRITICAL)
-    cluster = LocalKafkaCluster.create(tmp_path / "cluster", nodes=3, heap_mb=256)
+    cluster = LocalKafkaCluster.create(tmp_path / "cluster", nodes=3, heap_mb=384)
     try:
         await asyncio.to_thread(cluster.start)
         yield cluster

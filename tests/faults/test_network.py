@@ -60,11 +60,11 @@ class ProxiedKafka:
 def proxied_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxiedKafka]:
     logs = tmp_path_factory.mktemp("toxiproxy")
     server = ToxiproxyServer(logs / "toxiproxy-server.log")
-    server.start()
     cluster = LocalKafkaCluster.create(
-        Path(tempfile.mkdtemp(prefix="esctl-test-kafka-faults-")), nodes=1, heap_mb=256
+        Path(tempfile.mkdtemp(prefix="esctl-test-kafka-faults-")), nodes=1, heap_mb=384
     )
     try:
+        server.start()
         listen = f"127.0.0.1:{free_port()}"
         upstream = cluster.add_proxied_listener(1, advertised=listen)
         cluster.start()
