@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import secrets
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+from esctl.localstack.kafka import free_port
+from esctl.localstack.postgres import LocalPostgres
 from esctl.localstack.services import ServiceProcess
 from shared.kafka.topics import TopicSpec, ensure_topics
 from shared.kek import KeyRing, ensure_kek_file
@@ -129,3 +135,26 @@ async def make_topic(kafka_bootstrap: str) -> AsyncIterator[TopicFactory]:
     yield factory
     if created:
         await delete_topics(kafka_bootstrap, created)
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[LocalPostgres]:
+    """A PostgreSQL server of one test alone (the test may stop it, or shut it down hard), its
+    WAL writer slowed so that relaxed commits wait long to be written: a crash loses the last
+    ones. Never the session's server."""
+    data = Path(tempfile.mkdtemp(prefix="esctl-own-pg-"))
+    data.chmod(0o755)  # noqa: ASYNC240  # the server runs as `postgres` (root): let it in
+    pg = LocalPostgres(data / "data", port=free_port())
+    await asyncio.to_thread(pg.start)
+    try:
+        conn = await asyncpg.connect(pg.url, timeout=10)
+        try:
+            await conn.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+            await conn.execute("ALTER SYSTEM SET wal_writer_flush_after = '1GB'")
+            await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
+        yield pg
+    finally:
+        await asyncio.to_thread(pg.destroy)
+        shutil.rmtree(data, ignore_errors=True)

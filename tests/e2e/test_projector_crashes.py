@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
 import signal
 import sqlite3
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from esctl.localstack.kafka import free_port
 from esctl.localstack.postgres import LocalPostgres
 from shared.kafka import make_transactional_producer
 from shared.kafka.records import InboundRecord
@@ -199,28 +196,6 @@ async def test_sqlite_projector_killed_inside_batches_leaves_the_fold_of_the_log
     assert sum(stored.values()) > 0, "the projectors were killed before applying anything"
     assert not [p.log_path.name for p in procs if "projector_repositioning" in p.logs()]
     await assert_model_is_the_fold_of_the_log(store_url, log)
-
-
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[LocalPostgres]:
-    """A PostgreSQL server of this test alone (it is shut down hard), its WAL writer slowed so
-    that relaxed commits wait long to be written: a crash loses the last ones."""
-    data = Path(tempfile.mkdtemp(prefix="esctl-crash-pg-"))
-    data.chmod(0o755)  # noqa: ASYNC240  # the server runs as `postgres` (root): let it in
-    pg = LocalPostgres(data / "data", port=free_port())
-    await asyncio.to_thread(pg.start)
-    try:
-        conn = await asyncpg.connect(pg.url, timeout=10)
-        try:
-            await conn.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
-            await conn.execute("ALTER SYSTEM SET wal_writer_flush_after = '1GB'")
-            await conn.execute("SELECT pg_reload_conf()")
-        finally:
-            await conn.close()
-        yield pg
-    finally:
-        await asyncio.to_thread(pg.destroy)
-        shutil.rmtree(data, ignore_errors=True)
 
 
 async def test_postgresql_projector_survives_a_kill_and_an_immediate_shutdown_inside_batches(

@@ -27,21 +27,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import shutil
-import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
-from esctl.localstack.kafka import free_port
 from esctl.localstack.postgres import LocalPostgres
 from shared.http import PROBLEM_JSON
 from shared.kafka import make_transactional_producer
@@ -177,28 +172,6 @@ async def write_steadily(bootstrap: str, topic: str, stop: asyncio.Event, *, see
     finally:
         await producer.stop()
     return written
-
-
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[LocalPostgres]:
-    """A PostgreSQL server of this test alone (it is stopped and crashed), its WAL writer slowed
-    so that the projector's relaxed commits wait long to be written: the crash loses some."""
-    data = Path(tempfile.mkdtemp(prefix="esctl-away-pg-"))
-    data.chmod(0o755)  # noqa: ASYNC240  # the server runs as `postgres` (root): let it in
-    pg = LocalPostgres(data / "data", port=free_port())
-    await asyncio.to_thread(pg.start)
-    try:
-        conn = await asyncpg.connect(pg.url, timeout=10)
-        try:
-            await conn.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
-            await conn.execute("ALTER SYSTEM SET wal_writer_flush_after = '1GB'")
-            await conn.execute("SELECT pg_reload_conf()")
-        finally:
-            await conn.close()
-        yield pg
-    finally:
-        await asyncio.to_thread(pg.destroy)
-        shutil.rmtree(data, ignore_errors=True)
 
 
 async def healthy_again(services: dict[str, ServiceProcess]) -> None:
