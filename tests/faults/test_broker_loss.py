@@ -40,7 +40,8 @@ from shared.messages.blog import ApprovePost, CreatePost, EditPost, RejectPost, 
 from shared.settings import KafkaSettings
 from tests.conftest import unique
 from tests.e2e.harness import ServiceProcess, command_service_env, http_client
-from tests.e2e.test_read_side import projector_env, stored_positions
+from tests.e2e.test_projector_crashes import wait_applied
+from tests.e2e.test_read_side import projector_env
 from tests.faults.checker import Sent, check_history, command_id_for
 from tests.kafka_helpers import read_all, wait_until
 from workflow_service.model import TERMINAL
@@ -456,15 +457,7 @@ async def test_brokers_killed_under_load_lose_nothing_and_every_answer_holds(
         await wait_until(workflows_finished, timeout_s=60, what="every workflow to finish")
         workflows = await workflows_by_id(services["workflow"].url)
         log = await read_all(bootstrap, topics.events, PARTITIONS, timeout_s=60)
-        ends: dict[int, int] = {}
-        for record in log:
-            ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
-
-        async def applied() -> bool:
-            have = await stored_positions(store_url)
-            return all(have.get(p, 0) >= o for p, o in ends.items())
-
-        await wait_until(applied, timeout_s=60, what="the projector to apply the whole log")
+        await wait_applied(store_url, log)
         history.note("settled")
         verdict = await check_history(
             bootstrap,
