@@ -190,6 +190,7 @@ async def test_fifty_concurrent_publishers_with_the_same_expected_version_exactl
     assert check.versions["race"] == [1, 2, 3, 4]
 
 
+@pytest.mark.crash_soak
 async def test_sigkill_at_random_moments_during_5000_commands_loses_and_repeats_nothing(
     kafka_bootstrap: str, prefix: str, tmp_path: Path
 ) -> None:

@@ -139,6 +139,7 @@ async def make_stack(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Any]
         await stack.stop()
 
 
+@pytest.mark.crash_soak
 async def test_500_review_workflows_survive_sigkill_each_ends_once_no_command_twice(
     make_stack: Any,
 ) -> None:
