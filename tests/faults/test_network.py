@@ -57,22 +57,18 @@ class ProxiedKafka:
 
 
 @pytest.fixture(scope="module")
-def proxied_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxiedKafka]:
-    logs = tmp_path_factory.mktemp("toxiproxy")
-    server = ToxiproxyServer(logs / "toxiproxy-server.log")
+def proxied_kafka(toxiproxy_server: ToxiproxyServer) -> Iterator[ProxiedKafka]:
     cluster = LocalKafkaCluster.create(
         Path(tempfile.mkdtemp(prefix="esctl-test-kafka-faults-")), nodes=1, heap_mb=384
     )
     try:
-        server.start()
         listen = f"127.0.0.1:{free_port()}"
         upstream = cluster.add_proxied_listener(1, advertised=listen)
         cluster.start()
-        proxy = server.proxy("kafka", listen, f"127.0.0.1:{upstream}")
+        proxy = toxiproxy_server.proxy("kafka", listen, f"127.0.0.1:{upstream}")
         yield ProxiedKafka(cluster.bootstrap_servers, listen, proxy)
     finally:
         cluster.destroy()
-        server.stop()
 
 
 # -- clients that retry until the answer is definite -------------------------------------------
