@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: system install toxiproxy check lint typecheck format test test-contracts test-local test-secure test-containers test-unit images up kafka postgres schemas bench clean
+.PHONY: system install toxiproxy check lint typecheck format test test-contracts test-local test-secure test-containers test-unit images up kafka postgres schemas bench soak clean
 
 system:  ## the Debian packages (Java, Maven, PostgreSQL, kcat, venv), installed when missing (root)
 	bash scripts/system-packages.sh
@@ -63,6 +63,9 @@ up: install  ## Kafka + the four services + SQLite read store, in the foreground
 
 bench: install  ## benchmarks against raw Kafka and the eventsourcing library -> bench/RESULTS.md
 	$(BIN)/python -m bench.run
+
+soak: install  ## 30 minutes of steady mixed traffic on the whole system -> the soak section of bench/RESULTS.md
+	$(BIN)/python -m bench.soak
 
 schemas: $(STAMP)  ## regenerate the committed contract: command JSON Schemas, the AsyncAPI document
 	$(BIN)/esctl schema export --out schemas/commands

@@ -7,6 +7,27 @@ from typing import Any
 
 from bench.common import Results
 
+#: The soak's section of RESULTS.md (bench/soak.py) lies between these markers; `bench.run`
+#: rewrites the rest of the file and keeps it, `bench.soak` rewrites only it.
+SOAK_BEGIN = "<!-- soak:begin (written by python -m bench.soak) -->"
+SOAK_END = "<!-- soak:end -->"
+
+
+def soak_section(text: str) -> str | None:
+    """The soak section of a RESULTS.md text, markers included (None: it has none)."""
+    if SOAK_BEGIN not in text or SOAK_END not in text:
+        return None
+    return SOAK_BEGIN + text.split(SOAK_BEGIN, 1)[1].split(SOAK_END, 1)[0] + SOAK_END + "\n"
+
+
+def replace_soak_section(text: str, section: str) -> str:
+    """`text` with its soak section replaced by `section` (appended when it has none)."""
+    block = f"{SOAK_BEGIN}\n{section.strip()}\n{SOAK_END}\n"
+    old = soak_section(text)
+    if old is not None:
+        return text.replace(old, block, 1)
+    return (text.rstrip("\n") + "\n\n" if text.strip() else "") + block
+
 
 def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a and b else "-"
@@ -475,4 +496,6 @@ def write_markdown(results: Results, path: Path, smoke: bool) -> None:
     for name in ("memory", "sqlite", "postgresql"):
         lines.append(f"| {name} | {figure(r.get(f'peer_eventsourcing_{name}'), 'events_per_s')} |")
     lines += _durability_section(r)
-    path.write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    kept = soak_section(path.read_text()) if path.exists() else None
+    path.write_text(f"{text}\n{kept}" if kept else text)

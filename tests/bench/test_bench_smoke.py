@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.report import SOAK_BEGIN, SOAK_END
 from bench.run import Sizes
+from workflow_service.model import TERMINAL
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = [
@@ -147,3 +149,48 @@ def test_bench_smoke_runs_every_scenario_and_writes_the_report(
     assert set(verdicts) <= {"met", "not met", "not measured"}, verdicts
     unmeasured = [t for t, v in zip(targets, verdicts, strict=True) if v == "not measured"]
     assert len(unmeasured) == 2 and "250" in unmeasured[0] and "RSS" in unmeasured[1], targets
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_soak_smoke_samples_every_service_and_drains(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """`python -m bench.soak --smoke` (45 s of mixed traffic at low rates) samples the four
+    services and the broker over time, and ends drained: every workflow terminal, every consumer
+    group caught up. Figures are printed, never judged."""
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.soak", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = json.loads((tmp_path / "soak.json").read_text())
+    totals, samples = result["totals"], result["samples"]
+    print(totals)  # noqa: T201
+    services = {"command", "projector", "query", "workflow"}
+    groups = {"command_service", "projector_service", "workflow_service"}
+    # every post offered began its life; the HTTP and the Kafka clients both had answers
+    assert totals["posts offered"] > 0 and totals["posts created"] > 0, totals
+    assert totals.get("kafka accepted", 0) > 0 and totals.get("command 201", 0) > 0, totals
+    assert totals["reviews submitted"] > 0 and totals.get("query 200", 0) > 0, totals
+    assert not [k for k in totals if k.startswith("error") and " 5" in k], totals
+    # a sample every 5 s: each one with every service's RSS and every group's lag
+    assert len(samples) >= 5, samples
+    for sample in samples:
+        assert services <= set(sample["rss_mb"]), sample
+        assert groups <= set(sample["lag"]), sample
+        assert sample["commands_per_s"] > 0 and sample["queries_per_s"] > 0, sample
+    assert sorted(s["t_s"] for s in samples) == [s["t_s"] for s in samples]
+    # drained: no workflow still running, every group's lag 0 after the load
+    assert set(result["drain"]["workflows"]) <= TERMINAL, result["drain"]
+    assert sum(result["drain"]["workflows"].values()) >= totals["reviews submitted"]
+    assert result["final"]["lag"] and not any(result["final"]["lag"].values()), result["final"]
+    assert services <= set(result["memory"]), result["memory"]
+    report = (tmp_path / "RESULTS.soak.smoke.md").read_text()
+    assert report.startswith(SOAK_BEGIN) and report.rstrip().endswith(SOAK_END)
+    for name in services:
+        assert f"| {name} |" in report, report
