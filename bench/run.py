@@ -44,7 +44,11 @@ __all__ = ["Sizes", "cli", "main"]  # Sizes: what the smoke test sends
 
 def use_local_kek(workdir: Path) -> None:
     """The services' key store wraps its keys (shared/kek.py): unless a KEK is configured, one
-    of this run's, as `esctl up` makes one, inherited by every service process started."""
+    of this run's, as `esctl up` makes one, inherited by every service process started. The
+    key store too, unless configured: the default (`./var/keys.sqlite3` of the working
+    directory) would outlive the run and hold keys wrapped by its KEK, which the next run's
+    services refuse (`kek_unknown`)."""
+    os.environ.setdefault("KEY_STORE_URL", f"sqlite:///{workdir / 'keys.sqlite3'}")
     if not (os.environ.get("KEY_ENCRYPTION_KEY") or os.environ.get("KEY_ENCRYPTION_KEY_FILE")):
         kek = workdir / "key-encryption-key"
         ensure_kek_file(kek)
