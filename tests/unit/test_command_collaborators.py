@@ -33,7 +33,7 @@ from shared.messages.blog import (
     PostCreated,
     PostEdited,
 )
-from shared.messages.results import CommandOutcome
+from shared.messages.results import CommandOutcome, EventPosition
 from shared.personal import is_sealed, open_value
 from tests.unit.test_command_handler import NOW, PARTITIONS, TOPICS, command_record, key_in
 
@@ -144,6 +144,40 @@ def test_a_duplicate_outcome_on_the_results_topic_is_not_restored_as_a_decision(
         ]
     )
     assert book.previous(dup.command_id) is None
+
+
+def test_a_remembered_outcome_comes_back_equal_from_its_compact_form() -> None:
+    """The book keeps outcomes as JSON (a fifth of the model's memory); what a repeat is
+    answered with is the outcome as decided: rejection details, events and times included,
+    whether remembered live or restored from the results topic."""
+    rejected = CommandOutcome(
+        command_id=uuid.uuid4(),
+        status="rejected",
+        command_type="EditPost",
+        aggregate_id="post-1",
+        version=4,
+        code="version_conflict",
+        message="expected version 2, the post is at 4",
+        details={"expected": 2, "actual": 4},
+        processed_at=NOW,
+    )
+    edited = EventPosition(type="PostEdited", aggregate_version=2, partition=0, offset=9)
+    accepted = outcome(uuid.uuid4(), version=2).model_copy(
+        update={"events": [edited], "processed_at": NOW}
+    )
+    live = OutcomeBook(limit=10)
+    restored = OutcomeBook(limit=10)
+    for o in (rejected, accepted):
+        live.remember(o)
+    restored.restore_outcomes(
+        [
+            InboundRecord(TOPICS.command_results, 0, n, None, o.encode().value)
+            for n, o in enumerate((rejected, accepted))
+        ]
+    )
+    for book in (live, restored):
+        assert book.previous(rejected.command_id) == rejected
+        assert book.previous(accepted.command_id) == accepted
 
 
 def test_a_command_repeated_in_its_batch_gets_the_first_outcome_with_its_event_offsets() -> None:
