@@ -20,6 +20,7 @@ from shared.kafka import make_transactional_producer
 from shared.kafka.clients import partition_for_key
 from shared.kafka.commands import CommandClient
 from shared.kafka.topics import Topics
+from shared.kek import ensure_kek_file
 from shared.messages import encode_command, encode_event
 from shared.messages.blog import PostCreated, RegisterAuthor
 
@@ -154,6 +155,34 @@ class RssSampler:
                     continue
                 self.peaks[name] = max(self.peaks.get(name, 0), rss)
             await asyncio.sleep(0.1)
+
+
+def use_local_kek(workdir: Path) -> None:
+    """The services' key store wraps its keys (shared/kek.py): unless a KEK is configured, one
+    of this run's, as `esctl up` makes one, inherited by every service process started. The
+    key store too, unless configured: the default (`./var/keys.sqlite3` of the working
+    directory) would outlive the run and hold keys wrapped by its KEK, which the next run's
+    services refuse (`kek_unknown`)."""
+    os.environ.setdefault("KEY_STORE_URL", f"sqlite:///{workdir / 'keys.sqlite3'}")
+    if not (os.environ.get("KEY_ENCRYPTION_KEY") or os.environ.get("KEY_ENCRYPTION_KEY_FILE")):
+        kek = workdir / "key-encryption-key"
+        ensure_kek_file(kek)
+        os.environ["KEY_ENCRYPTION_KEY_FILE"] = str(kek)
+
+
+def broker_processes(bootstrap: str) -> dict[str, psutil.Process]:
+    """The broker process(es) listening on the bootstrap ports of this machine (none when the
+    broker is elsewhere)."""
+    ports = {int(address.rsplit(":", 1)[1]) for address in bootstrap.split(",")}
+    found: dict[str, psutil.Process] = {}
+    try:
+        for conn in psutil.net_connections("tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port in ports and conn.pid:
+                name = "broker" if len(ports) == 1 else f"broker:{conn.laddr.port}"
+                found[name] = psutil.Process(conn.pid)
+    except psutil.AccessDenied:  # not root on macOS: no broker row
+        pass
+    return found
 
 
 def service_env(bootstrap: str, prefix: str, **extra: str) -> dict[str, str]:

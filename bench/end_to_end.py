@@ -10,7 +10,14 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from bench.common import Results, RssSampler, Sizes, percentile, service_env
+from bench.common import (
+    Results,
+    RssSampler,
+    Sizes,
+    broker_processes,
+    percentile,
+    service_env,
+)
 from esctl.localstack.services import ServiceProcess
 
 
@@ -60,7 +67,7 @@ async def scenario_end_to_end(
                 "projector": psutil.Process(proj.pid),
                 "query_service": psutil.Process(query.pid),
                 "load_generator": me,
-            } | _broker_processes(bootstrap)
+            } | broker_processes(bootstrap)
             for rate in sizes.e2e_rates:
                 cpu0 = _cpu_seconds(processes)
                 wall0 = time.perf_counter()
@@ -96,21 +103,6 @@ async def scenario_end_to_end(
     finally:
         for svc in (cmd, proj, query):
             await svc.stop()
-
-
-def _broker_processes(bootstrap: str) -> dict[str, psutil.Process]:
-    """The broker process(es) listening on the bootstrap ports of this machine (none when the
-    broker is elsewhere)."""
-    ports = {int(address.rsplit(":", 1)[1]) for address in bootstrap.split(",")}
-    found: dict[str, psutil.Process] = {}
-    try:
-        for conn in psutil.net_connections("tcp"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr.port in ports and conn.pid:
-                name = "broker" if len(ports) == 1 else f"broker:{conn.laddr.port}"
-                found[name] = psutil.Process(conn.pid)
-    except psutil.AccessDenied:  # not root on macOS: no broker row
-        pass
-    return found
 
 
 def _cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:

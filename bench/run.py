@@ -22,7 +22,15 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from bench.common import ROOT, Results, RssSampler, Sizes, console, machine_facts
+from bench.common import (
+    ROOT,
+    Results,
+    RssSampler,
+    Sizes,
+    console,
+    machine_facts,
+    use_local_kek,
+)
 from bench.end_to_end import scenario_end_to_end
 from bench.limits import scenario_limits
 from bench.peer import scenario_peer
@@ -36,23 +44,9 @@ from bench.snapshot_recovery import scenario_snapshot_recovery
 from bench.workflow_timers import scenario_workflow_timers
 from esctl.localstack.kafka import LocalKafkaCluster
 from esctl.localstack.postgres import LocalPostgres
-from shared.kek import ensure_kek_file
 from shared.logging import configure_logging
 
 __all__ = ["Sizes", "cli", "main"]  # Sizes: what the smoke test sends
-
-
-def use_local_kek(workdir: Path) -> None:
-    """The services' key store wraps its keys (shared/kek.py): unless a KEK is configured, one
-    of this run's, as `esctl up` makes one, inherited by every service process started. The
-    key store too, unless configured: the default (`./var/keys.sqlite3` of the working
-    directory) would outlive the run and hold keys wrapped by its KEK, which the next run's
-    services refuse (`kek_unknown`)."""
-    os.environ.setdefault("KEY_STORE_URL", f"sqlite:///{workdir / 'keys.sqlite3'}")
-    if not (os.environ.get("KEY_ENCRYPTION_KEY") or os.environ.get("KEY_ENCRYPTION_KEY_FILE")):
-        kek = workdir / "key-encryption-key"
-        ensure_kek_file(kek)
-        os.environ["KEY_ENCRYPTION_KEY_FILE"] = str(kek)
 
 
 async def main(args: argparse.Namespace) -> Results:

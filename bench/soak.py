@@ -47,10 +47,16 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.common import ROOT, console, machine_facts, percentile, service_env
-from bench.end_to_end import _broker_processes
+from bench.common import (
+    ROOT,
+    broker_processes,
+    console,
+    machine_facts,
+    percentile,
+    service_env,
+    use_local_kek,
+)
 from bench.report import replace_soak_section
-from bench.run import use_local_kek
 from esctl.localstack.kafka import LocalKafkaCluster
 from esctl.localstack.services import ServiceProcess
 from shared.errors import InfrastructureUnavailable
@@ -324,7 +330,7 @@ class System:
         for name, svc in self.services.items():
             await svc.wait_healthy(timeout_s=120)
             self.processes[name] = psutil.Process(svc.pid)
-        self.processes |= _broker_processes(self.bootstrap)
+        self.processes |= broker_processes(self.bootstrap)
 
     async def stop(self) -> None:
         for svc in self.services.values():

@@ -47,6 +47,20 @@ SCENARIOS = [
 ]
 
 
+def run_bench(tmp_path: Path, module: str, **env: str) -> None:
+    """`python -m <module> --smoke --out tmp_path` against the test's broker (and database)."""
+    run = subprocess.run(
+        [sys.executable, "-m", module, "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=dict(os.environ, **env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_bench_smoke_runs_every_scenario_and_writes_the_report(
@@ -55,17 +69,12 @@ def test_bench_smoke_runs_every_scenario_and_writes_the_report(
     """`python -m bench.run --smoke` measures every scenario against the real broker and
     database (figures measured, counts as sent; never a speed) and writes results.json and a
     Markdown table."""
-    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, TEST_POSTGRES_URL=postgres_url)
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--smoke", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    run_bench(
+        tmp_path,
+        "bench.run",
+        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        TEST_POSTGRES_URL=postgres_url,
     )
-    assert run.returncode == 0, run.stderr[-4000:]
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     missing = [s for s in SCENARIOS if s not in rows]
     assert not missing, missing
@@ -157,17 +166,7 @@ def test_soak_smoke_samples_every_service_and_drains(kafka_bootstrap: str, tmp_p
     """`python -m bench.soak --smoke` (45 s of mixed traffic at low rates) samples the four
     services and the broker over time, and ends drained: every workflow terminal, every consumer
     group caught up. Figures are printed, never judged."""
-    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.soak", "--smoke", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
+    run_bench(tmp_path, "bench.soak", KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
     result = json.loads((tmp_path / "soak.json").read_text())
     totals, samples = result["totals"], result["samples"]
     print(totals)  # noqa: T201
